@@ -1,0 +1,5 @@
+import sys
+
+from perg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""One way to configure PERG Stream: environment variables over one optional TOML file.
+
+Precedence (highest first): command-line flag, environment variable, config file, default.
+The config file is ``$PERG_CONFIG`` or ``./perg.toml`` when it exists; its keys are the
+environment names without the ``PERG_`` prefix, lower-cased (``kafka = "127.0.0.1:9092"``).
+
+| variable          | meaning                                                  | default                  |
+|-------------------|----------------------------------------------------------|--------------------------|
+| PERG_KAFKA        | Kafka bootstrap servers                                  | 127.0.0.1:9092           |
+| PERG_DB           | DuckDB results file (owned by the sink)                  | ./perg-results/perg.duckdb |
+| PERG_DATA_DIR     | folder with pergdata.csv and paper_protocol.json         | ../shared/perg           |
+| PERG_PARTITIONS   | partitions per topic when topics are created             | 6                        |
+| PERG_TOPIC_PREFIX | prefix of every topic name (isolates test runs)          | perg                     |
+| PERG_SINK_URL     | where the sink's HTTP API answers                        | http://127.0.0.1:8765    |
+| PERG_SINK_BIND    | address the sink's HTTP API binds                        | 127.0.0.1                |
+| PERG_SINK_PORT    | port of the sink's HTTP API                              | 8765                     |
+| PERG_SINK_TOKEN   | bearer token for the sink API (required off loopback)    | unset                    |
+| PERG_HOME         | cache of installed tools (Kafka jars, llama.cpp venv)    | ~/.cache/perg            |
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def _file_values() -> dict[str, Any]:
+    path = Path(os.environ.get("PERG_CONFIG", "perg.toml"))
+    if not path.is_file():
+        if "PERG_CONFIG" in os.environ:
+            raise FileNotFoundError(f"PERG_CONFIG names {path}, which does not exist")
+        return {}
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def setting(name: str, default: str) -> str:
+    """Value of ``PERG_<NAME>`` from the environment, else the config file, else ``default``."""
+    env = os.environ.get(f"PERG_{name.upper()}")
+    if env:
+        return env
+    value = _file_values().get(name.lower())
+    return str(value) if value is not None else default
+
+
+def default_data_dir() -> Path:
+    """``$PERG_DATA_DIR``, else ``../shared/perg`` beside the project root (or the cwd)."""
+    configured = setting("data_dir", "")
+    if configured:
+        return Path(configured)
+    for base in (PROJECT_ROOT, Path.cwd()):
+        candidate = base.parent / "shared" / "perg"
+        if candidate.is_dir():
+            return candidate
+    return PROJECT_ROOT.parent / "shared" / "perg"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka: str
+    db: Path
+    data_dir: Path
+    partitions: int
+    topic_prefix: str
+    sink_url: str
+    sink_bind: str
+    sink_port: int
+    sink_token: str | None
+    home: Path
+
+    @classmethod
+    def load(cls) -> Settings:
+        port = int(setting("sink_port", "8765"))
+        return cls(
+            kafka=setting("kafka", "127.0.0.1:9092"),
+            db=Path(setting("db", "perg-results/perg.duckdb")),
+            data_dir=default_data_dir(),
+            partitions=int(setting("partitions", "6")),
+            topic_prefix=setting("topic_prefix", "perg"),
+            sink_url=setting("sink_url", f"http://127.0.0.1:{port}"),
+            sink_bind=setting("sink_bind", "127.0.0.1"),
+            sink_port=port,
+            sink_token=setting("sink_token", "") or None,
+            home=Path(setting("home", str(Path.home() / ".cache" / "perg"))),
+        )
