@@ -1,0 +1,31 @@
+"""Client for OpenAI-compatible chat servers (TGI Messages API, vLLM, SGLang, llama.cpp).
+
+async with ModelClient(Endpoint("http://127.0.0.1:8080/v1", "my-model")) as client:
+    completion = await client.chat([{"role": "user", "content": "Hi"}], max_tokens=16)
+"""
+
+from perg.client._client import ClientPool, ModelClient, response_format
+from perg.client._transport import (
+    AiohttpTransport,
+    MockTransport,
+    Transport,
+    TransportRequest,
+    TransportResponse,
+)
+from perg.client._types import Backend, Completion, Endpoint, ModelError, TransportError
+
+__all__ = [
+    "AiohttpTransport",
+    "Backend",
+    "ClientPool",
+    "Completion",
+    "Endpoint",
+    "MockTransport",
+    "ModelClient",
+    "ModelError",
+    "Transport",
+    "TransportError",
+    "TransportRequest",
+    "TransportResponse",
+    "response_format",
+]

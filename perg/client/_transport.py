@@ -1,0 +1,98 @@
+"""Pluggable HTTP transports: the aiohttp one used in production and a mock for tests."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from perg.client._types import TransportError
+
+
+@dataclass(frozen=True, slots=True)
+class TransportRequest:
+    url: str
+    body: bytes
+    headers: Mapping[str, str]
+    timeout_s: float
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass(frozen=True, slots=True)
+class TransportResponse:
+    status: int
+    body: bytes
+
+
+class Transport(Protocol):
+    """POSTs a JSON body; raises TransportError on connection failure or timeout."""
+
+    async def post_json(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+    ) -> TransportResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpTransport:
+    """One pooled aiohttp session (created on first use) with at most ``limit`` connections."""
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    async def post_json(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+    ) -> TransportResponse:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
+            )
+        try:
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                return TransportResponse(response.status, await response.read())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+Handler = Callable[[TransportRequest], TransportResponse | Awaitable[TransportResponse]]
+
+
+class MockTransport:
+    """Answers every request with ``handler(request)`` (sync or async), like httpx.MockTransport.
+
+    The handler may raise TransportError to simulate a connection failure; a handler running past
+    the request's timeout is reported as a TransportError too.
+    """
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    async def post_json(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+    ) -> TransportResponse:
+        result = self._handler(TransportRequest(url, body, dict(headers), timeout_s))
+        if not inspect.isawaitable(result):
+            return result
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await result
+        except TimeoutError as exc:
+            raise TransportError(f"timed out after {timeout_s}s") from exc
+
+    async def aclose(self) -> None:
+        return None

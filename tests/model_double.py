@@ -1,0 +1,342 @@
+"""TEST DOUBLE: a scripted OpenAI-compatible model server. Not a model; answers are rules.
+
+``ScriptedModelServer`` is a real aiohttp server on 127.0.0.1 (port 0 picks a free port) serving
+``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``. Each chat reply comes from a
+pluggable script ``script(messages) -> str | ScriptedReply``; a ScriptedReply can also force an
+error status (e.g. 429, 503) for the first ``times`` calls of an identical message list, a
+finish_reason and a delay. Usage counts are whitespace-separated words. Every request body is kept
+in ``server.requests``. Use it in-process (``async with ScriptedModelServer(script) as server:``,
+then ``Endpoint(server.base_url, ...)``) or as a process::
+
+    python tests/model_double.py --port 0 [--script perg-default] [--answers pergdata.csv]
+
+which prints its base URL (``http://127.0.0.1:PORT/v1``) on one stdout line once listening and
+serves until SIGTERM/SIGINT. Scripts: ``perg-default`` (below) and ``ok`` (always "ok").
+
+Decision rules of ``perg_script`` (pure functions of the messages; all hashes are sha256 of UTF-8
+text read as a big-endian integer, see ``stable_hash``):
+
+1. ``call_kind(messages)``, first match wins:
+   "judge" if a system message contains "Likert scale"; "aligner" if the last user message starts
+   with "You are a preference aligner agent"; "critic" if it starts with "Follow the instructions
+   below to review"; "extract" if any message contains both "JSON" and ``"answer"``; "answer" if
+   any message contains "Which of the options best answers the question"; else "other".
+2. The question of a call is parsed from the text after "Question : " up to "\\nOptions: \\n",
+   followed by the option lines "A. text" (``parse_question``); its key is
+   ``question_key(question, options)`` = question + "\\n" + the options joined by "\\n".
+3. "answer": reply ``"The answer is X."`` with X = ``answer_letter(key, n_options, gold,
+   preferred)``, where preferred = a system message contains "Here is the user preference" or
+   "Here are the user preferences", and gold = the answer key's letter for the key (from
+   ``--answers``/``load_answer_key``; None without one). With h = stable_hash(key + "|pref" or
+   "|nopref"): if gold is known, X = gold unless h % 100 < WRONG_PERCENT (20), in which case X is
+   the (h // 100) % (n - 1)-th of the other letters in order; if gold is unknown, X = the
+   (h % n)-th letter.
+4. "aligner" / "critic": X = answer_letter(key, n, gold, preferred=True) for the question embedded
+   in the user message. If stable_hash(kind + "|" + key) % 100 < INVALID_JSON_PERCENT (10) the reply
+   is the bare, non-JSON text "The answer is X." (exercises fallbacks); otherwise aligner replies
+   ``{"response": "The answer is X.", "thoughts": "kept the answer"}`` and critic replies
+   ``{"critic": "ok", "response": "The answer is X."}``.
+5. "judge": ``<explanation>ok</explanation>\\n<answer>N</answer>`` with N = ``judge_rating`` =
+   1 + stable_hash(the judge system message) % 5.
+6. "extract": ``{"answer": "X"}`` with X the last "The answer is X." letter found in the last
+   user message (``extract_letter``), else ``{"answer": null}``.
+7. "other": "ok".
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import csv
+import hashlib
+import re
+import signal
+import string
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import orjson
+from aiohttp import web
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedReply:
+    """A scripted answer; with ``status`` != 200 the first ``times`` calls (None: all) fail."""
+
+    text: str = ""
+    finish_reason: str = "stop"
+    delay_s: float = 0.0
+    status: int = 200
+    times: int | None = None
+
+
+Messages = list[dict[str, Any]]
+Script = Callable[[Messages], "str | ScriptedReply"]
+
+LETTERS = string.ascii_uppercase
+WRONG_PERCENT = 20
+INVALID_JSON_PERCENT = 10
+CallKind = Literal["judge", "aligner", "critic", "extract", "answer", "other"]
+
+_QUESTION = re.compile(r"Question : (.*?)\nOptions: \n((?:[A-Z]\. [^\n]*\n?)*)", re.DOTALL)
+_ANSWER = re.compile(r"The answer is ([A-Z])\.")
+_ERRORS = {429: "Model is overloaded", 503: "Service unavailable"}
+
+
+# -- decision rules of perg_script (pure) ---------------------------------------------------------
+
+
+def stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest(), "big")
+
+
+def _texts(messages: Messages, role: str | None = None) -> list[str]:
+    return [str(m.get("content", "")) for m in messages if role is None or m.get("role") == role]
+
+
+def call_kind(messages: Messages) -> CallKind:
+    users = _texts(messages, "user")
+    last_user = users[-1] if users else ""
+    if any("Likert scale" in text for text in _texts(messages, "system")):
+        return "judge"
+    if last_user.startswith("You are a preference aligner agent"):
+        return "aligner"
+    if last_user.startswith("Follow the instructions below to review"):
+        return "critic"
+    if any("JSON" in text and '"answer"' in text for text in _texts(messages)):
+        return "extract"
+    if any("Which of the options best answers the question" in t for t in _texts(messages)):
+        return "answer"
+    return "other"
+
+
+def parse_question(text: str) -> tuple[str, list[str]] | None:
+    match = _QUESTION.search(text)
+    if match is None:
+        return None
+    options = [line[3:] for line in match.group(2).splitlines()]
+    return match.group(1), options
+
+
+def question_key(question: str, options: list[str]) -> str:
+    return "\n".join([question, *options])
+
+
+def answer_letter(key: str, n_options: int, gold: str | None, preferred: bool) -> str:
+    h = stable_hash(key + ("|pref" if preferred else "|nopref"))
+    letters = LETTERS[:n_options]
+    if gold is None or gold not in letters:
+        return letters[h % n_options]
+    if h % 100 >= WRONG_PERCENT or n_options < 2:
+        return gold
+    others = [letter for letter in letters if letter != gold]
+    return others[(h // 100) % len(others)]
+
+
+def judge_rating(system_message: str) -> int:
+    return 1 + stable_hash(system_message) % 5
+
+
+def extract_letter(text: str) -> str | None:
+    found = _ANSWER.findall(text)
+    return found[-1] if found else None
+
+
+def load_answer_key(path: str | Path) -> dict[str, str]:
+    """question_key -> gold letter, from a pergdata.csv (options as a Python list literal)."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        return {
+            question_key(row["question"], list(ast.literal_eval(row["options"]))): row[
+                "gold_option"
+            ]
+            for row in csv.DictReader(fh)
+        }
+
+
+def make_perg_script(answer_key: Mapping[str, str] | None = None) -> Script:
+    """The PERG script (rules in the module docstring), optionally knowing the gold letters."""
+    key_of = answer_key or {}
+
+    def script(messages: Messages) -> str:
+        kind = call_kind(messages)
+        users = _texts(messages, "user")
+        last_user = users[-1] if users else ""
+        if kind == "judge":
+            rating = judge_rating(next(t for t in _texts(messages, "system") if "Likert" in t))
+            return f"<explanation>ok</explanation>\n<answer>{rating}</answer>"
+        if kind == "extract":
+            return orjson.dumps({"answer": extract_letter(last_user)}).decode()
+        if kind == "other":
+            return "ok"
+        source = last_user if kind in ("aligner", "critic") else "\n".join(_texts(messages))
+        parsed = parse_question(source)
+        if parsed is None:
+            return "ok"
+        key = question_key(*parsed)
+        n_options = len(parsed[1])
+        if kind == "answer":
+            preferred = any(
+                "Here is the user preference" in t or "Here are the user preferences" in t
+                for t in _texts(messages, "system")
+            )
+            return f"The answer is {answer_letter(key, n_options, key_of.get(key), preferred)}."
+        answer = f"The answer is {answer_letter(key, n_options, key_of.get(key), True)}."
+        if stable_hash(f"{kind}|{key}") % 100 < INVALID_JSON_PERCENT:
+            return answer
+        if kind == "aligner":
+            return orjson.dumps({"response": answer, "thoughts": "kept the answer"}).decode()
+        return orjson.dumps({"critic": "ok", "response": answer}).decode()
+
+    return script
+
+
+perg_script = make_perg_script()
+
+
+def ok_script(messages: Messages) -> str:
+    return "ok"
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+class ScriptedModelServer:
+    """A real HTTP server answering chat completions from ``script``; see the module docstring."""
+
+    def __init__(
+        self, script: Script, *, host: str = "127.0.0.1", port: int = 0, model: str = "scripted"
+    ) -> None:
+        self.script = script
+        self.model = model
+        self.requests: list[dict[str, Any]] = []
+        self._host, self._port = host, port
+        self._calls: Counter[bytes] = Counter()
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/health", self._health)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        host, port = self._runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}/v1"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _chat(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            messages = body["messages"]
+            if not isinstance(messages, list):
+                raise TypeError("messages must be a list")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return _error(400, f"Input validation error: {exc}")
+        self.requests.append(body)
+        reply = self.script(messages)
+        if isinstance(reply, str):
+            reply = ScriptedReply(reply)
+        call = self._calls[orjson.dumps(messages)]
+        self._calls[orjson.dumps(messages)] += 1
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status != 200 and (reply.times is None or call < reply.times):
+            return _error(reply.status, _ERRORS.get(reply.status, "scripted error"))
+        prompt_words = sum(len(str(m.get("content", "")).split()) for m in messages)
+        completion_words = len(reply.text.split())
+        return web.Response(
+            body=orjson.dumps(
+                {
+                    "id": f"chatcmpl-{len(self.requests)}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": self.model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": reply.text},
+                            "finish_reason": reply.finish_reason,
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_words,
+                        "completion_tokens": completion_words,
+                        "total_tokens": prompt_words + completion_words,
+                    },
+                }
+            ),
+            content_type="application/json",
+        )
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"object": "list", "data": [{"id": self.model, "object": "model"}]}
+        )
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(
+        status=status,
+        body=orjson.dumps({"error": {"message": message, "code": status}}),
+        content_type="application/json",
+    )
+
+
+# -- as a process -------------------------------------------------------------------------------
+
+
+async def _serve(script: Script, host: str, port: int) -> None:
+    async with ScriptedModelServer(script, host=host, port=port) as server:
+        print(server.base_url, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Scripted OpenAI-compatible model server (test double)"
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--script", choices=["perg-default", "ok"], default="perg-default")
+    parser.add_argument("--answers", help="pergdata.csv giving perg-default the gold letters")
+    args = parser.parse_args(argv)
+    if args.script == "ok":
+        script: Script = ok_script
+    else:
+        script = make_perg_script(load_answer_key(args.answers) if args.answers else None)
+    asyncio.run(_serve(script, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()
