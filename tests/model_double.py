@@ -21,8 +21,9 @@ text read as a big-endian integer, see ``stable_hash``):
    with "You are a preference aligner agent"; "critic" if it starts with "Follow the instructions
    below to review"; "extract" if any message contains both "JSON" and ``"answer"``; "answer" if
    any message contains "Which of the options best answers the question"; else "other".
-2. The question of a call is parsed from the text after "Question : " up to "\\nOptions: \\n",
-   followed by the option lines "A. text" (``parse_question``); its key is
+2. The question of a call is parsed from the LAST USER message (never the system message, which
+   holds ICL examples): the first text after "Question : " up to "\\nOptions: \\n", followed by
+   the option lines "A. text" (``parse_question``); its key is
    ``question_key(question, options)`` = question + "\\n" + the options joined by "\\n".
 3. "answer": reply ``"The answer is X."`` with X = ``answer_letter(key, n_options, gold,
    preferred)``, where preferred = a system message contains "Here is the user preference" or
@@ -32,10 +33,11 @@ text read as a big-endian integer, see ``stable_hash``):
    the (h // 100) % (n - 1)-th of the other letters in order; if gold is unknown, X = the
    (h % n)-th letter.
 4. "aligner" / "critic": X = answer_letter(key, n, gold, preferred=True) for the question embedded
-   in the user message. If stable_hash(kind + "|" + key) % 100 < INVALID_JSON_PERCENT (10) the reply
-   is the bare, non-JSON text "The answer is X." (exercises fallbacks); otherwise aligner replies
-   ``{"response": "The answer is X.", "thoughts": "kept the answer"}`` and critic replies
-   ``{"critic": "ok", "response": "The answer is X."}``.
+   in the user message. If stable_hash(kind + "|" + key) % 100 < INVALID_JSON_PERCENT (10) the
+   reply is the bare, non-JSON text "The answer is X." (exercises fallbacks); otherwise aligner
+   replies ``{"response": "The answer is X.", "thoughts": "kept the answer"}`` and critic replies
+   ``{"critic": "ok", "response": "The answer is X."}``. An answer, aligner or critic call whose
+   last user message holds no question is answered "ok".
 5. "judge": ``<explanation>ok</explanation>\\n<answer>N</answer>`` with N = ``judge_rating`` =
    1 + stable_hash(the judge system message) % 5.
 6. "extract": ``{"answer": "X"}`` with X the last "The answer is X." letter found in the last
@@ -158,7 +160,7 @@ def load_answer_key(path: str | Path) -> dict[str, str]:
         }
 
 
-def make_perg_script(answer_key: Mapping[str, str] | None = None) -> Script:
+def make_perg_script(answer_key: Mapping[str, str] | None = None) -> Callable[[Messages], str]:
     """The PERG script (rules in the module docstring), optionally knowing the gold letters."""
     key_of = answer_key or {}
 
@@ -173,8 +175,7 @@ def make_perg_script(answer_key: Mapping[str, str] | None = None) -> Script:
             return orjson.dumps({"answer": extract_letter(last_user)}).decode()
         if kind == "other":
             return "ok"
-        source = last_user if kind in ("aligner", "critic") else "\n".join(_texts(messages))
-        parsed = parse_question(source)
+        parsed = parse_question(last_user)
         if parsed is None:
             return "ok"
         key = question_key(*parsed)
