@@ -1,0 +1,67 @@
+"""``perg score``: BR / AFR / RER / PVR of a results file, with the SQL of the live sink."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import duckdb
+import orjson
+
+from perg.metrics import compute_metrics, format_metrics_table, load_outcomes_file
+
+JSON_KEYS = (
+    "run_id",
+    "setting",
+    "method",
+    "source",
+    "n_rows",
+    "n_qstar",
+    "BR",
+    "BR_lo",
+    "BR_hi",
+    "AFR",
+    "AFR_lo",
+    "AFR_hi",
+    "RER",
+    "RER_lo",
+    "RER_hi",
+    "PVR",
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "score", help="score a results file (CSV, JSONL or Parquet of outcomes)"
+    )
+    parser.add_argument("results", type=Path, help="outcomes file: .csv, .jsonl, .json, .parquet")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--run-name", help="run id to report (default: the file's, else offline)")
+    parser.set_defaults(func=run)
+
+
+def score_file(path: Path, run_name: str | None = None) -> list[dict[str, object]]:
+    """Metrics by source (and pooled 'full') of an offline results file."""
+    with duckdb.connect() as con:
+        load_outcomes_file(con, path, run_name=run_name)
+        return compute_metrics(con)
+
+
+def _metric_rows(args: argparse.Namespace) -> list[dict[str, object]]:
+    # The live mode (reading a run from the sink) adds its branch here.
+    return score_file(args.results, args.run_name)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        rows = _metric_rows(args)
+    except (ValueError, OSError, duckdb.Error) as exc:
+        print(f"perg score: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        subset = [{key: row[key] for key in JSON_KEYS} for row in rows]
+        sys.stdout.write(orjson.dumps(subset, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(format_metrics_table(rows))
+    return 0

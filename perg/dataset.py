@@ -1,0 +1,299 @@
+"""PERGData loading, validation, row selection and stratified sampling."""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import io
+import json
+import logging
+import random
+import string
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from perg.config import default_data_dir
+
+SOURCES = ("truthfulqa/truthful_qa", "tau/commonsense_qa", "cais/mmlu")
+COLUMNS = ("question", "options", "gold_option", "gold_answer", "category", "source", "preference")
+LETTERS = string.ascii_uppercase
+MAX_REPORTED = 20
+DATASET_FILE = "pergdata.csv"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One PERGData row; ``row_id`` is its 0-based position in the file."""
+
+    row_id: int
+    question: str
+    options: tuple[str, ...]
+    gold_option: str
+    gold_answer: str
+    category: str
+    source: str
+    preference: str
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        """The option letters, ``("A", "B", ...)``."""
+        return tuple(LETTERS[: len(self.options)])
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One problem found in an input file."""
+
+    path: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.field}: {self.message}"
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be loaded; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[RowProblem]) -> None:
+        self.problems = problems
+        lines = [str(p) for p in problems[:MAX_REPORTED]]
+        if len(problems) > MAX_REPORTED:
+            lines.append(f"... and {len(problems) - MAX_REPORTED} more")
+        super().__init__(f"{len(problems)} problem(s) in the dataset:\n" + "\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A loaded dataset; ``sha256`` hashes the file bytes."""
+
+    path: Path
+    items: tuple[Item, ...]
+    sha256: str
+    skipped: tuple[RowProblem, ...]
+    warnings: tuple[RowProblem, ...] = ()
+
+
+def load_dataset(path: Path | None = None, *, skip_invalid: bool = False) -> Dataset:
+    """Load a PERGData CSV or JSONL file (default: ``pergdata.csv`` in the data dir).
+
+    Every row is validated; by default any invalid row fails the whole load. With
+    ``skip_invalid`` the valid rows load and the invalid ones are listed in ``skipped``.
+    """
+    path = path if path is not None else default_data_dir() / DATASET_FILE
+    name = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError([RowProblem(name, 0, "file", f"cannot read: {exc.strerror}")]) from exc
+    text = _decode(raw, name)
+    if not text.strip():
+        raise DatasetError([RowProblem(name, 1, "file", "file is empty")])
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    records = _jsonl_records(text, name) if jsonl else _csv_records(text, name)
+    items: list[Item] = []
+    problems: list[RowProblem] = []
+    warnings: list[RowProblem] = []
+    for row_id, (line, record) in enumerate(records):
+        row_problems, row_warnings, item = _validate(row_id, record, name, line, jsonl)
+        problems.extend(row_problems)
+        warnings.extend(row_warnings)
+        if item is not None:
+            items.append(item)
+    for warning in warnings:
+        log.warning("%s", warning)
+    if problems and not skip_invalid:
+        raise DatasetError(problems)
+    if not items:
+        raise DatasetError([*problems, RowProblem(name, 0, "file", "no valid rows")])
+    return Dataset(
+        path=path,
+        items=tuple(items),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        skipped=tuple(problems),
+        warnings=tuple(warnings),
+    )
+
+
+def _decode(raw: bytes, name: str) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        bad = raw[exc.start : exc.start + 1].hex()
+        message = f"not valid UTF-8 (byte 0x{bad} at offset {exc.start})"
+        raise DatasetError([RowProblem(name, line, "encoding", message)]) from exc
+
+
+def _csv_records(text: str, name: str) -> Iterator[tuple[int, Mapping[str, object]]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader)
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise DatasetError([RowProblem(name, 1, c, "missing column") for c in missing])
+    start = reader.line_num + 1
+    try:
+        for fields in reader:
+            if fields:
+                record: dict[str, object] = dict(zip(header, fields, strict=False))
+                if len(fields) != len(header):
+                    record["__fields__"] = f"expected {len(header)} fields, found {len(fields)}"
+                yield start, record
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DatasetError([RowProblem(name, start, "csv", str(exc))]) from exc
+
+
+def _jsonl_records(text: str, name: str) -> Iterator[tuple[int, Mapping[str, object]]]:
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            record = json.loads(content)
+        except json.JSONDecodeError as exc:
+            raise DatasetError([RowProblem(name, line, "json", exc.msg)]) from exc
+        if not isinstance(record, dict):
+            raise DatasetError([RowProblem(name, line, "json", "not a JSON object")])
+        yield line, record
+
+
+def parse_options(value: object) -> tuple[str, ...]:
+    """Options from a Python list literal, a JSON array (text) or a list; ValueError if bad."""
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                raise ValueError(
+                    "not a Python list literal or JSON array: " + _clip(value)
+                ) from None
+    if not isinstance(parsed, list | tuple):
+        raise ValueError(f"expected a list, got {type(parsed).__name__}")
+    if not all(isinstance(o, str) for o in parsed):
+        raise ValueError("every option must be a string")
+    return tuple(parsed)
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return repr(text if len(text) <= width else text[:width] + "...")
+
+
+def _validate(
+    row_id: int, record: Mapping[str, object], name: str, line: int, jsonl: bool
+) -> tuple[list[RowProblem], list[RowProblem], Item | None]:
+    problems: list[RowProblem] = []
+
+    def bad(field: str, message: str) -> None:
+        problems.append(RowProblem(name, line, field, message))
+
+    if "__fields__" in record:
+        bad("row", str(record["__fields__"]))
+    values: dict[str, str] = {}
+    for column in COLUMNS:
+        value = record.get(column)
+        if column == "options":
+            continue
+        if value is None and jsonl and column == "category":
+            value = ""
+        if not isinstance(value, str):
+            bad(column, "missing value" if value is None else "must be a string")
+            value = ""
+        values[column] = value
+    options: tuple[str, ...] = ()
+    try:
+        options = parse_options(record.get("options"))
+    except ValueError as exc:
+        bad("options", str(exc))
+    else:
+        if not 2 <= len(options) <= len(LETTERS):
+            bad("options", f"need 2 to {len(LETTERS)} options, found {len(options)}")
+    if not values["question"].strip():
+        bad("question", "empty question")
+    if not values["preference"].strip():
+        bad("preference", "empty preference")
+    if values["source"] not in SOURCES:
+        bad("source", f"unknown source {values['source']!r} (known: {', '.join(SOURCES)})")
+    gold = values["gold_option"]
+    index = LETTERS.find(gold) if len(gold) == 1 else -1
+    if index < 0:
+        bad("gold_option", f"{gold!r} is not an option letter A-Z")
+    elif options and index >= len(options):
+        bad("gold_option", f"{gold!r} is out of range for {len(options)} options")
+    warnings: list[RowProblem] = []
+    if not problems and options[index] != values["gold_answer"]:
+        message = f"gold_answer differs from option {gold}: {_clip(values['gold_answer'])}"
+        warnings.append(RowProblem(name, line, "gold_answer", message))
+    if problems:
+        return problems, warnings, None
+    item = Item(
+        row_id=row_id,
+        question=values["question"],
+        options=options,
+        gold_option=gold,
+        gold_answer=values["gold_answer"],
+        category=values["category"],
+        source=values["source"],
+        preference=values["preference"],
+    )
+    return problems, warnings, item
+
+
+def select_rows(dataset: Dataset, spec: str) -> list[Item]:
+    """Rows by spec: ``"30"`` = the first 30 rows; ``"0-29,817-846,2038-2038"`` = ids and ranges.
+
+    A spec with a comma or a dash names row ids (a single id: ``"2038,"`` or ``"2038-2038"``).
+    The result is sorted by row id, without duplicates.
+    """
+    spec = spec.strip()
+    if spec.isdigit():
+        limit = int(spec)
+        if limit < 1:
+            raise ValueError(f"row limit must be at least 1, got {spec!r}")
+        return list(dataset.items[:limit])
+    by_id = {item.row_id: item for item in dataset.items}
+    last = dataset.items[-1].row_id
+    wanted: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        low_text, dash, high_text = part.partition("-")
+        if not low_text.strip().isdigit() or (dash and not high_text.strip().isdigit()):
+            raise ValueError(f"bad row spec {part!r}: use N, N-M, or a comma-separated list")
+        low = int(low_text)
+        high = int(high_text) if dash else low
+        if high < low:
+            raise ValueError(f"bad row range {part!r}: end before start")
+        wanted.update(range(low, high + 1))
+    if not wanted:
+        raise ValueError(f"empty row spec {spec!r}")
+    out_of_range = sorted(i for i in wanted if i > last)
+    if out_of_range:
+        raise ValueError(f"row id {out_of_range[0]} out of range 0-{last} ({dataset.path})")
+    missing = sorted(wanted - by_id.keys())
+    if missing:
+        raise ValueError(f"row id {missing[0]} was skipped as invalid ({dataset.path})")
+    return [by_id[i] for i in sorted(wanted)]
+
+
+def stratified_sample(dataset: Dataset, n: int, seed: int) -> list[Item]:
+    """``n`` rows drawn proportionally by source (largest remainder), sorted by row id."""
+    total = len(dataset.items)
+    if not 1 <= n <= total:
+        raise ValueError(f"sample size must be 1..{total}, got {n}")
+    groups: dict[str, list[Item]] = {}
+    for item in dataset.items:
+        groups.setdefault(item.source, []).append(item)
+    order = sorted(groups, key=lambda s: (SOURCES.index(s), s))
+    quotas = {s: n * len(groups[s]) // total for s in order}
+    remainders = sorted(order, key=lambda s: (-(n * len(groups[s]) % total), order.index(s)))
+    for source in remainders[: n - sum(quotas.values())]:
+        quotas[source] += 1
+    rng = random.Random(seed)
+    chosen = [item for s in order for item in rng.sample(groups[s], quotas[s])]
+    return sorted(chosen, key=lambda item: item.row_id)

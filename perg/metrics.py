@@ -1,0 +1,213 @@
+"""The metrics engine: SQL views (perg/metrics.sql) over a DuckDB relation ``outcomes``."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+
+from perg.dataset import SOURCES
+from perg.protocol import METHODS, SETTINGS
+
+# The `outcomes` relation: column -> DuckDB type.
+OUTCOME_TYPES: dict[str, str] = {
+    "run_id": "VARCHAR",
+    "row_id": "INTEGER",
+    "source": "VARCHAR",
+    "category": "VARCHAR",
+    "preference": "VARCHAR",
+    "setting": "VARCHAR",
+    "method": "VARCHAR",
+    "gold_option": "VARCHAR",
+    "nopref_answer": "VARCHAR",
+    "pref_answer": "VARCHAR",
+    "judge_rating": "INTEGER",
+    "judge_outcome": "VARCHAR",
+    "nopref_extraction": "VARCHAR",
+    "pref_extraction": "VARCHAR",
+    "parse_fallback": "BOOLEAN",
+    "parse_failure": "BOOLEAN",
+    "finish_reason": "VARCHAR",
+}
+OUTCOME_COLUMNS: tuple[str, ...] = tuple(OUTCOME_TYPES)
+REQUIRED_COLUMNS = (
+    "source",
+    "setting",
+    "method",
+    "row_id",
+    "gold_option",
+    "nopref_answer",
+    "pref_answer",
+    "judge_rating",
+)
+NOT_NULL_COLUMNS = ("source", "setting", "method", "row_id", "gold_option")
+OFFLINE_RUN_ID = "offline"
+
+Grouping = Literal["source", "preference", "subject"]
+VIEWS: dict[Grouping, tuple[str, str]] = {
+    "source": ("metrics_by_source", "source"),
+    "preference": ("metrics_by_preference", "preference"),
+    "subject": ("metrics_by_subject", "category"),
+}
+
+
+def metrics_sql() -> str:
+    """The text of perg/metrics.sql."""
+    return resources.files("perg").joinpath("metrics.sql").read_text(encoding="utf-8")
+
+
+def create_metric_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Create (or replace) the metric views over the existing relation ``outcomes``."""
+    con.execute(metrics_sql())
+
+
+def compute_metrics(
+    con: duckdb.DuckDBPyConnection, run_id: str | None = None, *, by: Grouping = "source"
+) -> list[dict[str, object]]:
+    """Metric rows of one view (creating the views when absent), in a stable order."""
+    view, key = VIEWS[by]
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [view]
+    ).fetchone()
+    if exists is None or exists[0] == 0:
+        create_metric_views(con)
+    query = f"SELECT * FROM {view}" + (" WHERE run_id = ?" if run_id is not None else "")
+    result = con.execute(query, [run_id] if run_id is not None else [])
+    names = [d[0] for d in result.description]
+    rows = [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+    return sorted(rows, key=lambda row: _order(row, key))
+
+
+def _rank(value: object, known: tuple[str, ...]) -> tuple[int, str]:
+    text = str(value)
+    return (known.index(text), "") if text in known else (len(known), text)
+
+
+def _order(row: dict[str, object], key: str) -> tuple[object, ...]:
+    groups = (*SOURCES, "full") if key == "source" else ()
+    return (
+        str(row["run_id"]),
+        _rank(row["setting"], SETTINGS),
+        _rank(row["method"], METHODS),
+        _rank(row[key], groups),
+    )
+
+
+def _reader(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyRelation:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return con.read_csv(str(path), header=True, all_varchar=True)
+    if suffix in (".jsonl", ".ndjson"):
+        return con.read_json(str(path), format="newline_delimited")
+    if suffix == ".json":
+        return con.read_json(str(path))
+    if suffix in (".parquet", ".pq"):
+        return con.read_parquet(str(path))
+    raise ValueError(f"{path}: unknown results format (use .csv, .jsonl, .json or .parquet)")
+
+
+def load_outcomes_file(
+    con: duckdb.DuckDBPyConnection, path: Path, *, run_name: str | None = None
+) -> None:
+    """Load a results file into TABLE ``outcomes``; missing optional columns are NULL/false.
+
+    ``run_name`` (default: the file's run_id column, else 'offline') names the run.
+    """
+    if not path.is_file():
+        raise ValueError(f"{path}: no such results file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: results file is empty")
+    try:
+        raw = _reader(con, path)
+    except duckdb.Error as exc:
+        raise ValueError(f"{path}: cannot read results: {exc}") from exc
+    present = set(raw.columns)
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    if missing:
+        raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}")
+    raw.create_view("perg_raw_outcomes", replace=True)
+    _check_casts(con, path, present)
+    con.execute(
+        "CREATE OR REPLACE TABLE outcomes AS SELECT "
+        + ", ".join(_column_expr(c, present, run_name) for c in OUTCOME_COLUMNS)
+        + " FROM perg_raw_outcomes"
+    )
+    con.execute("DROP VIEW perg_raw_outcomes")
+    _check_values(con, path)
+
+
+def _column_expr(column: str, present: set[str], run_name: str | None) -> str:
+    kind = OUTCOME_TYPES[column]
+    if column == "run_id" and (run_name is not None or column not in present):
+        name = run_name if run_name is not None else OFFLINE_RUN_ID
+        return "'" + name.replace("'", "''") + "' AS run_id"
+    if column not in present:
+        return f"{'false' if kind == 'BOOLEAN' else 'NULL'}::{kind} AS {column}"
+    value = f'CAST("{column}" AS {kind})'
+    if kind == "VARCHAR":
+        value = f"nullif(trim({value}), '')"
+    if kind == "BOOLEAN":
+        value = f"coalesce({value}, false)"
+    return f"{value} AS {column}"
+
+
+def _check_casts(con: duckdb.DuckDBPyConnection, path: Path, present: set[str]) -> None:
+    for column in sorted(present & set(OUTCOME_TYPES)):
+        kind = OUTCOME_TYPES[column]
+        bad = con.execute(
+            f'SELECT CAST("{column}" AS VARCHAR) FROM perg_raw_outcomes '
+            f'WHERE "{column}" IS NOT NULL AND TRY_CAST("{column}" AS {kind}) IS NULL LIMIT 1'
+        ).fetchone()
+        if bad is not None:
+            raise ValueError(f"{path}: column {column}: {bad[0]!r} is not a valid {kind}")
+
+
+def _check_values(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    for column in NOT_NULL_COLUMNS:
+        found = con.execute(f"SELECT count(*) FROM outcomes WHERE {column} IS NULL").fetchone()
+        if found is not None and found[0]:
+            raise ValueError(f"{path}: column {column} is empty on {found[0]} row(s)")
+    settings = ", ".join(f"'{s}'" for s in SETTINGS)
+    unknown = con.execute(
+        f"SELECT setting FROM outcomes WHERE setting NOT IN ({settings}) LIMIT 1"
+    ).fetchone()
+    if unknown is not None:
+        raise ValueError(f"{path}: column setting: unknown setting {unknown[0]!r}")
+    duplicate = con.execute(
+        "SELECT run_id, setting, method, row_id FROM outcomes "
+        "GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
+    ).fetchone()
+    if duplicate is not None:
+        run, setting, method, row_id = duplicate
+        raise ValueError(
+            f"{path}: duplicate outcome for run {run}, {setting}/{method}, row {row_id}"
+        )
+
+
+def _cell(value: object, low: object = None, high: object = None) -> str:
+    if not isinstance(value, float):
+        return "-" if value is None else str(value)
+    if isinstance(low, float) and isinstance(high, float):
+        return f"{value:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{value:.1f}"
+
+
+def format_metrics_table(rows: list[dict[str, object]]) -> str:
+    """A plain-text table (one decimal) of metric rows from any metrics view."""
+    if not rows:
+        return "(no outcomes)"
+    key = next(k for k in ("source", "preference", "category") if k in rows[0])
+    header = ["run", "setting", "method", key, "n", "|Q*|"]
+    header += ["BR [95% CI]", "AFR [95% CI]", "RER [95% CI]", "PVR"]
+    table = [header]
+    for row in rows:
+        cells = [_cell(row[c]) for c in ("run_id", "setting", "method", key, "n_rows", "n_qstar")]
+        cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"]) for m in ("BR", "AFR", "RER")]
+        table.append([*cells, _cell(row["PVR"])])
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in table
+    ]
+    return "\n".join(line.rstrip() for line in lines)

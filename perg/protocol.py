@@ -1,0 +1,273 @@
+"""Prompt protocols as data: the published ``paper`` protocol and the project's ``strict`` one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypedDict, get_args
+
+from perg.config import default_data_dir
+from perg.dataset import LETTERS, Item
+
+Setting = Literal["relevant", "mixed", "irrelevant"]
+SETTINGS: tuple[Setting, ...] = get_args(Setting)
+Method = Literal["zero_shot", "cot", "icl", "self_critic", "pref_aligner"]
+METHODS: tuple[Method, ...] = get_args(Method)
+RoleLayout = Literal["system", "merged"]
+Stage = Literal["answer", "critic", "aligner", "judge", "extraction"]
+
+PROTOCOL_FILE = "paper_protocol.json"
+MERGE_SEPARATOR = "\n\n\n"
+STRICT_PARSE_RETRIES = 2
+JUDGE_MAX_TOKENS = 256
+EXTRACTION_MAX_TOKENS = 32
+
+# The LLM fallback of answer extraction (the paper's prompt for it is not published).
+EXTRACTION_PROMPT = (
+    "Below are a multiple-choice question and a response to it. Which option does the "
+    "response choose as its final answer?\n\n{user_prompt}\nResponse:\n{response}\n\n"
+    'Reply with only a JSON object {{"answer": "<letter>"}} where <letter> is one of: {letters}.'
+)
+
+ALIGNER_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {"response": {"type": "string"}, "thoughts": {"type": "string"}},
+    "required": ["response", "thoughts"],
+    "additionalProperties": False,
+}
+CRITIC_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "properties": {"critic": {"type": "string"}, "response": {"type": "string"}},
+    "required": ["critic", "response"],
+    "additionalProperties": False,
+}
+
+# Keys every protocol file must define, as dotted paths.
+_REQUIRED_KEYS = (
+    "user_prompt.header",
+    "user_prompt.option_line",
+    "system_prompt.base",
+    "system_prompt.single_preference",
+    "system_prompt.preference_set",
+    "system_prompt.icl_intro",
+    "system_prompt.cot_single",
+    "system_prompt.cot_set",
+    "self_critic.system",
+    "self_critic.user",
+    "aligner.user",
+    "judge.system",
+    "judge.followed_threshold",
+    "preferences.irrelevant",
+    "preferences.mixed_insert_index",
+    "icl_examples",
+    "decoding.max_new_tokens.answer",
+    "decoding.max_new_tokens.self_critic_second_pass",
+    "decoding.max_new_tokens.aligner",
+)
+
+
+class ChatMessage(TypedDict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A loaded protocol: renders every prompt of the benchmark for one item."""
+
+    name: str
+    sha256: str
+    strict: bool
+    parse_retries: int
+    spec: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def structured_output(self) -> bool:
+        """Whether JSON-schema constrained output is requested where a backend supports it."""
+        return self.strict
+
+    @property
+    def judge_threshold(self) -> int:
+        """Minimum Likert rating that counts as followed."""
+        return int(self.spec["judge"]["followed_threshold"])
+
+    def user_prompt(self, item: Item) -> str:
+        """The question and its lettered options."""
+        spec = self.spec["user_prompt"]
+        lines = (
+            spec["option_line"].format(letter=letter, text=text)
+            for letter, text in zip(LETTERS, item.options, strict=False)
+        )
+        return str(spec["header"].format(question=item.question) + "".join(lines))
+
+    def preference_payload(self, item: Item, setting: Setting) -> str:
+        """What the setting shows as the preference."""
+        irrelevant = list(self.spec["preferences"]["irrelevant"])
+        if setting == "relevant":
+            return item.preference
+        if setting == "mixed":
+            irrelevant.insert(int(self.spec["preferences"]["mixed_insert_index"]), item.preference)
+        return str(irrelevant)
+
+    def system_prompt(self, item: Item, setting: Setting | None, method: Method) -> str:
+        """The answering system prompt; ``setting=None`` is the no-preference baseline."""
+        spec = self.spec["system_prompt"]
+        text: str = spec["base"]
+        if setting is None:
+            return text
+        payload = self.preference_payload(item, setting)
+        if setting == "mixed":
+            text += spec["preference_set"].format(preferences=payload)
+        else:
+            text += spec["single_preference"].format(preference=payload)
+        if method == "icl":
+            text += spec["icl_intro"] + "\n\n".join(self.spec["icl_examples"][item.source]).strip()
+        if method == "cot":
+            text += spec["cot_set"] if setting == "mixed" else spec["cot_single"]
+        return text
+
+    def baseline_messages(self, item: Item, layout: RoleLayout = "system") -> list[ChatMessage]:
+        """The no-preference baseline call (also Pref-Aligner stage 1)."""
+        return _pair(self.spec["system_prompt"]["base"], self.user_prompt(item), layout)
+
+    def answer_messages(
+        self, item: Item, setting: Setting, method: Method, layout: RoleLayout = "system"
+    ) -> list[ChatMessage]:
+        """First call of a method (self-critic: the zero-shot pass; aligner: the baseline)."""
+        if method == "pref_aligner":
+            return self.baseline_messages(item, layout)
+        system = self.system_prompt(item, setting, method)
+        return _pair(system, self.user_prompt(item), layout)
+
+    def critic_messages(
+        self, item: Item, setting: Setting, first_response: str, layout: RoleLayout = "system"
+    ) -> list[ChatMessage]:
+        """Self-critic second pass."""
+        user = self.spec["self_critic"]["user"].format(
+            preference=self.preference_payload(item, setting),
+            question=self.user_prompt(item),
+            response=first_response,
+        )
+        return _pair(self.spec["self_critic"]["system"], user, layout)
+
+    def aligner_messages(
+        self, item: Item, setting: Setting, baseline_response: str
+    ) -> list[ChatMessage]:
+        """Pref-Aligner stage 2 (paper: always the relevant preference; strict: the setting's)."""
+        preference = self.preference_payload(item, setting) if self.strict else item.preference
+        user = self.spec["aligner"]["user"].format(
+            question=self.user_prompt(item), response=baseline_response, preference=preference
+        )
+        return [{"role": "user", "content": user}]
+
+    def judge_messages(
+        self, item: Item, nopref_response: str, pref_response: str
+    ) -> list[ChatMessage]:
+        """The preference-following judge: one system message."""
+        system = self.spec["judge"]["system"].format(
+            user_prompt=self.user_prompt(item),
+            preference=item.preference,
+            response_without_preference=nopref_response,
+            response_with_preference=pref_response,
+        )
+        return [{"role": "system", "content": system}]
+
+    def extraction_messages(self, item: Item, response: str) -> list[ChatMessage]:
+        """LLM fallback of answer extraction, answering JSON ``{"answer": letter}``."""
+        content = EXTRACTION_PROMPT.format(
+            user_prompt=self.user_prompt(item), response=response, letters=", ".join(item.letters)
+        )
+        return [{"role": "user", "content": content}]
+
+    def extractor_prompt(self, item: Item, response: str) -> str:
+        """The published 1-token extractor's raw prompt (sic: a period after every option)."""
+        references = "".join(f"{L}. {o}.\n" for L, o in zip(LETTERS, item.options, strict=False))
+        return f"{response} \nReferences: \n{references} ### Answer:"
+
+    def max_tokens(self, stage: Stage) -> int:
+        """Generation limit of a stage."""
+        limits = self.spec["decoding"]["max_new_tokens"]
+        by_stage = {
+            "answer": limits["answer"],
+            "critic": limits["self_critic_second_pass"],
+            "aligner": limits["aligner"],
+            "judge": JUDGE_MAX_TOKENS,
+            "extraction": EXTRACTION_MAX_TOKENS,
+        }
+        return int(by_stage[stage])
+
+
+def _pair(system: str, user: str, layout: RoleLayout) -> list[ChatMessage]:
+    if layout == "merged":
+        return [{"role": "user", "content": system + MERGE_SEPARATOR + user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def render_raw_prompt(messages: list[ChatMessage]) -> str:
+    """The ``inst`` layout of raw-prompt models: ``[INST] <SYS>\\n<USER> [/INST] ``."""
+    system = "".join(m["content"] + "\n" for m in messages if m["role"] == "system")
+    user = "".join(m["content"] for m in messages if m["role"] == "user")
+    return f"[INST] {system}{user} [/INST] "
+
+
+def load_protocol(name_or_path: str | Path = "paper", data_dir: Path | None = None) -> Protocol:
+    """``"paper"`` or ``"strict"`` (both from ``paper_protocol.json`` in the data dir), or a path
+    to a file of the same shape (loaded with the paper rules)."""
+    if name_or_path in ("paper", "strict"):
+        name = str(name_or_path)
+        path = (data_dir if data_dir is not None else default_data_dir()) / PROTOCOL_FILE
+    else:
+        path = Path(name_or_path)
+        name = path.stem
+    try:
+        raw = path.read_bytes()
+        spec = json.loads(raw)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read protocol: {exc.strerror}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid JSON protocol file: {exc}") from exc
+    _check_shape(spec, path)
+    strict = name == "strict"
+    return Protocol(
+        name=name,
+        sha256=hashlib.sha256(raw + b"\0" + name.encode()).hexdigest(),
+        strict=strict,
+        parse_retries=STRICT_PARSE_RETRIES if strict else 0,
+        spec=spec,
+    )
+
+
+def _check_shape(spec: object, path: Path) -> None:
+    for dotted in _REQUIRED_KEYS:
+        node = spec
+        for key in dotted.split("."):
+            if not isinstance(node, dict) or key not in node:
+                raise ValueError(f"{path}: protocol lacks key {dotted!r}")
+            node = node[key]
+
+
+def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
+    """Every JSON object embedded in ``text`` (code fences and surrounding prose ignored)."""
+    decoder = json.JSONDecoder(strict=False)
+    start = text.find("{")
+    while start >= 0:
+        try:
+            obj, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+            continue
+        if isinstance(obj, dict):
+            yield obj
+        start = text.find("{", end)
+
+
+def parse_json_response(text: str, field: str = "response") -> str | None:
+    """The first non-blank string ``field`` of a JSON object in ``text``, else None."""
+    for obj in iter_json_objects(text):
+        value = obj.get(field)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
