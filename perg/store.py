@@ -43,9 +43,7 @@ class RunStatus:
 
     @property
     def done(self) -> bool:
-        return (
-            self.results_stored >= self.expected_results and self.baselines_stored >= self.n_rows
-        )
+        return self.results_stored >= self.expected_results and self.baselines_stored >= self.n_rows
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "done": self.done}
@@ -116,9 +114,7 @@ class ResultStore:
         for v in verdicts:
             g, item = v.generation, v.generation.item
             tokens_in, tokens_out, latency, n_calls, retries = _usage(v)
-            finish = next(
-                (c.finish_reason for c in reversed(g.calls) if c.stage == g.stage), None
-            )
+            finish = next((c.finish_reason for c in reversed(g.calls) if c.stage == g.stage), None)
             if g.method == BASELINE_METHOD:
                 baselines.append(
                     [g.context.run_id, item.row_id, item.source, item.category, item.gold_option,
@@ -224,7 +220,7 @@ ORDER BY r.created_at
 
 def run_statuses(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[RunStatus]:
     rows = con.execute(_STATUS_SQL, [run_id, run_id]).fetchall()
-    return [RunStatus(*(int(v) if isinstance(v, int) else v for v in row)) for row in rows]
+    return [RunStatus(*row) for row in rows]
 
 
 def spec_of(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSpec | None:

@@ -84,7 +84,10 @@ def _build(cls: Any, data: Any, path: str) -> Any:
     kwargs = {}
     for field in dataclasses.fields(cls):
         if field.name not in data:
-            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            if (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            ):
                 raise SchemaError(f"{path}.{field.name}: missing")
             continue
         kwargs[field.name] = _convert(data[field.name], hints[field.name], f"{path}.{field.name}")

@@ -1,0 +1,117 @@
+"""Model calls shared by the generator, aligner and judge: one call, and a structured rewrite.
+
+A structured rewrite (self-critic pass 2, Pref-Aligner stage 2) asks for a JSON object and
+reads its ``response`` field. When it cannot be parsed, the protocol decides: ``paper`` keeps
+the earlier text as published and records the fallback; ``strict`` asks again (sampling, so
+the answer can differ) up to ``parse_retries`` times, then records a parse failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from perg.client import ClientPool, Completion, Endpoint
+from perg.protocol import ChatMessage, Protocol, load_protocol, parse_json_response
+from schemas import CallRecord, RunContext
+
+from ._runtime import PermanentError
+
+log = logging.getLogger("perg.services")
+
+RETRY_TEMPERATURE = 0.7  # strict-protocol re-asks sample, so a retry can differ from the first try
+
+
+@cache
+def protocol_for(name: str, sha256: str, data_dir: Path) -> Protocol:
+    """The run's protocol, checked against the hash the run was submitted with."""
+    try:
+        protocol = load_protocol(name, data_dir)
+    except (OSError, ValueError) as exc:
+        raise PermanentError(f"protocol {name!r} cannot be loaded here: {exc}") from exc
+    if protocol.sha256 != sha256:
+        raise PermanentError(
+            f"protocol {name!r} here has hash {protocol.sha256[:12]}, the run was submitted "
+            f"with {sha256[:12]}: this worker's PERG_DATA_DIR ({data_dir}) differs"
+        )
+    return protocol
+
+
+@dataclass(frozen=True)
+class ModelCaller:
+    """Calls one endpoint of a run and records every call."""
+
+    pool: ClientPool
+    context: RunContext
+
+    async def call(
+        self,
+        endpoint: Endpoint,
+        messages: Sequence[ChatMessage],
+        *,
+        stage: str,
+        max_tokens: int,
+        json_schema: Mapping[str, object] | None = None,
+        attempt: int = 0,
+    ) -> tuple[Completion, CallRecord]:
+        decoding = self.context.decoding
+        completion = await self.pool.get(endpoint).chat(
+            [{"role": m["role"], "content": m["content"]} for m in messages],
+            max_tokens=decoding.max_tokens(max_tokens),
+            temperature=decoding.temperature if attempt == 0 else RETRY_TEMPERATURE,
+            seed=None if decoding.seed is None else decoding.seed + attempt,
+            json_schema=json_schema,
+        )
+        record = CallRecord(
+            stage=stage,
+            latency_s=completion.latency_s,
+            attempts=completion.attempts,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            finish_reason=completion.finish_reason,
+        )
+        return completion, record
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    response: str | None
+    calls: list[CallRecord]
+    parse_fallback: bool
+    parse_failure: bool
+
+
+async def structured_rewrite(
+    caller: ModelCaller,
+    protocol: Protocol,
+    messages: Sequence[ChatMessage],
+    *,
+    stage: str,
+    max_tokens: int,
+    schema: Mapping[str, object],
+    earlier_text: str,
+    log_key: object,
+) -> Rewrite:
+    """Ask the run's model for a JSON rewrite and read its ``response`` field."""
+    calls: list[CallRecord] = []
+    json_schema = schema if protocol.structured_output else None
+    for attempt in range(protocol.parse_retries + 1):
+        completion, record = await caller.call(
+            caller.context.model,
+            messages,
+            stage=stage,
+            max_tokens=max_tokens,
+            json_schema=json_schema,
+            attempt=attempt,
+        )
+        calls.append(record)
+        parsed = parse_json_response(completion.text, "response")
+        if parsed is not None:
+            return Rewrite(parsed, calls, parse_fallback=False, parse_failure=False)
+        log.warning("stage=%s %s: unparseable JSON (attempt %d)", stage, log_key, attempt + 1)
+    if protocol.strict:
+        return Rewrite(None, calls, parse_fallback=False, parse_failure=True)
+    return Rewrite(earlier_text, calls, parse_fallback=True, parse_failure=False)
