@@ -15,6 +15,10 @@ environment names without the ``PERG_`` prefix, lower-cased (``kafka = "127.0.0.
 | PERG_SINK_BIND    | address the sink's HTTP API binds                        | 127.0.0.1                |
 | PERG_SINK_PORT    | port of the sink's HTTP API                              | 8765                     |
 | PERG_SINK_TOKEN   | bearer token for the sink API (required off loopback)    | unset                    |
+| PERG_SESSION_TIMEOUT_S | Kafka consumer session timeout of the workers        | 30                       |
+| PERG_SNAPSHOT_EVERY_S | seconds between the sink's Parquet snapshots         | 30                       |
+| PERG_SQL_TIMEOUT_S | live SQL query timeout                                  | 10                       |
+| PERG_SQL_ROW_CAP  | live SQL row cap                                         | 10000                    |
 | PERG_HOME         | cache of installed tools (Kafka jars, llama.cpp venv)    | ~/.cache/perg            |
 """
 

@@ -203,7 +203,7 @@ SELECT
     r.run_id, r.model, r.protocol, strftime(r.created_at, '%Y-%m-%dT%H:%M:%SZ'),
     r.n_rows, r.expected_results,
     r.n_rows + r.n_rows * len(r.settings)
-        * len(list_filter(r.methods, m -> m <> 'pref_aligner')) AS expected_generations,
+        * len(list_filter(r.methods, lambda m: m <> 'pref_aligner')) AS expected_generations,
     CASE WHEN list_contains(r.methods, 'pref_aligner') THEN r.n_rows * len(r.settings) ELSE 0 END,
     (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage <> 'aligned'),
     (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage = 'aligned'),

@@ -23,7 +23,7 @@ import faust
 import orjson
 from faust.streams import Stream
 
-from perg.config import Settings
+from perg.config import Settings, setting
 from perg.kafka import ensure_topics
 from schemas import DeadLetter, Record, SchemaError, TopicSpec
 from schemas.topics import DEAD_LETTERS
@@ -56,6 +56,8 @@ class Service:
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=1.0,
             producer_acks=-1,
+            broker_session_timeout=float(setting("session_timeout_s", "30")),
+            broker_heartbeat_interval=1.0,
             store="memory://",
         )
         self.dead_letters = self.topic(DEAD_LETTERS)

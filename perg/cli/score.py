@@ -9,6 +9,8 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from perg.config import Settings
+from perg.live.client import SinkClient, SinkError
 from perg.metrics import compute_metrics, format_metrics_table, load_outcomes_file
 
 JSON_KEYS = (
@@ -35,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "score", help="score a results file (CSV, JSONL or Parquet of outcomes)"
     )
-    parser.add_argument("results", type=Path, help="outcomes file: .csv, .jsonl, .json, .parquet")
+    parser.add_argument(
+        "results", nargs="?", type=Path, help="outcomes file: .csv, .jsonl, .json, .parquet"
+    )
+    parser.add_argument("--run", help="score a run of the live sink (or of $PERG_DB) instead")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--run-name", help="run id to report (default: the file's, else offline)")
     parser.set_defaults(func=run)
@@ -48,15 +53,28 @@ def score_file(path: Path, run_name: str | None = None) -> list[dict[str, object
         return compute_metrics(con)
 
 
+def score_run(run_id: str) -> list[dict[str, object]]:
+    """Metrics of a run, from the same SQL views served by the live sink."""
+    rows = SinkClient(Settings.load()).metrics(run_id)
+    if not rows:
+        raise ValueError(f"no stored results for run {run_id!r}")
+    return rows
+
+
 def _metric_rows(args: argparse.Namespace) -> list[dict[str, object]]:
-    # The live mode (reading a run from the sink) adds its branch here.
+    if args.run is not None:
+        if args.results is not None:
+            raise ValueError("give a RESULTS file or --run RUN, not both")
+        return score_run(args.run)
+    if args.results is None:
+        raise ValueError("give a RESULTS file or --run RUN")
     return score_file(args.results, args.run_name)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         rows = _metric_rows(args)
-    except (ValueError, OSError, duckdb.Error) as exc:
+    except (ValueError, OSError, duckdb.Error, SinkError) as exc:
         print(f"perg score: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -1,0 +1,54 @@
+"""``perg status [RUN] [--wait]``: progress of runs, from the sink (or the results file)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+
+from perg.config import Settings
+from perg.live.client import SinkClient, SinkError
+from perg.progress import follow, status_table
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("status", help="progress of one run or of all runs")
+    parser.add_argument("run", nargs="?", help="run id (default: all runs)")
+    parser.add_argument("--wait", action="store_true", help="block until the run is stored")
+    parser.add_argument("--follow", action="store_true", help="live progress bars until done")
+    parser.add_argument("--timeout", type=float, help="seconds to wait (with --wait)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    client = SinkClient(Settings.load())
+    console = Console(stderr=True)
+    try:
+        if args.run is None:
+            Console().print(status_table(client.statuses()))
+            return 0
+
+        def fetch() -> dict[str, object] | None:
+            found = client.statuses(args.run)
+            return found[0] if found else None
+
+        if not (args.wait or args.follow):
+            status = fetch()
+            if status is None:
+                print(f"perg status: unknown run {args.run!r}", file=sys.stderr)
+                return 2
+            Console().print(status_table([status]))
+            return 0
+        last = follow(fetch, args.run, console=console, timeout_s=args.timeout)
+    except SinkError as exc:
+        print(f"perg status: {exc}", file=sys.stderr)
+        return 2
+    if last is None:
+        print(f"perg status: run {args.run!r} never appeared", file=sys.stderr)
+        return 1
+    if not last["done"]:
+        print(f"perg status: timed out; {last['results_stored']}/{last['expected_results']} "
+              "results stored", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0

@@ -1,0 +1,99 @@
+"""Live progress of runs, as the sink reports it: one bar per stage, retries and errors."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# (label, status key of the count, status key of the expected total)
+STAGES = (
+    ("generate", "generated", "expected_generations"),
+    ("align", "aligned", "expected_aligned"),
+    ("judge + store", "results_stored", "expected_results"),
+)
+
+
+class RunProgress:
+    """Bars for one run's stages, with throughput measured between updates."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.started = time.monotonic()
+        self.bars = Progress(
+            TextColumn("{task.description:>14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:>9}"),
+            TimeElapsedColumn(),
+        )
+        self.tasks = {
+            label: self.bars.add_task(label, total=None, rate="") for label, _, _ in STAGES
+        }
+        self.footer = ""
+        self.first_seen: dict[str, int] = {}
+
+    def update(self, status: Mapping[str, Any]) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        for label, done_key, total_key in STAGES:
+            done, total = int(status[done_key]), int(status[total_key])
+            since_start = done - self.first_seen.setdefault(label, done)
+            self.bars.update(
+                self.tasks[label],
+                completed=done,
+                total=total or None,
+                visible=total > 0,
+                rate=f"{since_start / elapsed:.1f}/s",
+            )
+        self.footer = (
+            f"run {self.run_id} · model {status['model']} · protocol {status['protocol']} · "
+            f"retries {status['retries']} · dead letters {status['dead_letters']}"
+            + (" · done" if status["done"] else "")
+        )
+
+    def renderable(self) -> Group:
+        return Group(self.footer, self.bars)
+
+
+def status_table(statuses: list[Mapping[str, Any]]) -> Table:
+    table = Table("run", "model", "protocol", "created", "stored", "retries", "dead", "done")
+    for s in statuses:
+        table.add_row(
+            s["run_id"], s["model"], s["protocol"], s["created_at"],
+            f"{s['results_stored']}/{s['expected_results']}", str(s["retries"]),
+            str(s["dead_letters"]), "yes" if s["done"] else "no",
+        )  # fmt: skip
+    return table
+
+
+def follow(
+    fetch: Callable[[], Mapping[str, Any] | None],
+    run_id: str,
+    *,
+    console: Console,
+    timeout_s: float | None = None,
+    poll_s: float = 1.0,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Mapping[str, Any] | None:
+    """Show live progress until the run is done, the timeout passes or ``should_stop()``.
+
+    Returns the last status (None when the sink never knew the run)."""
+    progress = RunProgress(run_id)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    status = None
+    with Live(progress.renderable(), console=console, refresh_per_second=4) as live:
+        while True:
+            status = fetch() or status
+            if status is not None:
+                progress.update(status)
+                live.update(progress.renderable())
+                if status["done"]:
+                    return status
+            if should_stop() or (deadline is not None and time.monotonic() >= deadline):
+                return status
+            time.sleep(poll_s)
