@@ -11,7 +11,7 @@
 -- The pooled source 'full' weighs every row equally.
 
 CREATE OR REPLACE MACRO perg_wilson(failures, n, sign) AS
-    CASE WHEN n > 0 THEN greatest(0.0, least(100.0, 100 * (
+    CASE WHEN n > 0 AND failures IS NOT NULL THEN greatest(0.0, least(100.0, 100 * (
         failures::DOUBLE / n + 1.959964 ^ 2 / (2 * n)
         + sign * 1.959964 * sqrt(
             (failures::DOUBLE / n) * (1 - failures::DOUBLE / n) / n + 1.959964 ^ 2 / (4 * n * n)

@@ -131,7 +131,7 @@ class Protocol:
 
     def baseline_messages(self, item: Item, layout: RoleLayout = "system") -> list[ChatMessage]:
         """The no-preference baseline call (also Pref-Aligner stage 1)."""
-        return _pair(self.spec["system_prompt"]["base"], self.user_prompt(item), layout)
+        return chat_messages(self.spec["system_prompt"]["base"], self.user_prompt(item), layout)
 
     def answer_messages(
         self, item: Item, setting: Setting, method: Method, layout: RoleLayout = "system"
@@ -140,7 +140,7 @@ class Protocol:
         if method == "pref_aligner":
             return self.baseline_messages(item, layout)
         system = self.system_prompt(item, setting, method)
-        return _pair(system, self.user_prompt(item), layout)
+        return chat_messages(system, self.user_prompt(item), layout)
 
     def critic_messages(
         self, item: Item, setting: Setting, first_response: str, layout: RoleLayout = "system"
@@ -151,7 +151,7 @@ class Protocol:
             question=self.user_prompt(item),
             response=first_response,
         )
-        return _pair(self.spec["self_critic"]["system"], user, layout)
+        return chat_messages(self.spec["self_critic"]["system"], user, layout)
 
     def aligner_messages(
         self, item: Item, setting: Setting, baseline_response: str
@@ -200,7 +200,8 @@ class Protocol:
         return int(by_stage[stage])
 
 
-def _pair(system: str, user: str, layout: RoleLayout) -> list[ChatMessage]:
+def chat_messages(system: str, user: str, layout: RoleLayout = "system") -> list[ChatMessage]:
+    """A system + user pair; ``merged`` puts the system text into the user turn."""
     if layout == "merged":
         return [{"role": "user", "content": system + MERGE_SEPARATOR + user}]
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]

@@ -1,0 +1,296 @@
+"""The SQL metrics engine: a hand-computed fixture, input checks and properties."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import cache
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from perg.metrics import (
+    OUTCOME_COLUMNS,
+    OUTCOME_TYPES,
+    compute_metrics,
+    create_metric_views,
+    format_metrics_table,
+    load_outcomes_file,
+)
+
+FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
+Z = 1.959964
+TQA, MMLU = "truthfulqa/truthful_qa", "cais/mmlu"
+
+
+def wilson(failures: int, n: int) -> tuple[float, float]:
+    """Reference 95% Wilson interval of failures / n, in percent."""
+    p = failures / n
+    center = (p + Z * Z / (2 * n)) / (1 + Z * Z / n)
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / (1 + Z * Z / n)
+    return 100 * max(0.0, center - half), 100 * min(1.0, center + half)
+
+
+def loaded(path: Path = FIXTURE, run_name: str | None = None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    load_outcomes_file(con, path, run_name=run_name)
+    return con
+
+
+def keyed(rows: list[dict[str, object]], key: str) -> dict[tuple[object, ...], dict[str, object]]:
+    return {(r["setting"], r["method"], r[key]): r for r in rows}
+
+
+def expect(row: dict[str, object], **values: object) -> None:
+    for name, value in values.items():
+        assert row[name] == value, name
+
+
+def expect_intervals(row: dict[str, object], n: int, **failures: int) -> None:
+    for metric, count in failures.items():
+        low, high = wilson(count, n)
+        assert row[f"{metric}_lo"] == pytest.approx(low, abs=1e-9), metric
+        assert row[f"{metric}_hi"] == pytest.approx(high, abs=1e-9), metric
+
+
+def test_hand_computed_by_source() -> None:
+    rows = keyed(compute_metrics(loaded()), "source")
+    assert list(rows) == [
+        ("relevant", "zero_shot", TQA),
+        ("relevant", "zero_shot", MMLU),
+        ("relevant", "zero_shot", "full"),
+        ("irrelevant", "zero_shot", TQA),
+        ("irrelevant", "zero_shot", "full"),
+        ("irrelevant", "cot", TQA),
+        ("irrelevant", "cot", "full"),
+    ]
+    tqa = rows["relevant", "zero_shot", TQA]
+    expect(tqa, run_id="offline", n_rows=4, n_qstar=3, n_correct=2, n_followed=2, n_robust=1)
+    expect(tqa, BR=100 / 3, AFR=100 / 3, RER=200 / 3, PVR=50.0)
+    expect(tqa, extraction_unresolved_rate=0.0, judge_unparseable_rate=0.0, truncation_rate=0.0)
+    expect_intervals(tqa, 3, BR=1, AFR=1, RER=2)
+
+    mmlu = rows["relevant", "zero_shot", MMLU]
+    expect(mmlu, n_rows=4, n_qstar=3, n_correct=2, n_followed=2, n_robust=1)
+    expect(mmlu, BR=100 / 3, AFR=100 / 3, RER=200 / 3, PVR=100 / 3)
+    expect(mmlu, extraction_unresolved_rate=25.0, judge_unparseable_rate=25.0)
+    expect(mmlu, parse_fallback_rate=25.0, parse_failure_rate=0.0, truncation_rate=25.0)
+
+    full = rows["relevant", "zero_shot", "full"]
+    expect(full, n_rows=8, n_qstar=6, n_correct=4, n_followed=4, n_robust=2)
+    expect(full, BR=200 / 6, AFR=200 / 6, RER=400 / 6, PVR=300 / 7)
+    expect(full, extraction_unresolved_rate=12.5, judge_unparseable_rate=12.5)
+    expect_intervals(full, 6, BR=2, AFR=2, RER=4)
+
+
+def test_hand_computed_irrelevant() -> None:
+    rows = keyed(compute_metrics(loaded()), "source")
+    irrelevant = rows["irrelevant", "zero_shot", TQA]
+    expect(irrelevant, n_qstar=2, n_correct=1, n_followed=None, n_robust=None)
+    expect(irrelevant, BR=50.0, AFR=None, AFR_lo=None, AFR_hi=None, RER=50.0, PVR=50.0)
+    expect(irrelevant, RER_lo=irrelevant["BR_lo"], RER_hi=irrelevant["BR_hi"])
+    expect(irrelevant, judge_unparseable_rate=None)
+    empty = rows["irrelevant", "cot", "full"]
+    expect(empty, n_qstar=0, BR=None, BR_lo=None, RER=None, PVR=0.0)
+
+
+def test_hand_computed_by_preference_and_subject() -> None:
+    con = loaded()
+    prefs = keyed(compute_metrics(con, by="preference"), "preference")
+    expect(prefs["relevant", "zero_shot", "P1"], n_qstar=3, BR=0.0, AFR=200 / 3, RER=200 / 3)
+    expect(prefs["relevant", "zero_shot", "P1"], PVR=0.0)
+    expect(prefs["relevant", "zero_shot", "P2"], n_qstar=3, BR=200 / 3, AFR=0.0, RER=200 / 3)
+    expect(prefs["relevant", "zero_shot", "P2"], PVR=75.0)
+    subjects = keyed(compute_metrics(con, by="subject"), "category")
+    assert set(subjects) == {
+        ("relevant", "zero_shot", "anatomy"),
+        ("relevant", "zero_shot", "marketing"),
+    }
+    expect(subjects["relevant", "zero_shot", "anatomy"], BR=50.0, AFR=50.0, RER=100.0, PVR=50.0)
+    expect(subjects["relevant", "zero_shot", "marketing"], BR=0.0, AFR=0.0, RER=0.0, PVR=0.0)
+
+
+def test_views_have_the_documented_columns() -> None:
+    con = loaded()
+    create_metric_views(con)
+    metric_columns = [
+        "n_rows", "n_qstar", "n_correct", "n_followed", "n_robust",
+        "BR", "BR_lo", "BR_hi", "AFR", "AFR_lo", "AFR_hi", "RER", "RER_lo", "RER_hi", "PVR",
+        "extraction_unresolved_rate", "judge_unparseable_rate", "parse_fallback_rate",
+        "parse_failure_rate", "truncation_rate",
+    ]  # fmt: skip
+    for view, key in [
+        ("metrics_by_source", "source"),
+        ("metrics_by_preference", "preference"),
+        ("metrics_by_subject", "category"),
+    ]:
+        columns = [d[0] for d in con.execute(f"SELECT * FROM {view} LIMIT 0").description]
+        assert columns == ["run_id", "setting", "method", key, *metric_columns]
+
+
+def test_outcomes_table_has_the_contract_columns() -> None:
+    described = loaded().execute("DESCRIBE outcomes").fetchall()
+    assert [(r[0], r[1]) for r in described] == list(OUTCOME_TYPES.items())
+    assert tuple(r[0] for r in described) == OUTCOME_COLUMNS
+
+
+def test_same_metrics_from_jsonl_and_parquet(tmp_path: Path) -> None:
+    expected = compute_metrics(loaded())
+    rows = loaded().execute("SELECT * FROM outcomes").fetchall()
+    jsonl = tmp_path / "o.jsonl"
+    with jsonl.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(dict(zip(OUTCOME_COLUMNS, row, strict=True))) + "\n")
+    assert compute_metrics(loaded(jsonl)) == expected
+    parquet = tmp_path / "o.parquet"
+    loaded().execute(f"COPY outcomes TO '{parquet}' (FORMAT parquet)")
+    assert compute_metrics(loaded(parquet)) == expected
+
+
+def test_run_names_and_filter(tmp_path: Path) -> None:
+    assert {r["run_id"] for r in compute_metrics(loaded(run_name="mine"))} == {"mine"}
+    text = FIXTURE.read_text(encoding="utf-8").splitlines()
+    two_runs = tmp_path / "runs.csv"
+    lines = ["run_id," + text[0]] + [f"r1,{t}" for t in text[1:]] + [f"r2,{t}" for t in text[1:3]]
+    two_runs.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    con = loaded(two_runs)
+    assert {r["run_id"] for r in compute_metrics(con)} == {"r1", "r2"}
+    assert {r["n_rows"] for r in compute_metrics(con, "r2")} == {2}
+    assert compute_metrics(con, "absent") == []
+
+
+BAD_EDITS = [
+    (("judge_rating,", "rating,"), "missing required column(s): judge_rating"),
+    ((",10,A,A,A,", ",x10,A,A,A,"), "column row_id: 'x10' is not a valid INTEGER"),
+    ((",,4,unresolved", ",,high,unresolved"), "column judge_rating: 'high'"),
+    (("P2,irrelevant,cot", "P2,sideways,cot"), "unknown setting 'sideways'"),
+    (("irrelevant,cot,3", "irrelevant,zero_shot,1"), "duplicate outcome for run offline"),
+    (("zero_shot,12,C", "zero_shot,12,"), "column gold_option is empty on 1 row(s)"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), BAD_EDITS)
+def test_bad_results_files(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    path = tmp_path / "bad.csv"
+    text = FIXTURE.read_text(encoding="utf-8")
+    assert edit[0] in text
+    path.write_text(text.replace(*edit), encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        loaded(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such results file"):
+        loaded(tmp_path / "absent.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match="results file is empty"):
+        loaded(tmp_path / "empty.csv")
+    other = tmp_path / "o.txt"
+    other.write_text("x", encoding="utf-8")
+    with pytest.raises(ValueError, match="unknown results format"):
+        loaded(other)
+
+
+def test_format_metrics_table() -> None:
+    table = format_metrics_table(compute_metrics(loaded()))
+    lines = table.splitlines()
+    assert lines[0].split()[:6] == ["run", "setting", "method", "source", "n", "|Q*|"]
+    assert "33.3 [6.1, 79.2]" in lines[1] and lines[1].rstrip().endswith("50.0")
+    assert len(lines) == 8
+    assert format_metrics_table([]) == "(no outcomes)"
+
+
+# --- properties -------------------------------------------------------------
+
+Outcome = tuple[bool, str | None, int | None, str]
+OUTCOME = st.tuples(
+    st.booleans(),  # baseline correct
+    st.sampled_from(["A", "B", None]),  # preference answer (gold is A)
+    st.one_of(st.none(), st.integers(min_value=1, max_value=5)),  # judge rating
+    st.sampled_from([TQA, MMLU]),
+)
+
+
+@cache
+def property_connection() -> duckdb.DuckDBPyConnection:
+    """One connection for all examples: each replaces TABLE outcomes under the same views."""
+    con = duckdb.connect()
+    columns = ", ".join(f"{name} {kind}" for name, kind in OUTCOME_TYPES.items())
+    con.execute(f"CREATE TABLE outcomes ({columns})")
+    create_metric_views(con)
+    return con
+
+
+def insert_outcomes(rows: list[tuple[str, Outcome]]) -> duckdb.DuckDBPyConnection:
+    records = [
+        ("run", i, source, "s", "p", setting, "zero_shot", "A", "A" if base else "B", pref, rating,
+         None, None, None, False, False, None)
+        for i, (setting, (base, pref, rating, source)) in enumerate(rows)
+    ]  # fmt: skip
+    table = pa.Table.from_pylist([dict(zip(OUTCOME_COLUMNS, r, strict=True)) for r in records])
+    con = property_connection()
+    con.execute("DELETE FROM outcomes")
+    if records:
+        con.register("perg_new_outcomes", table)
+        con.execute("INSERT INTO outcomes SELECT * FROM perg_new_outcomes")
+        con.unregister("perg_new_outcomes")
+    return con
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["relevant", "mixed", "irrelevant"]), OUTCOME), max_size=40)
+)
+def test_metric_bounds_on_any_input(
+    rows: list[tuple[str, Outcome]],
+) -> None:
+    con = insert_outcomes(rows)
+    for by in ("source", "preference", "subject"):
+        for row in compute_metrics(con, by=by):
+            pvr = row["PVR"]
+            assert isinstance(pvr, float) and 0.0 <= pvr <= 100.0
+            br, afr, rer = row["BR"], row["AFR"], row["RER"]
+            if row["n_qstar"] == 0:
+                assert br is None and afr is None and rer is None
+                continue
+            assert isinstance(br, float) and isinstance(rer, float)
+            for metric in ("BR", "RER", "AFR"):
+                value, low, high = row[metric], row[f"{metric}_lo"], row[f"{metric}_hi"]
+                if value is not None:
+                    assert isinstance(value, float) and isinstance(low, float)
+                    assert isinstance(high, float)
+                    assert 0.0 <= low <= value + 1e-9 and value - 1e-9 <= high <= 100.0
+            if row["setting"] == "irrelevant":
+                assert afr is None and rer == br
+            else:
+                assert isinstance(afr, float)
+                assert max(br, afr) <= rer <= br + afr + 1e-9
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(OUTCOME, min_size=1, max_size=40))
+def test_pooled_metrics_match_a_reference(
+    rows: list[Outcome],
+) -> None:
+    (full,) = [
+        r
+        for r in compute_metrics(insert_outcomes([("mixed", o) for o in rows]))
+        if r["source"] == "full"
+    ]
+    qstar = [o for o in rows if o[0]]
+    correct = sum(1 for o in qstar if o[1] == "A")
+    followed = sum(1 for o in qstar if o[2] is not None and o[2] >= 3)
+    robust = sum(1 for o in qstar if o[1] == "A" and o[2] is not None and o[2] >= 3)
+    union = sum(1 for o in rows if o[0] or o[1] == "A")
+    assert full["n_qstar"] == len(qstar)
+    if qstar:
+        assert full["BR"] == 100 * (len(qstar) - correct) / len(qstar)
+        assert full["AFR"] == 100 * (len(qstar) - followed) / len(qstar)
+        assert full["RER"] == 100 * (len(qstar) - robust) / len(qstar)
+    assert full["PVR"] == (100 * (union - correct) / union if union else 0.0)

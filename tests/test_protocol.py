@@ -1,0 +1,272 @@
+"""Protocol rendering: byte-exact against the authors' renderings, and the strict rules."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from perg.config import default_data_dir
+from perg.dataset import Item, load_dataset
+from perg.protocol import (
+    ALIGNER_SCHEMA,
+    CRITIC_SCHEMA,
+    MERGE_SEPARATOR,
+    METHODS,
+    SETTINGS,
+    ChatMessage,
+    Protocol,
+    chat_messages,
+    load_protocol,
+    parse_json_response,
+    render_raw_prompt,
+)
+
+DATA = default_data_dir()
+GOLDEN_PATH = DATA / "golden_rendered.json"
+pytestmark = pytest.mark.skipif(not GOLDEN_PATH.is_file(), reason="shared PERG data not found")
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(GOLDEN_PATH.read_text(encoding="utf-8"))
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def paper() -> Protocol:
+    return load_protocol("paper")
+
+
+@pytest.fixture(scope="module")
+def strict() -> Protocol:
+    return load_protocol("strict")
+
+
+@pytest.fixture(scope="module")
+def item() -> Item:
+    """The TruthfulQA row of the golden renderings."""
+    return load_dataset().items[0]
+
+
+def content(messages: list[ChatMessage], role: str) -> str:
+    (text,) = [m["content"] for m in messages if m["role"] == role]
+    return text
+
+
+# Golden key -> how to render it with the paper protocol for row 0.
+RENDERERS: dict[str, Callable[[Protocol, Item], object]] = {
+    "user_prompt": lambda p, i: p.user_prompt(i),
+    "sys_nopref": lambda p, i: content(p.baseline_messages(i), "system"),
+    "sys_direct_relevant": lambda p, i: content(
+        p.answer_messages(i, "relevant", "zero_shot"), "system"
+    ),
+    "sys_cot_relevant": lambda p, i: content(p.answer_messages(i, "relevant", "cot"), "system"),
+    "sys_icl_relevant_prefix": lambda p, i: content(
+        p.answer_messages(i, "relevant", "icl"), "system"
+    )[:700],
+    "sys_direct_mixed": lambda p, i: content(p.answer_messages(i, "mixed", "zero_shot"), "system"),
+    "sys_cot_mixed": lambda p, i: content(p.answer_messages(i, "mixed", "cot"), "system"),
+    "sys_direct_irrelevant": lambda p, i: content(
+        p.answer_messages(i, "irrelevant", "zero_shot"), "system"
+    ),
+    "critic_user_msg": lambda p, i: content(
+        p.critic_messages(i, "relevant", "<INITIAL RESPONSE>"), "user"
+    ),
+    "aligner_user_msg": lambda p, i: content(
+        p.aligner_messages(i, "irrelevant", "<NO-PREF RESPONSE>"), "user"
+    ),
+    "judge_system_msg": lambda p, i: content(
+        p.judge_messages(i, "<NO-PREF RESPONSE>", "<PREF RESPONSE>"), "system"
+    ),
+    "extractor_prompt": lambda p, i: p.extractor_prompt(i, "<MODEL RESPONSE>"),
+    "gemma_style_messages": lambda p, i: chat_messages("<SYS>", "<USER>", "merged"),
+    "janus_template": lambda p, i: render_raw_prompt(chat_messages("<SYS>", "<USER>")),
+}
+
+
+def test_every_golden_string_has_a_renderer(golden: dict[str, Any]) -> None:
+    assert set(golden) == set(RENDERERS)
+
+
+@pytest.mark.parametrize("key", sorted(RENDERERS))
+def test_golden_byte_exact(key: str, golden: dict[str, Any], paper: Protocol, item: Item) -> None:
+    assert RENDERERS[key](paper, item) == golden[key]
+
+
+def test_icl_prefix_is_a_prefix(golden: dict[str, Any], paper: Protocol, item: Item) -> None:
+    system = content(paper.answer_messages(item, "relevant", "icl"), "system")
+    assert len(system) > 700
+    assert system.startswith(golden["sys_icl_relevant_prefix"])
+
+
+def test_merged_layout_matches_gemma_style(
+    golden: dict[str, Any], paper: Protocol, item: Item
+) -> None:
+    (expected,) = golden["gemma_style_messages"]
+    system = paper.system_prompt(item, "relevant", "cot")
+    merged = paper.answer_messages(item, "relevant", "cot", "merged")
+    assert merged == [
+        {
+            "role": "user",
+            "content": expected["content"]
+            .replace("<SYS>", system)
+            .replace("<USER>", paper.user_prompt(item)),
+        }
+    ]
+
+
+def test_inst_layout(golden: dict[str, Any], paper: Protocol, item: Item) -> None:
+    prompt = render_raw_prompt(paper.baseline_messages(item))
+    expected = golden["janus_template"].replace(
+        "<SYS>", paper.system_prompt(item, None, "zero_shot")
+    )
+    assert prompt == expected.replace("<USER>", paper.user_prompt(item))
+    aligner = paper.aligner_messages(item, "relevant", "r")
+    assert render_raw_prompt(aligner) == f"[INST] {aligner[0]['content']} [/INST] "
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize("method", METHODS)
+def test_all_settings_and_methods_render(
+    setting: Any, method: Any, paper: Protocol, item: Item
+) -> None:
+    messages = paper.answer_messages(item, setting, method)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[1]["content"] == paper.user_prompt(item)
+    system = messages[0]["content"]
+    if method == "pref_aligner":
+        assert messages == paper.baseline_messages(item)
+        return
+    assert paper.preference_payload(item, setting) in system
+    assert ("Here are some examples:" in system) == (method == "icl")
+    assert ("Think step-by-step" in system) == (method == "cot")
+    critic = paper.critic_messages(item, setting, "first")
+    assert "User Preference: " + paper.preference_payload(item, setting) in critic[1]["content"]
+    merged = paper.answer_messages(item, setting, method, "merged")
+    assert merged == [
+        {"role": "user", "content": system + MERGE_SEPARATOR + messages[1]["content"]}
+    ]
+
+
+def test_cot_in_mixed_uses_the_set_instructions(paper: Protocol, item: Item) -> None:
+    assert "only the relevant user preferences" in paper.system_prompt(item, "mixed", "cot")
+    assert "only the relevant" not in paper.system_prompt(item, "irrelevant", "cot")
+
+
+def test_preference_payloads(paper: Protocol, item: Item) -> None:
+    irrelevant = list(paper.spec["preferences"]["irrelevant"])
+    assert paper.preference_payload(item, "relevant") == item.preference
+    assert paper.preference_payload(item, "irrelevant") == str(irrelevant)
+    mixed = [*irrelevant[:2], item.preference, *irrelevant[2:]]
+    assert paper.preference_payload(item, "mixed") == str(mixed)
+
+
+def test_icl_examples_follow_the_source(paper: Protocol) -> None:
+    dataset = load_dataset()
+    for row in (0, 817, 2038):
+        row_item = dataset.items[row]
+        system = paper.system_prompt(row_item, "relevant", "icl")
+        assert paper.spec["icl_examples"][row_item.source][0].strip()[:200] in system
+
+
+def test_aligner_preference_paper_vs_strict(paper: Protocol, strict: Protocol, item: Item) -> None:
+    for setting in SETTINGS:
+        paper_text = paper.aligner_messages(item, setting, "r")[0]["content"]
+        strict_text = strict.aligner_messages(item, setting, "r")[0]["content"]
+        assert f"User Preference: {item.preference}\n" in paper_text
+        payload = strict.preference_payload(item, setting)
+        assert f"User Preference: {payload}\n" in strict_text
+        assert (paper_text == strict_text) == (setting == "relevant")
+
+
+def test_strict_keeps_the_paper_prompts(paper: Protocol, strict: Protocol, item: Item) -> None:
+    for method in METHODS:
+        assert paper.answer_messages(item, "mixed", method) == strict.answer_messages(
+            item, "mixed", method
+        )
+    assert paper.judge_messages(item, "a", "b") == strict.judge_messages(item, "a", "b")
+
+
+def test_protocol_rules_and_hashes(paper: Protocol, strict: Protocol) -> None:
+    assert (paper.name, paper.strict, paper.parse_retries, paper.structured_output) == (
+        "paper",
+        False,
+        0,
+        False,
+    )
+    assert strict.strict and strict.parse_retries > 0 and strict.structured_output
+    assert len(paper.sha256) == 64 and paper.sha256 != strict.sha256
+    assert load_protocol("paper").sha256 == paper.sha256
+    assert paper.judge_threshold == 3
+    assert [paper.max_tokens(s) for s in ("answer", "critic", "aligner")] == [500, 1024, 1000]
+    assert paper.max_tokens("judge") > 0 and paper.max_tokens("extraction") > 0
+
+
+def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None:
+    (message,) = paper.judge_messages(item, "no", "yes")
+    assert message["role"] == "system"
+    assert f"**User Preference:**  \n{item.preference}\n" in message["content"]
+
+
+def test_extraction_messages_name_the_letters(paper: Protocol, item: Item) -> None:
+    (message,) = paper.extraction_messages(item, "I pick Nauru")
+    assert message["role"] == "user"
+    assert "I pick Nauru" in message["content"]
+    assert "one of: A, B, C, D." in message["content"]
+    assert paper.user_prompt(item) in message["content"]
+
+
+def test_load_from_path(tmp_path: Path, paper: Protocol, item: Item) -> None:
+    spec = json.loads((DATA / "paper_protocol.json").read_text(encoding="utf-8"))
+    spec["system_prompt"]["base"] = "Be brief.\n"
+    path = tmp_path / "custom.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    custom = load_protocol(path)
+    assert custom.name == "custom" and not custom.strict
+    assert custom.system_prompt(item, None, "zero_shot") == "Be brief.\n"
+    assert custom.sha256 != paper.sha256
+
+
+def test_bad_protocol_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot read protocol"):
+        load_protocol("strict", tmp_path)
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a valid JSON protocol"):
+        load_protocol(bad_json)
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"user_prompt": {"header": "x"}}), encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"partial.json: protocol lacks key 'user_prompt.option_line'"
+    ):
+        load_protocol(partial)
+
+
+def test_schemas() -> None:
+    assert ALIGNER_SCHEMA["required"] == ["response", "thoughts"]
+    assert CRITIC_SCHEMA["required"] == ["critic", "response"]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "expected"),
+    [
+        ('{"response": "B. Nauru", "thoughts": "ok"}', "response", "B. Nauru"),
+        ('```json\n{"critic": "c", "response": "fixed"}\n```', "response", "fixed"),
+        ('Sure! Here it is: {"response": "line\nbreak"} done', "response", "line\nbreak"),
+        ('{"critic": "only"} then {"response": "second"}', "response", "second"),
+        ('{"critic": "fine"}', "critic", "fine"),
+        ('{"response": ""}', "response", None),
+        ('{"response": 3}', "response", None),
+        ('{"response": "unterminated', "response", None),
+        ("no json at all", "response", None),
+        ("", "response", None),
+        ('{"a": {"response": "nested"}}', "response", None),
+        ('{bad} {"response": "after bad"}', "response", "after bad"),
+    ],
+)
+def test_parse_json_response(text: str, field: str, expected: str | None) -> None:
+    assert parse_json_response(text, field) == expected
