@@ -1,0 +1,195 @@
+"""A running PERG Stream pipeline for tests: real broker, workers as OS processes.
+
+``Pipeline`` starts the scripted model double (tests/model_double.py) and the four workers
+(``perg worker ...``) as separate processes, isolated from other tests by their own topic
+prefix, DuckDB file and sink port. Readiness is polled (the double prints its URL, the sink
+answers /health); nothing waits on a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT.parent / "shared" / "perg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(check: Any, what: str, timeout_s: float = 120, poll_s: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+@dataclass
+class Pipeline:
+    bootstrap: str
+    workdir: Path
+    prefix: str
+    generators: int = 2
+    env: dict[str, str] = field(init=False)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    model_url: str = field(default="", init=False)
+
+    def __post_init__(self) -> None:
+        port = free_port()
+        self.env = {
+            **os.environ,
+            "PERG_KAFKA": self.bootstrap,
+            "PERG_TOPIC_PREFIX": self.prefix,
+            "PERG_DB": str(self.workdir / "perg.duckdb"),
+            "PERG_SINK_PORT": str(port),
+            "PERG_SINK_URL": f"http://127.0.0.1:{port}",
+            "PERG_DATA_DIR": str(DATA_DIR),
+            "PERG_SESSION_TIMEOUT_S": "10",
+            "PERG_SNAPSHOT_EVERY_S": "2",
+        }
+
+    # -- processes ------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            args, env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, start_new_session=True
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start_model_double(self) -> None:
+        proc = self._spawn(
+            "model-double",
+            [sys.executable, str(ROOT / "tests" / "model_double.py"), "--port", "0",
+             "--answers", str(DATA_DIR / "pergdata.csv")],
+        )  # fmt: skip
+        assert proc.stdout is not None
+        self.model_url = proc.stdout.readline().decode().strip()
+        if not self.model_url.startswith("http"):
+            raise RuntimeError(f"model double did not start: {self.log_tail('model-double')}")
+
+    def start_worker(self, service: str, index: int = 0) -> None:
+        name = f"{service}-{index}"
+        self._spawn(name, [sys.executable, "-m", "perg", "worker", service])
+
+    def start(self) -> None:
+        self.start_model_double()
+        self.start_worker("sink")
+        for i in range(self.generators):
+            self.start_worker("generator", i)
+        self.start_worker("aligner")
+        self.start_worker("judge")
+        self.wait_for_sink()
+
+    def wait_for_sink(self) -> None:
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(self.env["PERG_SINK_URL"] + "/health", timeout=2):
+                    return True
+            except OSError:
+                if self.procs["sink-0"].poll() is not None:
+                    raise RuntimeError(f"sink exited: {self.log_tail('sink-0')}") from None
+                return False
+
+        wait_until(healthy, "the sink's /health", timeout_s=180)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL a worker: no shutdown, no offset commit."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.workdir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- the CLI, as a user drives it -------------------------------------------------------
+
+    def perg(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "perg", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def submit(self, *extra: str) -> str:
+        proc = self.perg(
+            "submit",
+            "--model-url", self.model_url, "--model", "scripted-double",
+            "--judge-url", self.model_url, "--judge-model", "scripted-double",
+            *extra,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        run_id = proc.stdout.strip()
+        assert run_id and "\n" not in run_id, proc.stdout
+        return run_id
+
+    def status(self, run_id: str) -> dict[str, Any] | None:
+        url = f"{self.env['PERG_SINK_URL']}/api/runs/{run_id}/status"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                status: dict[str, Any] = orjson.loads(response.read())
+                return status
+        except OSError:
+            return None
+
+    def sql(self, query: str) -> list[dict[str, Any]]:
+        request = urllib.request.Request(
+            self.env["PERG_SINK_URL"] + "/sql",
+            data=orjson.dumps({"sql": query}),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            answer = orjson.loads(response.read())
+        return [dict(zip(answer["columns"], row, strict=True)) for row in answer["rows"]]
+
+
+@contextmanager
+def running_pipeline(bootstrap: str, workdir: Path, prefix: str) -> Iterator[Pipeline]:
+    pipeline = Pipeline(bootstrap, workdir, prefix)
+    try:
+        pipeline.start()
+        yield pipeline
+    except BaseException:
+        for name in pipeline.procs:
+            print(f"--- {name} log tail ---\n{pipeline.log_tail(name)}", file=sys.stderr)
+        raise
+    finally:
+        pipeline.stop()
