@@ -1,0 +1,211 @@
+"""docker-compose.yml, checked offline with `docker-compose config` (Debian's compose 1.29).
+
+No Docker engine is needed: `config` only parses, validates and interpolates the file.
+.ci/install-system.sh installs the binary; without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+yaml = pytest.importorskip("yaml", reason="pyyaml (dev extra) parses the compose output")
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = shutil.which("docker-compose")
+pytestmark = pytest.mark.skipif(
+    COMPOSE is None,
+    reason="docker-compose binary not found (install it with .ci/install-system.sh)",
+)
+
+WORKERS = ("generator", "aligner", "judge", "sink")
+GPU = ("tgi-model", "tgi-judge")
+CPU = ("llama-model", "llama-judge")
+TOKEN = "test-sink-token"
+
+
+def compose_config(
+    *args: str, env: dict[str, str] | None = None, env_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    # a clean environment: no PERG_*/COMPOSE_* of the developer, no .env of the checkout
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PERG_", "COMPOSE_"))}
+    for name in ("HF_TOKEN", "MODEL_ID", "JUDGE_MODEL_ID", "KAFKA_HEAP_OPTS"):
+        base.pop(name, None)
+    base.update(env or {})
+    cmd = [str(COMPOSE), "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml")]
+    if env_file is None:  # compose 1.29 wants a regular file; an empty one = no .env
+        env_file = Path(tempfile.gettempdir()) / "perg-test-compose-empty.env"
+        env_file.write_text("")
+    cmd += ["--env-file", str(env_file), "config", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=base, capture_output=True, text=True, check=False)
+
+
+def load(**env: str) -> dict[str, Any]:
+    proc = compose_config(env={"PERG_SINK_TOKEN": TOKEN, **env})
+    assert proc.returncode == 0, proc.stderr
+    config: dict[str, Any] = yaml.safe_load(proc.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return load()
+
+
+@pytest.fixture(scope="module")
+def services(config: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = config["services"]
+    return result
+
+
+def test_all_services_present(services: dict[str, Any]) -> None:
+    assert set(services) == {"kafka", *GPU, *CPU, *WORKERS}
+
+
+def test_profiles(services: dict[str, Any]) -> None:
+    for name in GPU:
+        assert services[name]["profiles"] == ["gpu"], name
+    for name in CPU:
+        assert services[name]["profiles"] == ["cpu"], name
+    for name in ("kafka", *WORKERS):  # always on, whichever model stack runs
+        assert "profiles" not in services[name], name
+
+
+def test_profile_listing() -> None:
+    proc = compose_config("--profiles", env={"PERG_SINK_TOKEN": TOKEN})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.split()) == ["cpu", "gpu"]
+
+
+def test_kafka(services: dict[str, Any], config: dict[str, Any]) -> None:
+    kafka = services["kafka"]
+    version = re.search(r"^KAFKA_VERSION=(\S+)", (ROOT / "deploy/kafka.sh").read_text(), re.M)
+    assert version is not None
+    pom = (ROOT / "deploy/kafka/pom.xml").read_text()
+    assert f"<kafka.version>{version[1]}</kafka.version>" in pom
+    assert kafka["image"] == f"apache/kafka:{version[1]}"  # same broker as deploy/kafka.sh
+
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@kafka:9093"
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert "HOST://127.0.0.1:19092" in env["KAFKA_ADVERTISED_LISTENERS"]
+    assert str(env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == "1"
+    assert str(env["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"]) == "1"
+    assert str(env["KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS"]) == "0"
+    assert str(env["KAFKA_NUM_PARTITIONS"]) == "6"
+    assert kafka["ports"] == ["127.0.0.1:19092:19092/tcp"]
+    assert kafka["volumes"] == ["kafka-data:/var/lib/kafka/data:rw"]
+    check = " ".join(kafka["healthcheck"]["test"])
+    assert "/opt/kafka/bin/kafka-broker-api-versions.sh" in check
+    assert "--bootstrap-server kafka:9092" in check
+
+
+def test_tgi(services: dict[str, Any]) -> None:
+    for name, var, port in (("tgi-model", "MODEL_ID", 8081), ("tgi-judge", "JUDGE_MODEL_ID", 8082)):
+        svc = services[name]
+        assert svc["image"].startswith("ghcr.io/huggingface/text-generation-inference:3.")
+        assert svc["command"][:2] == ["--model-id", "Qwen/Qwen2.5-7B-Instruct"], name
+        device = svc["deploy"]["resources"]["reservations"]["devices"][0]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+        assert svc["shm_size"] == "1gb"
+        assert "hf-cache:/data:rw" in svc["volumes"]
+        assert "HF_TOKEN" in svc["environment"]
+        assert svc["ports"] == [f"127.0.0.1:{port}:80/tcp"]
+        assert svc["healthcheck"]["test"][-1] == "http://localhost:80/health"
+        assert "curl" in svc["healthcheck"]["test"]
+        # the model ids come from .env
+        assert load(**{var: "org/other-model"})["services"][name]["command"][1] == "org/other-model"
+
+
+def test_llama(services: dict[str, Any]) -> None:
+    for name, port in (("llama-model", 8091), ("llama-judge", 8092)):
+        svc = services[name]
+        assert svc["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+        env = svc["environment"]
+        assert env["LLAMA_ARG_MODEL"] == "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        assert env["LLAMA_ARG_ALIAS"] == "smollm2-135m-instruct"
+        assert str(env["LLAMA_ARG_PORT"]) == "8080" and env["LLAMA_ARG_HOST"] == "0.0.0.0"
+        assert svc["volumes"] == [f"{ROOT / 'models'}:/models:ro"]
+        assert svc["ports"] == [f"127.0.0.1:{port}:8080/tcp"]
+        assert svc["healthcheck"]["test"][-1] == "http://localhost:8080/health"
+
+
+def test_workers(services: dict[str, Any]) -> None:
+    data = (ROOT.parent / "shared" / "perg").resolve()
+    for name in WORKERS:
+        svc = services[name]
+        assert svc["command"] == ["worker", name]
+        assert svc["image"] == "perg-stream:latest"
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert Path(svc["build"]["context"]) == ROOT
+        env = svc["environment"]
+        assert env["PERG_KAFKA"] == "kafka:9092"
+        assert env["PERG_DATA_DIR"] == "/data/perg"
+        assert f"{data}:/data/perg:ro" in svc["volumes"]
+        # only Kafka: the model servers are chosen per run, so both stacks work
+        assert svc["depends_on"] == {"kafka": {"condition": "service_healthy"}}, name
+    for name in ("generator", "aligner", "judge"):
+        assert "ports" not in services[name]
+        assert "PERG_DB" not in services[name]["environment"]
+
+
+def test_sink(services: dict[str, Any]) -> None:
+    sink = services["sink"]
+    env = sink["environment"]
+    assert env["PERG_DB"] == "/results/perg.duckdb"
+    assert env["PERG_SINK_BIND"] == "0.0.0.0"
+    assert str(env["PERG_SINK_PORT"]) == "8765"
+    assert env["PERG_SINK_TOKEN"] == TOKEN
+    assert sink["ports"] == ["127.0.0.1:8765:8765/tcp"]
+    assert "perg-results:/results:rw" in sink["volumes"]
+    assert "http://127.0.0.1:8765/health" in " ".join(sink["healthcheck"]["test"])
+
+
+def test_volumes(config: dict[str, Any]) -> None:
+    assert set(config["volumes"]) == {"kafka-data", "hf-cache", "perg-results"}
+
+
+def test_sink_token_required() -> None:
+    proc = compose_config()
+    assert proc.returncode != 0
+    assert "PERG_SINK_TOKEN" in proc.stderr
+
+
+def test_overrides_from_env(tmp_path: Path) -> None:
+    services = load(
+        PERG_DATA_DIR=str(tmp_path),
+        PERG_KAFKA_HOST_PORT="29092",
+        PERG_SINK_HOST_PORT="9876",
+        PERG_MODELS_DIR=str(tmp_path / "gguf"),
+    )["services"]
+    assert f"{tmp_path}:/data/perg:ro" in services["generator"]["volumes"]
+    assert services["kafka"]["ports"] == ["127.0.0.1:29092:19092/tcp"]
+    advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert "HOST://127.0.0.1:29092" in advertised
+    assert services["sink"]["ports"] == ["127.0.0.1:9876:8765/tcp"]
+    assert services["llama-model"]["volumes"] == [f"{tmp_path / 'gguf'}:/models:ro"]
+
+
+def test_env_example_matches_defaults(config: dict[str, Any]) -> None:
+    """.env.example documents the defaults: using it changes nothing but the token."""
+    proc = compose_config(env_file=ROOT / ".env.example")
+    assert proc.returncode == 0, proc.stderr
+    example = yaml.safe_load(proc.stdout)
+    example["services"]["sink"]["environment"]["PERG_SINK_TOKEN"] = TOKEN
+    assert example == config
+
+
+def test_dockerfile() -> None:
+    text = (ROOT / "deploy/Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["perg"\]$', text, re.M)
+    for part in ("perg", "services", "schemas"):
+        assert re.search(rf"^COPY {part} ", text, re.M), part
