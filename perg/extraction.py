@@ -21,10 +21,10 @@ _TIERS: tuple[tuple[re.Pattern[str], ...], ...] = (
     (re.compile(r"\s*[\(\[*]*(?P<letter>[A-Z])[\)\]*]*[.:]?\s*"),),
     (
         re.compile(
-            r"(?i:answer|choice)\**\s*(?:(?i:is|would\s+be|will\s+be|should\s+be)\s*:?|[:=\-])"
+            r"(?<![A-Za-z])(?i:answer|choice)\**\s*(?:(?i:is|would\s+be|will\s+be|should\s+be)\s*:?|[:=\-])"
             r"[\s*]*(?:(?i:option|choice)\s*)?" + _LETTER
         ),
-        re.compile(r"(?i:option|choice)\s*" + _WRAPPED + _QUOTED + _IS_CORRECT),
+        re.compile(r"(?<![A-Za-z])(?i:option|choice)\s*" + _WRAPPED + _QUOTED + _IS_CORRECT),
         re.compile(r"(?<![A-Za-z0-9])" + _WRAPPED + r"[.:]?" + _QUOTED + _IS_CORRECT),
         # Starts with a letter label, and no later line starts with one.
         re.compile(
@@ -34,7 +34,7 @@ _TIERS: tuple[tuple[re.Pattern[str], ...], ...] = (
         ),
     ),
     (
-        re.compile(r"(?i:option|choice|answer)\s*" + _LETTER),
+        re.compile(r"(?<![A-Za-z])(?i:option|choice|answer)\s*" + _LETTER),
         re.compile(r"\((?P<letter>[A-Z])\)"),
         re.compile(r"^[\s*#]*(?P<letter>[A-Z])[.):](?:\s|$)", re.MULTILINE),
         re.compile(r"\*\*(?P<letter>[A-Z])[.)]?\*\*"),

@@ -8,7 +8,8 @@
 --   PVR = 1 - |C_pref ∩ C_nopref| / |C_pref ∪ C_nopref| over all rows, 0 when the union is empty
 -- Followed = judge_rating >= 3 (missing or unparseable counts as not followed); an answer that
 -- is NULL (unresolved) counts as wrong. `_lo`/`_hi` are 95% Wilson bounds of the failure share.
--- The pooled source 'full' weighs every row equally.
+-- The pooled source 'full' weighs every row equally. n_correct, n_followed and n_robust count
+-- rows of Q*.
 
 CREATE OR REPLACE MACRO perg_wilson(failures, n, sign) AS
     CASE WHEN n > 0 AND failures IS NOT NULL THEN greatest(0.0, least(100.0, 100 * (

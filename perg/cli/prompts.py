@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Literal
 
 import orjson
 
-from perg.config import default_data_dir
-from perg.dataset import DATASET_FILE, load_dataset, select_rows
+from perg.dataset import DATASET_FILE, Item, load_dataset, select_rows
 from perg.protocol import (
     METHODS,
     SETTINGS,
@@ -22,7 +22,7 @@ from perg.protocol import (
     render_raw_prompt,
 )
 
-BASELINE = "baseline"
+BASELINE: Literal["baseline"] = "baseline"
 LAYOUTS = ("system", "merged", "inst")
 
 
@@ -46,30 +46,40 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def render_messages(
     protocol: Protocol,
-    args: argparse.Namespace,
-    layout: RoleLayout,
+    item: Item,
+    method: Method | Literal["baseline"],
+    setting: Setting,
+    *,
+    stage: int = 1,
+    response: str = "<RESPONSE>",
+    layout: RoleLayout = "system",
 ) -> list[ChatMessage]:
-    """The messages of the call that ``args`` names (method, setting, stage, row)."""
-    dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
-    (item,) = select_rows(dataset, f"{args.row}-{args.row}")
-    method: Method | str = args.method
-    setting: Setting = args.setting
-    if args.stage == 2:
-        if method == "self_critic":
-            return protocol.critic_messages(item, setting, args.response, layout)
-        if method == "pref_aligner":
-            return protocol.aligner_messages(item, setting, args.response)
+    """The messages of one call: a method's stage 1 or 2, or the no-preference baseline."""
+    if stage == 2 and method == "self_critic":
+        return protocol.critic_messages(item, setting, response, layout)
+    if stage == 2 and method == "pref_aligner":
+        return protocol.aligner_messages(item, setting, response)
+    if stage == 2:
         raise ValueError(f"method {method} has no stage 2")
     if method == BASELINE:
         return protocol.baseline_messages(item, layout)
-    return protocol.answer_messages(item, setting, args.method, layout)
+    return protocol.answer_messages(item, setting, method, layout)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        protocol = load_protocol(args.protocol, args.data or default_data_dir())
-        layout: RoleLayout = "merged" if args.layout == "merged" else "system"
-        messages = render_messages(protocol, args, layout)
+        protocol = load_protocol(args.protocol, args.data)
+        dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
+        (item,) = select_rows(dataset, f"{args.row}-{args.row}")
+        messages = render_messages(
+            protocol,
+            item,
+            args.method,
+            args.setting,
+            stage=args.stage,
+            response=args.response,
+            layout="merged" if args.layout == "merged" else "system",
+        )
     except ValueError as exc:
         print(f"perg prompts render: {exc}", file=sys.stderr)
         return 2
