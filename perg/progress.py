@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -60,7 +60,7 @@ class RunProgress:
         return Group(self.footer, self.bars)
 
 
-def status_table(statuses: list[Mapping[str, Any]]) -> Table:
+def status_table(statuses: Sequence[Mapping[str, Any]]) -> Table:
     table = Table("run", "model", "protocol", "created", "stored", "retries", "dead", "done")
     for s in statuses:
         table.add_row(

@@ -9,7 +9,6 @@ answers /health); nothing waits on a fixed sleep.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ from typing import Any
 
 import orjson
 
+from perg.local import WorkerGroup
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT.parent / "shared" / "perg"
 
@@ -35,6 +36,7 @@ def free_port() -> int:
 
 
 def wait_until(check: Any, what: str, timeout_s: float = 120, poll_s: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy (a readiness check, not a sleep)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = check()
@@ -51,7 +53,8 @@ class Pipeline:
     prefix: str
     generators: int = 2
     env: dict[str, str] = field(init=False)
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, init=False)
+    workers: WorkerGroup = field(init=False)
+    double: subprocess.Popen[bytes] | None = field(default=None, init=False)
     model_url: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -67,74 +70,30 @@ class Pipeline:
             "PERG_SESSION_TIMEOUT_S": "10",
             "PERG_SNAPSHOT_EVERY_S": "2",
         }
-
-    # -- processes ------------------------------------------------------------------------
-
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            args, env=self.env, cwd=ROOT, stdout=subprocess.PIPE, stderr=log, start_new_session=True
-        )
-        self.procs[name] = proc
-        return proc
-
-    def start_model_double(self) -> None:
-        proc = self._spawn(
-            "model-double",
-            [sys.executable, str(ROOT / "tests" / "model_double.py"), "--port", "0",
-             "--answers", str(DATA_DIR / "pergdata.csv")],
-        )  # fmt: skip
-        assert proc.stdout is not None
-        self.model_url = proc.stdout.readline().decode().strip()
-        if not self.model_url.startswith("http"):
-            raise RuntimeError(f"model double did not start: {self.log_tail('model-double')}")
-
-    def start_worker(self, service: str, index: int = 0) -> None:
-        name = f"{service}-{index}"
-        self._spawn(name, [sys.executable, "-m", "perg", "worker", service])
+        self.workers = WorkerGroup(self.env, self.workdir / "logs")
 
     def start(self) -> None:
-        self.start_model_double()
-        self.start_worker("sink")
-        for i in range(self.generators):
-            self.start_worker("generator", i)
-        self.start_worker("aligner")
-        self.start_worker("judge")
+        with (self.workdir / "model-double.log").open("ab") as log:
+            self.double = subprocess.Popen(
+                [sys.executable, str(ROOT / "tests" / "model_double.py"), "--port", "0",
+                 "--answers", str(DATA_DIR / "pergdata.csv")],
+                stdout=subprocess.PIPE, stderr=log,
+            )  # fmt: skip
+        assert self.double.stdout is not None
+        self.model_url = self.double.stdout.readline().decode().strip()
+        if not self.model_url.startswith("http"):
+            raise RuntimeError("the model double did not start; see model-double.log")
+        self.workers.start_all(generators=self.generators)
         self.wait_for_sink()
 
     def wait_for_sink(self) -> None:
-        def healthy() -> bool:
-            try:
-                with urllib.request.urlopen(self.env["PERG_SINK_URL"] + "/health", timeout=2):
-                    return True
-            except OSError:
-                if self.procs["sink-0"].poll() is not None:
-                    raise RuntimeError(f"sink exited: {self.log_tail('sink-0')}") from None
-                return False
-
-        wait_until(healthy, "the sink's /health", timeout_s=180)
-
-    def kill(self, name: str) -> None:
-        """SIGKILL a worker: no shutdown, no offset commit."""
-        proc = self.procs[name]
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        self.workers.wait_for_sink(self.env["PERG_SINK_URL"])
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-    def log_tail(self, name: str, lines: int = 40) -> str:
-        path = self.workdir / f"{name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        self.workers.stop()
+        if self.double is not None:
+            self.double.terminate()
+            self.double.wait(timeout=30)
 
     # -- the CLI, as a user drives it -------------------------------------------------------
 
@@ -188,8 +147,8 @@ def running_pipeline(bootstrap: str, workdir: Path, prefix: str) -> Iterator[Pip
         pipeline.start()
         yield pipeline
     except BaseException:
-        for name in pipeline.procs:
-            print(f"--- {name} log tail ---\n{pipeline.log_tail(name)}", file=sys.stderr)
+        for name in pipeline.workers.procs:
+            print(f"--- {name} ---\n{pipeline.workers.log_tail(name)}", file=sys.stderr)
         raise
     finally:
         pipeline.stop()

@@ -84,7 +84,9 @@ def expected_metrics(
                 gold = {r: by_row[r].gold_option for r in rows}
                 qstar = [r for r in rows if baselines[r] == gold[r]]
                 correct = {r for r in rows if results[(r, setting, method)].answer == gold[r]}
-                followed = {r for r in rows if (results[(r, setting, method)].judge_rating or 0) >= 3}
+                followed = {
+                    r for r in rows if (results[(r, setting, method)].judge_rating or 0) >= 3
+                }
                 nopref = set(qstar)
                 union = correct | nopref
                 assert qstar, "choose a seed whose sample has a Q* in every source"
@@ -159,10 +161,10 @@ def test_sigkilled_workers_restart_without_duplicates(pipeline: Pipeline) -> Non
         lambda: (pipeline.status(run_id) or {}).get("results_stored", 0) > 0,
         "the first stored results",
     )
-    pipeline.kill("generator-0")
-    pipeline.kill("sink-0")
-    pipeline.start_worker("generator", 0)
-    pipeline.start_worker("sink", 0)
+    pipeline.workers.kill("generator-0")
+    pipeline.workers.kill("sink-0")
+    pipeline.workers.start("generator", 0)
+    pipeline.workers.start("sink", 0)
     pipeline.wait_for_sink()
     wait_for_run(pipeline, run_id)
     assert_run_matches(pipeline, run_id)

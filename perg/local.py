@@ -1,0 +1,108 @@
+"""A PERG Stream stack on this machine: Kafka and the model server from deploy/, and the four
+services as OS processes. Used by ``perg demo`` and by the end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from perg.config import PROJECT_ROOT
+
+DEPLOY = PROJECT_ROOT / "deploy"
+SERVICES = ("sink", "generator", "aligner", "judge")
+
+
+def deploy_script(name: str, *args: str, env: Mapping[str, str], timeout_s: float = 1800) -> str:
+    """Run ``deploy/<name>`` and return the last line it printed (a URL or a bootstrap)."""
+    proc = subprocess.run(
+        ["bash", str(DEPLOY / name), *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"deploy/{name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def wait_for_http(
+    url: str, *, timeout_s: float, alive: Mapping[str, subprocess.Popen[bytes]]
+) -> None:
+    """Poll ``url`` until it answers 2xx; fail early when a process it depends on exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            exited = [f"{n} exit {p.returncode}" for n, p in alive.items() if p.poll() is not None]
+            if exited:
+                raise RuntimeError(f"{', '.join(exited)} stopped before {url} answered") from None
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+class WorkerGroup:
+    """The services as local processes, each ``perg worker SERVICE`` with its own log file."""
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, service: str, index: int = 0) -> str:
+        name = f"{service}-{index}"
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "perg", "worker", service],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return name
+
+    def start_all(self, generators: int = 1) -> None:
+        self.start("sink")
+        for index in range(generators):
+            self.start("generator", index)
+        self.start("aligner")
+        self.start("judge")
+
+    def wait_for_sink(self, sink_url: str, timeout_s: float = 180) -> None:
+        sinks = {n: p for n, p in self.procs.items() if n.startswith("sink")}
+        wait_for_http(f"{sink_url}/health", timeout_s=timeout_s, alive=sinks)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: no shutdown, no offset commit."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """SIGTERM every worker (faust shuts down and commits), SIGKILL stragglers."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+    def log_tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
