@@ -4,22 +4,21 @@ Precedence (highest first): command-line flag, environment variable, config file
 The config file is ``$PERG_CONFIG`` or ``./perg.toml`` when it exists; its keys are the
 environment names without the ``PERG_`` prefix, lower-cased (``kafka = "127.0.0.1:9092"``).
 
-| variable          | meaning                                                  | default                  |
-|-------------------|----------------------------------------------------------|--------------------------|
-| PERG_KAFKA        | Kafka bootstrap servers                                  | 127.0.0.1:9092           |
-| PERG_DB           | DuckDB results file (owned by the sink)                  | ./perg-results/perg.duckdb |
-| PERG_DATA_DIR     | folder with pergdata.csv and paper_protocol.json         | ../shared/perg           |
-| PERG_PARTITIONS   | partitions per topic when topics are created             | 6                        |
-| PERG_TOPIC_PREFIX | prefix of every topic name (isolates test runs)          | perg                     |
-| PERG_SINK_URL     | where the sink's HTTP API answers                        | http://127.0.0.1:8765    |
-| PERG_SINK_BIND    | address the sink's HTTP API binds                        | 127.0.0.1                |
-| PERG_SINK_PORT    | port of the sink's HTTP API                              | 8765                     |
-| PERG_SINK_TOKEN   | bearer token for the sink API (required off loopback)    | unset                    |
-| PERG_SESSION_TIMEOUT_S | Kafka consumer session timeout of the workers        | 30                       |
-| PERG_SNAPSHOT_EVERY_S | seconds between the sink's Parquet snapshots         | 30                       |
-| PERG_SQL_TIMEOUT_S | live SQL query timeout                                  | 10                       |
-| PERG_SQL_ROW_CAP  | live SQL row cap                                         | 10000                    |
-| PERG_HOME         | cache of installed tools (Kafka jars, llama.cpp venv)    | ~/.cache/perg            |
+Variables (default in brackets):
+    PERG_KAFKA             Kafka bootstrap servers [127.0.0.1:9092]
+    PERG_DB                DuckDB results file, owned by the sink [perg-results/perg.duckdb]
+    PERG_DATA_DIR          folder with pergdata.csv and paper_protocol.json [../shared/perg]
+    PERG_PARTITIONS        partitions per topic when topics are created [6]
+    PERG_TOPIC_PREFIX      prefix of every topic name; isolates deployments [perg]
+    PERG_SINK_URL          where the sink's HTTP API answers [http://127.0.0.1:$PERG_SINK_PORT]
+    PERG_SINK_BIND         address the sink's HTTP API binds [127.0.0.1]
+    PERG_SINK_PORT         port of the sink's HTTP API [8765]
+    PERG_SINK_TOKEN        bearer token of the sink API; required off loopback [unset]
+    PERG_SESSION_TIMEOUT_S Kafka consumer session timeout of the workers [30]
+    PERG_SNAPSHOT_EVERY_S  seconds between the sink's Parquet snapshots [30]
+    PERG_SQL_TIMEOUT_S     live SQL query timeout [10]
+    PERG_SQL_ROW_CAP       live SQL row cap [10000]
+    PERG_HOME              cache of installed tools: Kafka jars, llama.cpp venv [~/.cache/perg]
 """
 
 from __future__ import annotations

@@ -18,8 +18,13 @@ DEPLOY = PROJECT_ROOT / "deploy"
 SERVICES = ("sink", "generator", "aligner", "judge")
 
 
-def deploy_script(name: str, *args: str, env: Mapping[str, str], timeout_s: float = 1800) -> str:
-    """Run ``deploy/<name>`` and return the last line it printed (a URL or a bootstrap)."""
+def deploy_script(
+    name: str, *args: str, env: Mapping[str, str], timeout_s: float = 1800, check: bool = True
+) -> str:
+    """Run ``deploy/<name>`` and return the last line it printed (a URL or a bootstrap).
+
+    A failing script raises, or with ``check=False`` gives "" (e.g. ``status`` of a stopped
+    server)."""
     proc = subprocess.run(
         ["bash", str(DEPLOY / name), *args],
         env=dict(env),
@@ -29,6 +34,8 @@ def deploy_script(name: str, *args: str, env: Mapping[str, str], timeout_s: floa
         check=False,
     )
     if proc.returncode != 0:
+        if not check:
+            return ""
         raise RuntimeError(f"deploy/{name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
     return lines[-1] if lines else ""

@@ -19,7 +19,7 @@ from perg.runs import RunRequest, plan_run, publish_run
 from schemas import Decoding
 
 
-def _csv_list(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+def csv_list(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         values = tuple(v.strip() for v in text.split(",") if v.strip())
         unknown = [v for v in values if v not in allowed]
@@ -51,8 +51,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     rows.add_argument("--rows", help="N (the first N rows) or ids and ranges: 0-29,817-846,2038")
     rows.add_argument("--sample", type=int, help="stratified sample of N rows by source")
     parser.add_argument("--seed", type=int, default=0, help="sample seed")
-    parser.add_argument("--settings", type=_csv_list(SETTINGS), default=SETTINGS)
-    parser.add_argument("--methods", type=_csv_list(METHODS), default=METHODS)
+    parser.add_argument("--settings", type=csv_list(SETTINGS), default=SETTINGS)
+    parser.add_argument("--methods", type=csv_list(METHODS), default=METHODS)
     parser.add_argument("--protocol", default="paper", help="paper, strict, or a protocol file")
     parser.add_argument("--layout", choices=("system", "merged"), default="system",
                         help="merged: the model's chat template has no system role")  # fmt: skip

@@ -1,0 +1,155 @@
+"""``perg demo``: a real evaluation on this machine, end to end, in one command.
+
+Starts (or reuses) Kafka and the embedded model server from deploy/, starts the four services
+as processes, submits a run over a stratified sample, shows live progress, prints the metrics
+and leaves the results in DuckDB. Everything it started is stopped on completion or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from perg.client import Endpoint
+from perg.config import Settings
+from perg.kafka import ensure_topics
+from perg.live.client import SinkClient
+from perg.local import WorkerGroup, deploy_script
+from perg.metrics import format_metrics_table
+from perg.progress import follow
+from perg.protocol import Method, Setting
+from perg.runs import RunRequest, plan_run, publish_run
+from schemas import Decoding, RunSpec, WorkItem
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path
+    sample: int | None = 20  # stratified; None = every row
+    seed: int = 0
+    settings: tuple[Setting, ...] = ("relevant", "mixed", "irrelevant")
+    methods: tuple[Method, ...] = ("zero_shot", "cot", "icl", "self_critic", "pref_aligner")
+    protocol: str = "paper"
+    max_tokens: int = 128
+    model_url: str | None = None  # an already running OpenAI-compatible server instead
+    model: str = EMBEDDED_MODEL
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    running = deploy_script("kafka.sh", "bootstrap", env=env, check=False)
+    if running:
+        console.print(f"Kafka already running at {running}")
+        return running
+    with console.status("Starting Kafka (first time: fetching the broker jars)…"):
+        bootstrap = deploy_script("kafka.sh", "start", env=env)
+    stack.callback(deploy_script, "kafka.sh", "stop", env=env)
+    console.print(f"Kafka started at {bootstrap}")
+    return bootstrap
+
+
+def _start_model_server(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    with console.status("Installing the embedded model server (first time: ~5 min build)…"):
+        deploy_script("llama-server.sh", "install", env=env)
+    running = deploy_script("llama-server.sh", "url", env=env, check=False)
+    if running:
+        console.print(f"Model server already running at {running}")
+        return running
+    with console.status("Starting the embedded model server…"):
+        url = deploy_script("llama-server.sh", "start", env=env)
+    stack.callback(deploy_script, "llama-server.sh", "stop", env=env)
+    console.print(f"Model server ({EMBEDDED_MODEL}, CPU) at {url}")
+    return url
+
+
+def run_demo(options: DemoOptions, console: Console) -> int:
+    workdir = options.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("PERG_KAFKA_DIR", str(workdir / "kafka"))
+    env.setdefault("PERG_LLAMA_DIR", str(workdir / "llama"))
+    with ExitStack() as stack:
+        bootstrap = _start_kafka(stack, env, console)
+        model_url = options.model_url or _start_model_server(stack, env, console)
+        port = int(env.get("PERG_SINK_PORT") or _free_port())
+        env.update(
+            PERG_KAFKA=bootstrap,
+            PERG_DB=env.get("PERG_DB", str(workdir / "perg.duckdb")),
+            PERG_SINK_PORT=str(port),
+            PERG_SINK_URL=f"http://127.0.0.1:{port}",
+            PERG_TOPIC_PREFIX=env.get("PERG_TOPIC_PREFIX", "perg-demo"),
+        )
+        os.environ.update(env)  # this process reads the same Settings as its workers
+        settings = Settings.load()
+
+        workers = WorkerGroup(env, workdir / "logs")
+        stack.callback(workers.stop)
+        with console.status("Starting generator, aligner, judge and sink…"):
+            workers.start_all()
+            workers.wait_for_sink(settings.sink_url)
+
+        endpoint = Endpoint(model_url, options.model, "llamacpp", max_in_flight=4)
+        request = RunRequest(
+            model=endpoint,
+            judge=endpoint,
+            protocol=options.protocol,
+            settings=options.settings,
+            methods=options.methods,
+            sample=options.sample,
+            seed=options.seed,
+            decoding=Decoding(max_tokens_cap=options.max_tokens),
+        )
+        spec, work = plan_run(request, settings)
+        asyncio.run(_publish(spec, work, settings))
+        run_id = spec.context.run_id
+        console.print(
+            f"Run [bold]{run_id}[/]: {spec.selection}, {len(spec.settings)} settings x "
+            f"{len(spec.methods)} methods = {spec.expected_results} results "
+            f"(live: perg status {run_id} --follow, dashboard {settings.sink_url}/)"
+        )
+        client = SinkClient(settings)
+
+        def fetch() -> dict[str, object] | None:
+            found = client.statuses(run_id)
+            return found[0] if found else None
+
+        try:
+            last = follow(fetch, run_id, console=console)
+        except KeyboardInterrupt:
+            console.print("[yellow]Interrupted: stopping; the results stored so far are kept.")
+            last = fetch()
+        rows = client.metrics(run_id)
+        if rows:
+            console.print(format_metrics_table(rows))
+        _print_where(console, settings, run_id, done=bool(last and last["done"]))
+    return 0 if last and last["done"] else 1
+
+
+async def _publish(spec: RunSpec, work: list[WorkItem], settings: Settings) -> None:
+    await ensure_topics(settings)
+    await publish_run(spec, work, settings)
+
+
+def _print_where(console: Console, settings: Settings, run_id: str, *, done: bool) -> None:
+    state = "complete" if done else "incomplete"
+    console.print(
+        f"\nRun {run_id} is {state}. Results: [bold]{settings.db}[/] (DuckDB; Parquet snapshots "
+        f"in {settings.db.parent / 'snapshots'}).\nQuery them:\n"
+        f'  PERG_DB={settings.db} perg sql "SELECT setting, method, BR, AFR, RER, PVR '
+        f"FROM metrics_by_source WHERE run_id = '{run_id}' AND source = 'full'\"\n"
+        f'  duckdb -readonly {settings.db} "FROM results LIMIT 5"'
+    )
