@@ -1,0 +1,258 @@
+"""Run-to-run comparison and the regression gate.
+
+For every setting x method x source (and the pooled 'full'), each metric of both runs (from the
+``metrics_by_source`` view, each over its own Q*), the difference, and a paired test on the rows
+both runs share: McNemar's exact two-sided test on the per-row failure (broken, not followed,
+not robust) over the rows in Q* of both runs. PVR is reported, not tested.
+
+The gate fails when, for the pooled source 'full', a gated metric's paired increase over the
+shared rows exceeds its threshold and the test is significant at ``alpha`` (Holm-corrected over
+the gated tests by default).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol
+
+TESTED_METRICS = ("BR", "AFR", "RER")
+METRICS = (*TESTED_METRICS, "PVR")
+TEST_NAME = (
+    "McNemar exact test (two-sided) on the per-row failure, over the rows in Q* of both runs"
+)
+Correction = Literal["holm", "none"]
+
+
+class CompareInputError(ValueError):
+    """The two runs cannot be compared (unknown run, different dataset or protocol...)."""
+
+
+class ResultSource(Protocol):
+    """Where results come from: the live sink, the DuckDB file, or the store in-process."""
+
+    def sql(self, query: str) -> dict[str, Any]: ...
+
+    def metrics(self, run_id: str) -> list[dict[str, Any]]: ...
+
+
+def mcnemar_exact(worse: int, better: int) -> float:
+    """Two-sided exact McNemar p-value from the two discordant counts."""
+    n = worse + better
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(worse, better) + 1))
+    return min(1.0, 2 * tail / (1 << n))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted = [1.0] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Largest tolerated increase, in points, of each gated metric."""
+
+    BR: float | None = None
+    AFR: float | None = None
+    RER: float | None = 1.0
+
+    def of(self, metric: str) -> float | None:
+        value: float | None = getattr(self, metric, None)
+        return value
+
+
+@dataclass(slots=True)
+class Cell:
+    setting: str
+    method: str
+    source: str
+    metric: str
+    baseline: float | None
+    candidate: float | None
+    n_shared: int = 0
+    worse: int = 0  # shared Q* rows that fail in the candidate only
+    better: int = 0  # shared Q* rows that fail in the baseline only
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    significant: bool = False
+    gate_failed: bool = False
+
+    @property
+    def delta(self) -> float | None:
+        if self.baseline is None or self.candidate is None:
+            return None
+        return self.candidate - self.baseline
+
+    @property
+    def paired_delta(self) -> float | None:
+        """Candidate minus baseline failure rate over the shared rows, in points."""
+        return 100 * (self.worse - self.better) / self.n_shared if self.n_shared else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "delta": self.delta, "paired_delta": self.paired_delta}
+
+
+@dataclass
+class Comparison:
+    baseline: dict[str, Any]
+    candidate: dict[str, Any]
+    cells: list[Cell]
+    alpha: float
+    correction: Correction
+    thresholds: Thresholds | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[Cell]:
+        return [c for c in self.cells if c.gate_failed]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "test": TEST_NAME,
+            "alpha": self.alpha,
+            "correction": self.correction,
+            "thresholds": asdict(self.thresholds) if self.thresholds else None,
+            "passed": not self.failures,
+            "warnings": self.warnings,
+            "cells": [c.as_dict() for c in self.cells],
+        }
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+_RUNS_SQL = """
+SELECT run_id, model, protocol, protocol_sha256, dataset_sha256, n_rows
+FROM runs WHERE run_id IN ({a}, {b})
+"""
+
+_PAIRED_SQL = """
+WITH f AS (
+    SELECT run_id, row_id, setting, method, source,
+        NOT pref_correct AS broken,
+        CASE WHEN setting <> 'irrelevant' THEN NOT followed END AS unfollowed,
+        NOT (pref_correct AND (setting = 'irrelevant' OR followed)) AS unrobust
+    FROM perg_outcome_flags
+    WHERE base_correct AND run_id IN ({a}, {b})
+), p AS (
+    SELECT a.setting, a.method, a.source,
+        a.broken AS a_br, b.broken AS b_br, a.unfollowed AS a_afr, b.unfollowed AS b_afr,
+        a.unrobust AS a_rer, b.unrobust AS b_rer
+    FROM f AS a JOIN f AS b USING (row_id, setting, method)
+    WHERE a.run_id = {a} AND b.run_id = {b}
+)
+SELECT setting, method, coalesce(source, 'full') AS source, count(*) AS n,
+    count(*) FILTER (NOT a_br AND b_br) AS br_worse,
+    count(*) FILTER (a_br AND NOT b_br) AS br_better,
+    count(*) FILTER (NOT a_afr AND b_afr) AS afr_worse,
+    count(*) FILTER (a_afr AND NOT b_afr) AS afr_better,
+    count(*) FILTER (NOT a_rer AND b_rer) AS rer_worse,
+    count(*) FILTER (a_rer AND NOT b_rer) AS rer_better
+FROM p
+GROUP BY GROUPING SETS ((setting, method, source), (setting, method))
+"""
+
+Key = tuple[str, str, str]
+
+
+def _rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    columns = result["columns"]
+    return [dict(zip(columns, row, strict=True)) for row in result["rows"]]
+
+
+def load_runs(
+    source: ResultSource, baseline: str, candidate: str, *, allow_mismatch: bool
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Both runs' descriptions and any mismatch warnings; raise on bad input."""
+    found = {
+        r["run_id"]: r
+        for r in _rows(source.sql(_RUNS_SQL.format(a=_literal(baseline), b=_literal(candidate))))
+    }
+    missing = [r for r in (baseline, candidate) if r not in found]
+    if missing:
+        raise CompareInputError(f"unknown run(s): {', '.join(missing)}")
+    a, b = found[baseline], found[candidate]
+    warnings = [
+        f"the runs differ in {what} ({a[column][:12]} vs {b[column][:12]})"
+        for what, column in (("dataset", "dataset_sha256"), ("protocol", "protocol_sha256"))
+        if a[column] != b[column]
+    ]
+    if warnings and not allow_mismatch:
+        raise CompareInputError("; ".join(warnings) + " (use --allow-mismatch to compare anyway)")
+    return a, b, warnings
+
+
+def compare_runs(
+    source: ResultSource,
+    baseline: str,
+    candidate: str,
+    *,
+    alpha: float = 0.05,
+    thresholds: Thresholds | None = None,
+    correction: Correction = "holm",
+    allow_mismatch: bool = False,
+) -> Comparison:
+    """Compare two runs; with ``thresholds``, also decide the gate."""
+    a, b, warnings = load_runs(source, baseline, candidate, allow_mismatch=allow_mismatch)
+    values: dict[Key, dict[str, Mapping[str, Any]]] = {}
+    for role, run_id in (("baseline", baseline), ("candidate", candidate)):
+        for row in source.metrics(run_id):
+            values.setdefault((row["setting"], row["method"], row["source"]), {})[role] = row
+    sql = _PAIRED_SQL.format(a=_literal(baseline), b=_literal(candidate))
+    paired = {(r["setting"], r["method"], r["source"]): r for r in _rows(source.sql(sql))}
+    if not paired:
+        raise CompareInputError("the runs share no rows in Q*: nothing to compare")
+    cells = [
+        _cell(key, metric, values[key], paired.get(key))
+        for key in sorted(values)
+        for metric in METRICS
+    ]
+    comparison = Comparison(a, b, cells, alpha, correction, thresholds, warnings)
+    _decide(comparison)
+    return comparison
+
+
+def _cell(
+    key: Key, metric: str, rows: Mapping[str, Mapping[str, Any]], paired: Mapping[str, Any] | None
+) -> Cell:
+    base, cand = rows.get("baseline", {}), rows.get("candidate", {})
+    cell = Cell(*key, metric=metric, baseline=base.get(metric), candidate=cand.get(metric))
+    if paired and metric in TESTED_METRICS and cell.baseline is not None:
+        cell.n_shared = int(paired["n"])
+        cell.worse = int(paired[f"{metric.lower()}_worse"])
+        cell.better = int(paired[f"{metric.lower()}_better"])
+        cell.p_value = mcnemar_exact(cell.worse, cell.better)
+    return cell
+
+
+def _decide(comparison: Comparison) -> None:
+    """Set significance (and, with thresholds, gate failures) on every tested cell."""
+    thresholds = comparison.thresholds
+    tested = [c for c in comparison.cells if c.p_value is not None]
+    family = [c for c in tested if c.source == "full"]
+    for group in (family, [c for c in tested if c.source != "full"]):
+        raw = [c.p_value or 0.0 for c in group]
+        adjusted = holm(raw) if comparison.correction == "holm" else raw
+        for cell, p in zip(group, adjusted, strict=True):
+            cell.p_adjusted = p
+            cell.significant = p < comparison.alpha
+    if thresholds is None:
+        return
+    for cell in family:
+        limit = thresholds.of(cell.metric)
+        increase = cell.paired_delta
+        cell.gate_failed = (
+            limit is not None and cell.significant and increase is not None and increase > limit
+        )

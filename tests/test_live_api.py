@@ -1,0 +1,231 @@
+"""The sink's HTTP API: routes, live SQL while rows arrive, limits, the token, SinkClient."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from fixtures.live.runs import fails, make_spec, verdicts, write_run
+
+from perg.config import Settings
+from perg.live.api import check_bind, create_app
+from perg.live.client import SinkClient, SinkError
+from perg.store import ResultStore
+
+ROWS_PER_BATCH = 7
+CELLS = 4  # 2 settings x 2 methods in make_spec
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ResultStore]:
+    store = ResultStore(tmp_path / "perg.duckdb")
+    write_run(store, make_spec("base", 30), pref_wrong=fails("a", 20), unfollowed=fails("f", 10))
+    yield store
+    store.close()
+
+
+async def _client(store: ResultStore, **kwargs: object) -> TestClient:
+    client = TestClient(TestServer(create_app(store, **kwargs)))  # type: ignore[arg-type]
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def api(store: ResultStore) -> AsyncIterator[TestClient]:
+    client = await _client(store, token=None, query_timeout_s=2.0, row_cap=1000)
+    yield client
+    await client.close()
+
+
+async def test_health_runs_status_and_metrics(api: TestClient) -> None:
+    assert (await (await api.get("/health")).json()) == {"ok": True}
+    runs = await (await api.get("/api/runs")).json()
+    assert [r["run_id"] for r in runs] == ["base"] and runs[0]["done"] is True
+    status = await (await api.get("/api/runs/base/status")).json()
+    assert status["results_stored"] == 30 * CELLS
+    assert (await api.get("/api/runs/nope/status")).status == 404
+    assert (await api.get("/api/runs/nope/metrics")).status == 404
+    assert (await api.get("/api/runs/base/metrics?by=colour")).status == 400
+    rows = await (await api.get("/api/runs/base/metrics")).json()
+    assert {r["source"] for r in rows} >= {"full", "cais/mmlu"}
+    full = [r for r in rows if r["source"] == "full" and r["setting"] == "relevant"]
+    assert all(r["BR_lo"] <= r["BR"] <= r["BR_hi"] for r in full)
+    by_subject = await (await api.get("/api/runs/base/metrics?by=subject")).json()
+    assert {r["category"] for r in by_subject} == {"astronomy", "virology"}
+
+
+async def test_sql_formats(api: TestClient) -> None:
+    query = "SELECT setting, count(*) AS n FROM results GROUP BY setting ORDER BY setting"
+    body = await (await api.post("/sql", json={"sql": query})).json()
+    assert body == {
+        "columns": ["setting", "n"],
+        "rows": [["irrelevant", 60], ["relevant", 60]],
+        "truncated": False,
+    }
+    csv = await (await api.post("/sql", json={"sql": query, "format": "csv"})).text()
+    assert csv == "setting,n\nirrelevant,60\nrelevant,60\n"
+    response = await api.post("/sql", json={"sql": query, "format": "arrow"})
+    table = pa.ipc.open_stream(await response.read()).read_all()
+    assert table.to_pydict() == {"setting": ["irrelevant", "relevant"], "n": [60, 60]}
+    assert (await api.post("/sql", json={"sql": query, "format": "xml"})).status == 400
+    assert (await api.post("/sql", data=b"not json")).status == 400
+
+
+async def test_sql_refusals_and_errors_are_400_with_a_message(api: TestClient) -> None:
+    response = await api.post("/sql", json={"sql": "DROP TABLE results"})
+    assert response.status == 400
+    assert "only SELECT" in (await response.json())["error"]
+    response = await api.post("/sql", json={"sql": "SELECT no_such_column FROM results"})
+    assert response.status == 400 and "query failed" in (await response.json())["error"]
+
+
+async def test_timeout_and_row_cap(api: TestClient) -> None:
+    slow = "SELECT count(*) FROM range(100000000000) a, results"
+    response = await api.post("/sql", json={"sql": slow})
+    assert response.status == 408
+    assert "2 s" in (await response.json())["error"]
+    response = await api.post("/sql", json={"sql": "SELECT * FROM range(1001)"})
+    assert response.status == 400
+    assert "more than 1000 rows" in (await response.json())["error"]
+    ok = await (await api.post("/sql", json={"sql": "SELECT * FROM range(1000)"})).json()
+    assert len(ok["rows"]) == 1000
+
+
+async def test_queries_see_whole_batches_while_rows_arrive(store: ResultStore) -> None:
+    """A writer stores batches of ROWS_PER_BATCH rows (each with its baseline and 4 results) in
+    one transaction each; concurrent queries must only ever see whole batches."""
+    spec = make_spec("live", 2000)
+    store.save_run(spec)
+    stop = threading.Event()
+
+    def writer() -> None:
+        for start in range(0, 2000, ROWS_PER_BATCH):
+            if stop.is_set():
+                return
+            rows = range(start, min(start + ROWS_PER_BATCH, 2000))
+            store.save_verdicts(verdicts(spec, rows, pref_wrong=fails("x", 30)))
+
+    client = await _client(store, token=None)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen = []
+    query = (
+        "SELECT (SELECT count(*) FROM results WHERE run_id = 'live'), "
+        "(SELECT count(*) FROM baselines WHERE run_id = 'live'), "
+        "(SELECT count(*) FROM outcomes WHERE run_id = 'live')"
+    )
+    try:
+        while thread.is_alive() and len(seen) < 200:
+            answers = await asyncio.gather(
+                *(client.post("/sql", json={"sql": query}) for _ in range(4))
+            )
+            for response in answers:
+                ((results, baselines, outcomes),) = (await response.json())["rows"]
+                seen.append(results)
+                assert results % (ROWS_PER_BATCH * CELLS) == 0
+                assert baselines * CELLS == results == outcomes
+    finally:
+        stop.set()
+        thread.join()
+        await client.close()
+    assert len({n for n in seen}) > 2, "the queries should have overlapped the writes"
+
+
+async def test_token_required_when_set(store: ResultStore) -> None:
+    client = await _client(store, token="s3cret")
+    try:
+        assert (await client.get("/health")).status == 200
+        for path in ("/api/runs", "/", "/static/dashboard.js", "/events"):
+            assert (await client.get(path)).status == 401, path
+        assert (await client.post("/sql", json={"sql": "SELECT 1"})).status == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await client.get("/api/runs", headers=wrong)).status == 401
+        right = {"Authorization": "Bearer s3cret"}
+        assert (await client.get("/api/runs", headers=right)).status == 200
+        response = await client.post("/sql", json={"sql": "SELECT 1 AS x"}, headers=right)
+        assert (await response.json())["rows"] == [[1]]
+        assert (await client.get("/api/runs?token=s3cret")).status == 401  # page only
+        page = await client.get("/?token=s3cret")  # opening the dashboard sets a cookie
+        assert page.status == 200
+        assert (await client.get("/api/runs")).status == 200
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "192.168.1.5", "::", "example.org", ""])
+def test_check_bind_refuses_non_loopback_without_token(bind: str) -> None:
+    with pytest.raises(ValueError, match="PERG_SINK_TOKEN"):
+        check_bind(bind, None)
+    check_bind(bind, "token")
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_check_bind_allows_loopback(bind: str) -> None:
+    check_bind(bind, None)
+
+
+async def test_compare_endpoint(store: ResultStore, api: TestClient) -> None:
+    write_run(store, make_spec("cand", 30), pref_wrong=fails("a", 40), unfollowed=fails("f", 10))
+    body = await (await api.get("/api/compare?baseline=base&candidate=cand")).json()
+    assert body["test"].startswith("McNemar")
+    assert {c["metric"] for c in body["cells"]} == {"BR", "AFR", "RER", "PVR"}
+    response = await api.get("/api/compare?baseline=base&candidate=nope")
+    assert response.status == 400 and "unknown run" in (await response.json())["error"]
+
+
+async def test_events_stream_a_snapshot(api: TestClient) -> None:
+    response = await api.get("/events")
+    line = await asyncio.wait_for(response.content.readline(), 5)
+    assert line.startswith(b"data: {") and b'"run_id":"base"' in line
+    response.close()
+
+
+def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:
+    return dataclasses.replace(
+        Settings.load(), sink_url=url, sink_token=token, db=tmp_path / "perg.duckdb"
+    )
+
+
+async def test_sink_client_over_http(store: ResultStore, tmp_path: Path) -> None:
+    client = await _client(store, token="t0k")
+    try:
+        sink = SinkClient(_settings(tmp_path, str(client.make_url("")), "t0k"))
+        statuses = await asyncio.to_thread(sink.statuses)
+        assert [s["run_id"] for s in statuses] == ["base"]
+        assert await asyncio.to_thread(sink.statuses, "nope") == []
+        metrics = await asyncio.to_thread(sink.metrics, "base")
+        assert metrics == await (
+            await client.get("/api/runs/base/metrics", headers={"Authorization": "Bearer t0k"})
+        ).json()
+        answer = await asyncio.to_thread(sink.sql, "SELECT count(*) AS n FROM baselines")
+        assert answer["rows"] == [[30]]
+        with pytest.raises(SinkError, match="only SELECT"):
+            await asyncio.to_thread(sink.sql, "DELETE FROM results")
+        anonymous = SinkClient(_settings(tmp_path, str(client.make_url(""))))
+        with pytest.raises(SinkError, match="401"):
+            await asyncio.to_thread(anonymous.statuses)
+    finally:
+        await client.close()
+
+
+def test_sink_client_reads_the_file_when_no_sink_answers(
+    store: ResultStore, tmp_path: Path
+) -> None:
+    store.close()  # the sink is gone; its file stays
+    sink = SinkClient(_settings(tmp_path, "http://127.0.0.1:9"))
+    assert [s["run_id"] for s in sink.statuses()] == ["base"]
+    assert sink.sql("SELECT count(*) FROM results")["rows"] == [[120]]
+    assert any(r["source"] == "full" for r in sink.metrics("base"))
+    with pytest.raises(SinkError, match="not allowed"):
+        sink.sql("SELECT getenv('HOME')")
+    missing = SinkClient(
+        dataclasses.replace(_settings(tmp_path, "http://127.0.0.1:9"), db=tmp_path / "none.db")
+    )
+    with pytest.raises(SinkError, match="does not exist"):
+        missing.statuses()
