@@ -134,7 +134,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             last = fetch()
         rows = client.metrics(run_id)
         if rows:
-            console.print(format_metrics_table(rows))
+            print(format_metrics_table(rows))  # plain: a wide table must not be re-wrapped
         _print_where(console, settings, run_id, done=bool(last and last["done"]))
     return 0 if last and last["done"] else 1
 

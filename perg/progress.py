@@ -48,7 +48,7 @@ class RunProgress:
                 completed=done,
                 total=total or None,
                 visible=total > 0,
-                rate=f"{since_start / elapsed:.1f}/s",
+                rate=_rate(since_start / elapsed),
             )
         self.footer = (
             f"run {self.run_id} · model {status['model']} · protocol {status['protocol']} · "
@@ -58,6 +58,10 @@ class RunProgress:
 
     def renderable(self) -> Group:
         return Group(self.footer, self.bars)
+
+
+def _rate(per_second: float) -> str:
+    return f"{per_second:.1f}/s" if per_second >= 1 else f"{per_second * 60:.1f}/min"
 
 
 def status_table(statuses: Sequence[Mapping[str, Any]]) -> Table:
