@@ -200,9 +200,9 @@ async def test_sink_client_over_http(store: ResultStore, tmp_path: Path) -> None
         assert [s["run_id"] for s in statuses] == ["base"]
         assert await asyncio.to_thread(sink.statuses, "nope") == []
         metrics = await asyncio.to_thread(sink.metrics, "base")
-        assert metrics == await (
-            await client.get("/api/runs/base/metrics", headers={"Authorization": "Bearer t0k"})
-        ).json()
+        auth = {"Authorization": "Bearer t0k"}
+        served = await client.get("/api/runs/base/metrics", headers=auth)
+        assert metrics == await served.json()
         answer = await asyncio.to_thread(sink.sql, "SELECT count(*) AS n FROM baselines")
         assert answer["rows"] == [[30]]
         with pytest.raises(SinkError, match="only SELECT"):
