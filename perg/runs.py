@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from perg.protocol import Method, RoleLayout, Setting, load_protocol
 from schemas import Decoding, RunContext, RunSpec, WorkItem, partition_key
 from schemas.topics import RUNS, WORK
 
+log = logging.getLogger("perg.runs")
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -31,6 +34,7 @@ class RunRequest:
     decoding: Decoding = field(default_factory=Decoding)
     layout: RoleLayout = "system"
     dataset_path: Path | None = None  # default: <data dir>/pergdata.csv
+    skip_invalid: bool = False  # load the valid rows of a dataset with bad rows (reported)
 
 
 def new_run_id(model: str) -> str:
@@ -43,7 +47,12 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     """Resolve a request into its spec and work items (raises ValueError on bad input)."""
     if request.rows is not None and request.sample is not None:
         raise ValueError("give either rows or a sample, not both")
-    dataset = load_dataset(request.dataset_path or settings.data_dir / "pergdata.csv")
+    dataset = load_dataset(
+        request.dataset_path or settings.data_dir / "pergdata.csv",
+        skip_invalid=request.skip_invalid,
+    )
+    for problem in dataset.skipped:
+        log.warning("skipped invalid row: %s", problem)
     protocol = load_protocol(request.protocol, settings.data_dir)
     if request.sample is not None:
         items = stratified_sample(dataset, request.sample, request.seed)
@@ -54,6 +63,8 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     else:
         items = list(dataset.items)
         selection = "all rows"
+    if dataset.skipped:
+        selection += f" ({len(dataset.skipped)} invalid rows skipped)"
     context = RunContext(
         run_id=new_run_id(request.model.model),
         model=request.model,

@@ -60,6 +60,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode-seed", type=int, default=42)
     parser.add_argument("--max-tokens", type=int, help="cap every stage's max_tokens")
     parser.add_argument("--dataset", type=Path, help="PERGData CSV/JSONL (default: data dir)")
+    parser.add_argument(
+        "--skip-invalid", action="store_true", help="evaluate the valid rows; report the bad ones"
+    )
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default $PERG_KAFKA)")
 
 
@@ -88,6 +91,7 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         decoding=Decoding(args.temperature, args.decode_seed, args.max_tokens),
         layout=args.layout,
         dataset_path=args.dataset,
+        skip_invalid=args.skip_invalid,
     )
 
 
