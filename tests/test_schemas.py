@@ -1,0 +1,96 @@
+"""The topic contracts: round trips, strict validation, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from perg.client import Endpoint
+from perg.config import Settings
+from perg.dataset import DatasetError, Item
+from perg.runs import RunRequest, plan_run
+from schemas import (
+    CallRecord,
+    DeadLetter,
+    Generation,
+    RunContext,
+    SchemaError,
+    Verdict,
+    WorkItem,
+)
+
+ENDPOINT = Endpoint("http://127.0.0.1:1/v1", "m", "tgi", "TOKEN_ENV")
+CONTEXT = RunContext("run-1", ENDPOINT, ENDPOINT, "paper", "abc")
+ITEM = Item(7, "Q?", ("yes", "no"), "A", "yes", "", "tau/commonsense_qa", "P")
+
+
+def generation() -> Generation:
+    call = CallRecord("answer", 0.5, 2, 10, 3, "stop")
+    return Generation(CONTEXT, ITEM, "mixed", "self_critic", "critique", "The answer is A.",
+                      "A.", [call], parse_fallback=True)  # fmt: skip
+
+
+def test_records_round_trip_with_nested_records_and_tuples() -> None:
+    g = generation()
+    assert Generation.decode(g.encode()) == g
+    verdict = Verdict(g, "A", "parsed", 4, "followed", "<answer>4</answer>", [])
+    assert Verdict.decode(verdict.encode()) == verdict
+    assert verdict.key == ("run-1", 7, "mixed", "self_critic", "verdict")
+    work = WorkItem(CONTEXT, ITEM, ["relevant"], ["zero_shot"])
+    assert WorkItem.decode(work.encode()).item.options == ("yes", "no")
+
+
+def test_the_endpoint_carries_the_token_variable_name_never_a_token() -> None:
+    body = orjson.loads(generation().encode())
+    assert body["context"]["model"]["api_key_env"] == "TOKEN_ENV"
+    assert body["schema"] == "perg.generation" and body["version"] == 1
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("item"), "perg.generation.item: missing"),
+        (lambda d: d.update(setting="sideways"), "perg.generation.setting: 'sideways'"),
+        (lambda d: d["item"].update(row_id="7"), "perg.generation.item.row_id: expected int"),
+        (lambda d: d["item"].update(row_id=True), "expected an integer, got a boolean"),
+        (lambda d: d.update(extra=1), "unknown fields ['extra']"),
+        (lambda d: d.update(version=2), "unsupported version 2"),
+        (lambda d: d.update(schema="perg.verdict"), "declares schema 'perg.verdict'"),
+        (lambda d: d["calls"][0].update(latency_s="fast"), "calls[0].latency_s: expected a number"),
+    ],
+)
+def test_decoding_names_the_field_that_is_wrong(mutate: object, message: str) -> None:
+    body = orjson.loads(generation().encode())
+    mutate(body)  # type: ignore[operator]
+    with pytest.raises(SchemaError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        Generation.decode(orjson.dumps(body))
+
+
+@pytest.mark.parametrize("raw", [b"", b"{not json", b"[1, 2]", b"null"])
+def test_garbage_is_a_schema_error(raw: bytes) -> None:
+    with pytest.raises(SchemaError):
+        DeadLetter.decode(raw)
+
+
+def test_plan_run_pins_dataset_and_protocol_and_rejects_bad_rows(tmp_path: Path) -> None:
+    settings = Settings.load()
+    header = "question,options,gold_option,gold_answer,category,source,preference\n"
+    good = "\"Q1\",\"['a', 'b']\",A,a,,tau/commonsense_qa,P\n"
+    bad = "\"Q2\",\"['a', 'b']\",C,a,,tau/commonsense_qa,P\n"
+    path = tmp_path / "data.csv"
+    path.write_text(header + good + bad + good)
+    request = RunRequest(ENDPOINT, ENDPOINT, dataset_path=path, methods=("zero_shot", "cot"))
+    with pytest.raises(DatasetError, match="gold_option"):
+        plan_run(request, settings)
+    spec, work = plan_run(RunRequest(**{**request.__dict__, "skip_invalid": True}), settings)
+    assert [w.item.row_id for w in work] == [0, 2]
+    assert spec.selection == "all rows (1 invalid rows skipped)"
+    assert spec.expected_results == 2 * 3 * 2
+    assert len(spec.dataset_sha256) == 64 and spec.context.protocol_sha256
+
+
+def test_plan_run_refuses_rows_and_sample_together() -> None:
+    with pytest.raises(ValueError, match="either rows or a sample"):
+        plan_run(RunRequest(ENDPOINT, ENDPOINT, rows="3", sample=3), Settings.load())
