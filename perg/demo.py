@@ -50,30 +50,19 @@ def _free_port() -> int:
         return port
 
 
-def _start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
-    running = deploy_script("kafka.sh", "bootstrap", env=env, check=False)
+def _start_or_reuse(
+    stack: ExitStack, env: dict[str, str], console: Console, script: str, probe: str, label: str
+) -> str:
+    """The address of a running server of ``deploy/<script>``, else start one (stopped on exit)."""
+    running = deploy_script(script, probe, env=env, check=False)
     if running:
-        console.print(f"Kafka already running at {running}")
+        console.print(f"{label} already running at {running}")
         return running
-    with console.status("Starting Kafka (first time: fetching the broker jars)…"):
-        bootstrap = deploy_script("kafka.sh", "start", env=env)
-    stack.callback(deploy_script, "kafka.sh", "stop", env=env)
-    console.print(f"Kafka started at {bootstrap}")
-    return bootstrap
-
-
-def _start_model_server(stack: ExitStack, env: dict[str, str], console: Console) -> str:
-    with console.status("Installing the embedded model server (first time: ~5 min build)…"):
-        deploy_script("llama-server.sh", "install", env=env)
-    running = deploy_script("llama-server.sh", "url", env=env, check=False)
-    if running:
-        console.print(f"Model server already running at {running}")
-        return running
-    with console.status("Starting the embedded model server…"):
-        url = deploy_script("llama-server.sh", "start", env=env)
-    stack.callback(deploy_script, "llama-server.sh", "stop", env=env)
-    console.print(f"Model server ({EMBEDDED_MODEL}, CPU) at {url}")
-    return url
+    with console.status(f"Starting {label}…"):
+        address = deploy_script(script, "start", env=env)
+    stack.callback(deploy_script, script, "stop", env=env)
+    console.print(f"{label} started at {address}")
+    return address
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:
@@ -83,8 +72,15 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     env.setdefault("PERG_KAFKA_DIR", str(workdir / "kafka"))
     env.setdefault("PERG_LLAMA_DIR", str(workdir / "llama"))
     with ExitStack() as stack:
-        bootstrap = _start_kafka(stack, env, console)
-        model_url = options.model_url or _start_model_server(stack, env, console)
+        with console.status("Fetching the Kafka broker jars (first time only)…"):
+            deploy_script("kafka.sh", "fetch", env=env)
+        bootstrap = _start_or_reuse(stack, env, console, "kafka.sh", "bootstrap", "Kafka")
+        model_url = options.model_url
+        if model_url is None:
+            with console.status("Installing the embedded model server (first time: a build)…"):
+                deploy_script("llama-server.sh", "install", env=env)
+            label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
+            model_url = _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
         port = int(env.get("PERG_SINK_PORT") or _free_port())
         env.update(
             PERG_KAFKA=bootstrap,
