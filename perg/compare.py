@@ -216,7 +216,7 @@ def compare_runs(
         raise CompareInputError("the runs share no rows in Q*: nothing to compare")
     cells = [
         _cell(key, metric, values[key], paired.get(key))
-        for key in sorted(values)
+        for key in values  # the metric views' order: setting, method, source (then 'full')
         for metric in METRICS
     ]
     comparison = Comparison(a, b, cells, alpha, correction, thresholds, warnings)

@@ -1,0 +1,226 @@
+"""``perg compare BASELINE CANDIDATE`` and ``perg gate BASELINE CANDIDATE``.
+
+compare prints, per setting x method and per source, each metric of both runs, the difference
+and a paired significance test; gate adds thresholds and exits 1 when the candidate is
+significantly worse beyond one (0 otherwise, 2 on bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import orjson
+
+from perg.compare import TEST_NAME, Cell, CompareInputError, Comparison, Thresholds, compare_runs
+from perg.config import Settings
+from perg.live.client import SinkClient, SinkError
+
+COLUMNS = ("setting", "method", "source", "metric", "baseline", "candidate", "Δ",
+           "Δ shared", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    compare = subparsers.add_parser(
+        "compare", help="compare two runs metric by metric, with paired significance tests"
+    )
+    _common(compare)
+    compare.set_defaults(func=run_compare)
+    gate = subparsers.add_parser(
+        "gate",
+        help="regression gate: exit 1 if the candidate run is significantly worse",
+        description="Exit 1 when, for the pooled source 'full' of any setting x method, a gated "
+        "metric of the candidate is higher than the baseline's by more than its threshold on the "
+        "rows both runs share in Q*, and McNemar's test is significant; 0 otherwise; 2 on bad "
+        "input (unknown run, different dataset or protocol).",
+    )
+    _common(gate)
+    gate.add_argument(
+        "--max-rer-increase",
+        type=float,
+        default=1.0,
+        metavar="POINTS",
+        help="largest tolerated RER increase, in points (default 1.0)",
+    )
+    gate.add_argument(
+        "--max-br-increase",
+        type=float,
+        metavar="POINTS",
+        help="largest tolerated BR increase, in points (default: not gated)",
+    )
+    gate.add_argument(
+        "--max-afr-increase",
+        type=float,
+        metavar="POINTS",
+        help="largest tolerated AFR increase, in points (default: not gated)",
+    )
+    # fmt: on
+    gate.set_defaults(func=run_gate)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("baseline", help="run id of the baseline")
+    parser.add_argument("candidate", help="run id of the candidate")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
+    parser.add_argument("--correction", choices=("holm", "none"), default="holm",
+                        help="multiple-test correction (default holm)")  # fmt: skip
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="compare runs over different datasets or protocols")  # fmt: skip
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    output.add_argument("--markdown", action="store_true", help="Markdown (CI job summary)")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    return _run(args, None)
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    thresholds = Thresholds(
+        BR=args.max_br_increase, AFR=args.max_afr_increase, RER=args.max_rer_increase
+    )
+    return _run(args, thresholds)
+
+
+def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
+    name = "gate" if thresholds else "compare"
+    try:
+        comparison = compare_runs(
+            SinkClient(Settings.load()),
+            args.baseline,
+            args.candidate,
+            alpha=args.alpha,
+            thresholds=thresholds,
+            correction=args.correction,
+            allow_mismatch=args.allow_mismatch,
+        )
+    except (CompareInputError, SinkError) as exc:
+        print(f"perg {name}: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(orjson.dumps(comparison.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    elif args.markdown:
+        print(markdown(comparison))
+    else:
+        print(text(comparison))
+    return 1 if comparison.failures else 0
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+def _num(value: float | None, sign: bool = False) -> str:
+    return "-" if value is None else f"{value:+.1f}" if sign else f"{value:.1f}"
+
+
+def _p(cell: Cell) -> str:
+    return "-" if cell.p_adjusted is None else f"{cell.p_adjusted:.2g}"
+
+
+def _mark(cell: Cell) -> str:
+    if cell.gate_failed:
+        return "FAIL"
+    if not cell.significant:
+        return ""
+    return "worse" if (cell.paired_delta or 0) > 0 else "better"
+
+
+def _row(cell: Cell) -> list[str]:
+    tested = cell.p_value is not None
+    return [
+        cell.setting, cell.method, cell.source, cell.metric,
+        _num(cell.baseline), _num(cell.candidate), _num(cell.delta, sign=True),
+        _num(cell.paired_delta, sign=True),
+        str(cell.n_shared) if tested else "-",
+        str(cell.worse) if tested else "-",
+        str(cell.better) if tested else "-",
+        _p(cell), _mark(cell),
+    ]  # fmt: skip
+
+
+def _run_line(role: str, run: dict[str, object]) -> str:
+    return f"{role} {run['run_id']} (model {run['model']}, protocol {run['protocol']})"
+
+
+def _method_lines(comparison: Comparison) -> list[str]:
+    lines = [
+        f"Test: {TEST_NAME}; alpha {comparison.alpha}, {comparison.correction} correction "
+        "(over the pooled 'full' tests, and separately over the per-source tests).",
+        "Δ = candidate - baseline, each over its own Q*; Δ shared = the same over the rows in "
+        "Q* of both runs (what the test and the gate use). Metrics are percent, lower is better.",
+    ]
+    if comparison.thresholds:
+        gated = [(m, comparison.thresholds.of(m)) for m in ("BR", "AFR", "RER")]
+        limits = ", ".join(f"{m} +{v:g}" for m, v in gated if v is not None)
+        lines.append(
+            f"Gate (pooled 'full' only): fails if significant and Δ shared exceeds {limits} points."
+        )
+    lines += [f"Warning: {w}" for w in comparison.warnings]
+    return lines
+
+
+def _verdict(comparison: Comparison) -> str:
+    if comparison.thresholds is None:
+        worse = [c for c in comparison.cells if c.source == "full" and _mark(c) == "worse"]
+        return f"{len(worse)} pooled metric(s) significantly worse in the candidate."
+    if not comparison.failures:
+        return "PASS: no gated metric is significantly worse beyond its threshold."
+    return "FAIL: " + "; ".join(
+        f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points "
+        f"on {c.n_shared} shared rows (p adj {_p(c)})"
+        for c in comparison.failures
+    )
+
+
+def _table(rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+
+
+def text(comparison: Comparison) -> str:
+    lines = [
+        _run_line("Baseline: ", comparison.baseline),
+        _run_line("Candidate:", comparison.candidate),
+        *_method_lines(comparison),
+        "",
+    ]
+    lines += _table([COLUMNS, *(_row(c) for c in comparison.cells)])
+    return "\n".join([*lines, "", _verdict(comparison)])
+
+
+def _md_table(cells: Sequence[Cell]) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for cell in cells:
+        row = _row(cell)
+        row[-1] = f"**{row[-1]}**" if row[-1] else ""
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def markdown(comparison: Comparison) -> str:
+    title = "PERG gate" if comparison.thresholds else "PERG comparison"
+    if comparison.thresholds:
+        title += ": ❌ FAIL" if comparison.failures else ": ✅ PASS"
+    b, c = comparison.baseline, comparison.candidate
+    lines = [
+        f"## {title}",
+        "",
+        f"Baseline `{b['run_id']}` (model `{b['model']}`) vs candidate `{c['run_id']}` "
+        f"(model `{c['model']}`), protocol `{c['protocol']}`.",
+        "",
+        f"**{_verdict(comparison)}**",
+        "",
+        *(f"- {line}" for line in _method_lines(comparison)),
+        "",
+        "### Pooled over all sources",
+        "",
+        *_md_table([cell for cell in comparison.cells if cell.source == "full"]),
+        "",
+        "<details><summary>Per source</summary>",
+        "",
+        *_md_table([cell for cell in comparison.cells if cell.source != "full"]),
+        "",
+        "</details>",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Paired statistics and the regression gate, on runs whose differences are known in advance."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from fixtures.live.runs import fails, make_spec, write_run
+from hypothesis import given
+from hypothesis import strategies as st
+
+from perg.cli import main
+from perg.compare import holm, mcnemar_exact
+from perg.store import ResultStore
+
+ROWS = 400
+METHODS = ("zero_shot",)  # one method keeps the fixture quick to write
+BASE_WRONG = fails("nopref", 20, per_cell=False)  # the same no-preference answers in every run
+
+
+def test_mcnemar_exact_known_values() -> None:
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(3, 12) == pytest.approx(
+        2 * sum(math.comb(15, k) for k in range(4)) / 2**15
+    )
+    assert mcnemar_exact(5, 5) == 1.0
+
+
+@given(st.integers(0, 300), st.integers(0, 300))
+def test_mcnemar_is_symmetric_and_a_probability(worse: int, better: int) -> None:
+    p = mcnemar_exact(worse, better)
+    assert 0 < p <= 1
+    assert p == mcnemar_exact(better, worse)
+
+
+def test_holm() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([]) == []
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """base; worse (8 more points of breakage on the same rows, everything else equal);
+    noise (same rates, different rows); other-data (a different dataset hash)."""
+    path = tmp_path_factory.mktemp("gate") / "perg.duckdb"
+    store = ResultStore(path)
+    rules = {"base_wrong": BASE_WRONG, "unfollowed": fails("follow", 10)}
+    write_run(
+        store, make_spec("base", ROWS, methods=METHODS), pref_wrong=fails("pref", 10), **rules
+    )
+    write_run(
+        store, make_spec("worse", ROWS, methods=METHODS), pref_wrong=fails("pref", 18), **rules
+    )
+    write_run(store, make_spec("noise", ROWS, methods=METHODS), base_wrong=BASE_WRONG,
+              pref_wrong=fails("pref-2", 10), unfollowed=fails("follow-2", 10))  # fmt: skip
+    write_run(store, make_spec("other-data", ROWS, methods=METHODS, dataset_sha256="e" * 64),
+              pref_wrong=fails("pref", 10), **rules)  # fmt: skip
+    store.close()
+    return path
+
+
+@pytest.fixture
+def offline(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No sink answers: the CLI reads the results file."""
+    monkeypatch.setenv("PERG_DB", str(db))
+    monkeypatch.setenv("PERG_SINK_URL", "http://127.0.0.1:9")
+    return db
+
+
+def test_gate_flags_a_known_regression(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gate", "base", "worse", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["passed"] and report["test"].startswith("McNemar exact")
+    failed = {(c["setting"], c["method"], c["metric"]) for c in report["cells"] if c["gate_failed"]}
+    assert failed == {("relevant", "zero_shot", "RER"), ("irrelevant", "zero_shot", "RER")}
+    for cell in report["cells"]:
+        if cell["source"] == "full" and cell["metric"] == "BR":
+            # the candidate breaks a superset of the baseline's rows: ~8 points, never better
+            assert cell["better"] == 0 and 5 < cell["paired_delta"] < 11
+        if cell["metric"] == "AFR" and cell["p_value"] is not None:
+            assert cell["worse"] == cell["better"] == 0  # judge outcomes identical
+
+
+def test_gate_passes_noise(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gate", "base", "noise"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "McNemar exact" in out
+
+
+def test_gate_thresholds(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gate", "base", "worse", "--max-rer-increase", "20"]) == 0
+    assert (
+        main(["gate", "base", "worse", "--max-rer-increase", "20", "--max-br-increase", "2"]) == 1
+    )
+    assert main(["gate", "worse", "base"]) == 0  # an improvement never fails the gate
+    capsys.readouterr()
+
+
+def test_gate_bad_input_exits_2(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gate", "base", "nope"]) == 2
+    assert "unknown run(s): nope" in capsys.readouterr().err
+    assert main(["gate", "base", "other-data"]) == 2
+    assert "dataset" in capsys.readouterr().err
+    assert main(["gate", "base", "other-data", "--allow-mismatch"]) == 0
+    assert "Warning: the runs differ in dataset" in capsys.readouterr().out
+
+
+def test_compare_text_and_markdown(offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "base", "worse"]) == 0  # a report, not a gate
+    out = capsys.readouterr().out
+    assert "relevant" in out and "cais/mmlu" in out and "worse" in out and "FAIL" not in out
+    assert main(["gate", "base", "worse", "--markdown"]) == 1
+    md = capsys.readouterr().out
+    assert md.startswith("## PERG gate: ❌ FAIL")
+    assert "| setting | method | source | metric |" in md and "<details>" in md
