@@ -91,13 +91,14 @@ function renderChart(rows) {
     return;
   }
   const top = Math.max(10, ...rows.flatMap((r) => METRICS.map((m) => r[m + "_hi"] ?? r[m] ?? 0)));
-  const scale = Math.ceil(top / 10) * 10;
+  const step = top > 50 ? 20 : 10;
+  const scale = Math.ceil(top / step) * step;
   const group = 3 * 18 + 16;
   const [left, bottom, height] = [40, 60, 220];
   const width = left + rows.length * group + 20;
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height + bottom}`, role: "img" });
   const y = (value) => height - (value / scale) * (height - 10);
-  for (let tick = 0; tick <= scale; tick += scale / 5) {
+  for (let tick = 0; tick <= scale; tick += step) {
     chart.append(svg("line", { class: "axis", x1: left, x2: width, y1: y(tick), y2: y(tick),
       "stroke-opacity": 0.2 }));
     chart.append(svg("text", { x: left - 4, y: y(tick) + 4, "text-anchor": "end" }, String(tick)));
