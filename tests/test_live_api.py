@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
 
+from perg.cli import main
 from perg.config import Settings
 from perg.live.api import check_bind, create_app
 from perg.live.client import SinkClient, SinkError
@@ -229,3 +231,22 @@ def test_sink_client_reads_the_file_when_no_sink_answers(
     )
     with pytest.raises(SinkError, match="does not exist"):
         missing.statuses()
+
+
+def test_perg_sql_command(
+    store: ResultStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    store.close()
+    monkeypatch.setenv("PERG_DB", str(tmp_path / "perg.duckdb"))
+    monkeypatch.setenv("PERG_SINK_URL", "http://127.0.0.1:9")
+    query = "SELECT run_id, count(*) AS n FROM results GROUP BY run_id"
+    assert main(["sql", query]) == 0
+    table = capsys.readouterr().out
+    assert "run_id" in table and "base" in table and "120" in table
+    assert main(["sql", "--format", "csv", query]) == 0
+    assert capsys.readouterr().out == "run_id,n\nbase,120\n"
+    assert main(["sql", "--format", "json", query]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == [["base", 120]]
+    assert main(["sql", "COPY results TO '/tmp/x.csv'"]) == 2
+    assert "only SELECT" in capsys.readouterr().err
