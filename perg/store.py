@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import orjson
+import pyarrow as pa
 
 from perg.metrics import compute_metrics, create_metric_views
 from schemas import BASELINE_METHOD, DeadLetter, Generation, Result, RunSpec, Verdict
@@ -142,14 +143,8 @@ class ResultStore:
                 )
             )
         with self._transaction() as con:
-            if baselines:
-                con.executemany(
-                    f"INSERT OR REPLACE INTO baselines VALUES ({', '.join('?' * 14)})", baselines
-                )
-            if results:
-                con.executemany(
-                    f"INSERT OR REPLACE INTO results VALUES ({', '.join('?' * 23)})", results
-                )
+            _upsert(con, "baselines", baselines)
+            _upsert(con, "results", results)
         return stored
 
     def save_progress(self, generations: Sequence[Generation]) -> None:
@@ -160,7 +155,7 @@ class ResultStore:
             for g in generations
         ]  # fmt: skip
         with self._transaction() as con:
-            con.executemany("INSERT OR REPLACE INTO progress VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            _upsert(con, "progress", rows)
 
     def save_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         rows = [
@@ -170,9 +165,7 @@ class ResultStore:
             for d in letters
         ]  # fmt: skip
         with self._transaction() as con:
-            con.executemany(
-                f"INSERT OR REPLACE INTO dead_letters VALUES ({', '.join('?' * 12)})", rows
-            )
+            _upsert(con, "dead_letters", rows)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.con)
@@ -184,6 +177,22 @@ class ResultStore:
 
     def metrics(self, run_id: str | None = None) -> list[dict[str, object]]:
         return compute_metrics(self.cursor(), run_id)
+
+
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
+    """``INSERT OR REPLACE`` many rows at once, through Arrow (executemany is ~100x slower)."""
+    if not rows:
+        return
+    columns = [name for (name,) in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
+        [table],
+    ).fetchall()]  # fmt: skip
+    incoming = pa.table({name: [row[i] for row in rows] for i, name in enumerate(columns)})
+    con.register("incoming_rows", incoming)
+    try:
+        con.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM incoming_rows")
+    finally:
+        con.unregister("incoming_rows")
 
 
 class _Transaction:
