@@ -38,7 +38,7 @@ class DemoOptions:
     settings: tuple[Setting, ...] = ("relevant", "mixed", "irrelevant")
     methods: tuple[Method, ...] = ("zero_shot", "cot", "icl", "self_critic", "pref_aligner")
     protocol: str = "paper"
-    max_tokens: int = 128
+    max_tokens: int = 96
     model_url: str | None = None  # an already running OpenAI-compatible server instead
     model: str = EMBEDDED_MODEL
 

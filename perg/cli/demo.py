@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--settings", type=csv_list(SETTINGS), default=SETTINGS)
     parser.add_argument("--methods", type=csv_list(METHODS), default=METHODS)
     parser.add_argument("--protocol", default="paper")
-    parser.add_argument("--max-tokens", type=int, default=128, help="cap per model call")
+    parser.add_argument("--max-tokens", type=int, default=96, help="cap per model call")
     parser.add_argument("--workdir", type=Path, default=Path("perg-results/demo"),
                         help="results, logs and local Kafka state")  # fmt: skip
     parser.add_argument("--model-url", help="use this OpenAI-compatible server instead")
