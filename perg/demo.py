@@ -96,7 +96,10 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         stack.callback(workers.stop)
         with console.status("Starting generator, aligner, judge and sink…"):
             workers.start_all()
-            workers.wait_for_sink(settings.sink_url)
+            try:
+                workers.wait_for_sink(settings.sink_url)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
 
         endpoint = Endpoint(model_url, options.model, "llamacpp", max_in_flight=4)
         request = RunRequest(

@@ -14,9 +14,11 @@ import asyncio
 import base64
 import logging
 import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Generic, TypeVar, cast
 
 import faust
@@ -45,8 +47,12 @@ class Service:
     def __init__(self, name: str, settings: Settings | None = None) -> None:
         self.name = name
         self.settings = settings or Settings.load()
+        # faust keeps no state of ours (no tables): its data dir is scratch space
+        app_id = f"{self.settings.topic_prefix}-{name}"
+        datadir = Path(tempfile.gettempdir()) / "perg-faust" / app_id
+        datadir.mkdir(parents=True, exist_ok=True)
         self.app = faust.App(
-            f"{self.settings.topic_prefix}-{name}",
+            app_id,
             broker=f"kafka://{self.settings.kafka}",
             key_serializer="raw",
             value_serializer="raw",
@@ -59,6 +65,7 @@ class Service:
             broker_session_timeout=float(setting("session_timeout_s", "30")),
             broker_heartbeat_interval=1.0,
             store="memory://",
+            datadir=str(datadir),
         )
         self.dead_letters = self.topic(DEAD_LETTERS)
 

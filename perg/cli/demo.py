@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -47,4 +48,8 @@ def run(args: argparse.Namespace) -> int:
         model_url=args.model_url,
         model=args.model,
     )
-    return run_demo(options, Console())
+    try:
+        return run_demo(options, Console())
+    except (RuntimeError, TimeoutError, OSError, ValueError) as exc:
+        print(f"perg demo: {exc}", file=sys.stderr)
+        return 1
