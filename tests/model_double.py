@@ -32,6 +32,8 @@ text read as a big-endian integer, see ``stable_hash``):
    "|nopref"): if gold is known, X = gold unless h % 100 < WRONG_PERCENT (20), in which case X is
    the (h // 100) % (n - 1)-th of the other letters in order; if gold is unknown, X = the
    (h % n)-th letter.
+   A ``Variant`` (``--pref-wrong-percent``, ``--salt``) changes only the preferred answers: its
+   percent replaces WRONG_PERCENT and h hashes key + "|pref" + salt.
 4. "aligner" / "critic": X = answer_letter(key, n, gold, preferred=True) for the question embedded
    in the user message. If stable_hash(kind + "|" + key) % 100 < INVALID_JSON_PERCENT (10) the
    reply is the bare, non-JSON text "The answer is X." (exercises fallbacks); otherwise aligner
@@ -129,12 +131,28 @@ def question_key(question: str, options: list[str]) -> str:
     return "\n".join([question, *options])
 
 
-def answer_letter(key: str, n_options: int, gold: str | None, preferred: bool) -> str:
-    h = stable_hash(key + ("|pref" if preferred else "|nopref"))
+@dataclass(frozen=True)
+class Variant:
+    """How a scripted model differs from the default one, for preference-conditioned answers
+    only (the no-preference baseline, hence Q*, stays the same): a higher ``pref_wrong_percent``
+    makes a known amount of breakage; another ``salt`` reshuffles which rows are wrong (noise)."""
+
+    pref_wrong_percent: int = WRONG_PERCENT
+    salt: str = ""
+
+
+DEFAULT_VARIANT = Variant()
+
+
+def answer_letter(
+    key: str, n_options: int, gold: str | None, preferred: bool, variant: Variant = DEFAULT_VARIANT
+) -> str:
+    h = stable_hash(key + ("|pref" + variant.salt if preferred else "|nopref"))
+    wrong_percent = variant.pref_wrong_percent if preferred else WRONG_PERCENT
     letters = LETTERS[:n_options]
     if gold is None or gold not in letters:
         return letters[h % n_options]
-    if h % 100 >= WRONG_PERCENT or n_options < 2:
+    if h % 100 >= wrong_percent or n_options < 2:
         return gold
     others = [letter for letter in letters if letter != gold]
     return others[(h // 100) % len(others)]
@@ -160,7 +178,9 @@ def load_answer_key(path: str | Path) -> dict[str, str]:
         }
 
 
-def make_perg_script(answer_key: Mapping[str, str] | None = None) -> Callable[[Messages], str]:
+def make_perg_script(
+    answer_key: Mapping[str, str] | None = None, variant: Variant = DEFAULT_VARIANT
+) -> Callable[[Messages], str]:
     """The PERG script (rules in the module docstring), optionally knowing the gold letters."""
     key_of = answer_key or {}
 
@@ -185,8 +205,9 @@ def make_perg_script(answer_key: Mapping[str, str] | None = None) -> Callable[[M
                 "Here is the user preference" in t or "Here are the user preferences" in t
                 for t in _texts(messages, "system")
             )
-            return f"The answer is {answer_letter(key, n_options, key_of.get(key), preferred)}."
-        answer = f"The answer is {answer_letter(key, n_options, key_of.get(key), True)}."
+            letter = answer_letter(key, n_options, key_of.get(key), preferred, variant)
+            return f"The answer is {letter}."
+        answer = f"The answer is {answer_letter(key, n_options, key_of.get(key), True, variant)}."
         if stable_hash(f"{kind}|{key}") % 100 < INVALID_JSON_PERCENT:
             return answer
         if kind == "aligner":
@@ -331,11 +352,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--script", choices=["perg-default", "ok"], default="perg-default")
     parser.add_argument("--answers", help="pergdata.csv giving perg-default the gold letters")
+    parser.add_argument(
+        "--pref-wrong-percent",
+        type=int,
+        default=WRONG_PERCENT,
+        help="wrong preference-conditioned answers, percent (Variant)",
+    )
+    parser.add_argument("--salt", default="", help="reshuffle which rows are wrong (Variant)")
     args = parser.parse_args(argv)
     if args.script == "ok":
         script: Script = ok_script
     else:
-        script = make_perg_script(load_answer_key(args.answers) if args.answers else None)
+        answer_key = load_answer_key(args.answers) if args.answers else None
+        script = make_perg_script(answer_key, Variant(args.pref_wrong_percent, args.salt))
     asyncio.run(_serve(script, args.host, args.port))
 
 

@@ -54,7 +54,7 @@ class Pipeline:
     generators: int = 2
     env: dict[str, str] = field(init=False)
     workers: WorkerGroup = field(init=False)
-    double: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    doubles: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     model_url: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -72,17 +72,23 @@ class Pipeline:
         }
         self.workers = WorkerGroup(self.env, self.workdir / "logs")
 
-    def start(self) -> None:
+    def start_double(self, *options: str) -> str:
+        """Start a scripted model double (options as on its command line); return its URL."""
         with (self.workdir / "model-double.log").open("ab") as log:
-            self.double = subprocess.Popen(
+            double = subprocess.Popen(
                 [sys.executable, str(ROOT / "tests" / "model_double.py"), "--port", "0",
-                 "--answers", str(DATA_DIR / "pergdata.csv")],
+                 "--answers", str(DATA_DIR / "pergdata.csv"), *options],
                 stdout=subprocess.PIPE, stderr=log,
             )  # fmt: skip
-        assert self.double.stdout is not None
-        self.model_url = self.double.stdout.readline().decode().strip()
-        if not self.model_url.startswith("http"):
+        self.doubles.append(double)
+        assert double.stdout is not None
+        url = double.stdout.readline().decode().strip()
+        if not url.startswith("http"):
             raise RuntimeError("the model double did not start; see model-double.log")
+        return url
+
+    def start(self) -> None:
+        self.model_url = self.start_double()
         self.workers.start_all(generators=self.generators)
         self.wait_for_sink()
 
@@ -91,9 +97,9 @@ class Pipeline:
 
     def stop(self) -> None:
         self.workers.stop()
-        if self.double is not None:
-            self.double.terminate()
-            self.double.wait(timeout=30)
+        for double in self.doubles:
+            double.terminate()
+            double.wait(timeout=30)
 
     # -- the CLI, as a user drives it -------------------------------------------------------
 
@@ -108,10 +114,10 @@ class Pipeline:
             check=False,
         )
 
-    def submit(self, *extra: str) -> str:
+    def submit(self, *extra: str, model_url: str | None = None) -> str:
         proc = self.perg(
             "submit",
-            "--model-url", self.model_url, "--model", "scripted-double",
+            "--model-url", model_url or self.model_url, "--model", "scripted-double",
             "--judge-url", self.model_url, "--judge-model", "scripted-double",
             *extra,
         )  # fmt: skip

@@ -217,3 +217,25 @@ def test_submit_rejects_bad_input_with_a_clear_error(pipeline: Pipeline) -> None
     assert proc.returncode == 2
     assert "99999" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_gate_flags_a_known_regression_and_passes_noise(pipeline: Pipeline) -> None:
+    """Three runs of the same rows through the pipeline: the default double as baseline, a
+    double breaking 70% instead of 20% of its preferred answers, and one that only reshuffles
+    which rows break (same rates: noise). The judge is the default double for all three."""
+    worse_url = pipeline.start_double("--pref-wrong-percent", "70")
+    noise_url = pipeline.start_double("--salt", "reshuffled")
+    rows = ("--sample", "60", "--seed", "11", "--methods", "zero_shot,cot")
+    baseline = pipeline.submit(*rows)
+    worse = pipeline.submit(*rows, model_url=worse_url)
+    noise = pipeline.submit(*rows, model_url=noise_url)
+    for run_id in (baseline, worse, noise):
+        wait_for_run(pipeline, run_id)
+
+    flagged = pipeline.perg("gate", baseline, worse, "--max-rer-increase", "1.0", "--json")
+    assert flagged.returncode == 1, flagged.stdout[-2000:] + flagged.stderr
+    passed = pipeline.perg("gate", baseline, noise, "--max-rer-increase", "1.0")
+    assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr
+    assert "McNemar" in passed.stdout
+    unknown = pipeline.perg("gate", baseline, "no-such-run")
+    assert unknown.returncode == 2
