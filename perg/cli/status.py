@@ -24,9 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     client = SinkClient(Settings.load())
     console = Console(stderr=True)
+    # piped output gets whole run ids rather than 80-column truncation
+    out = Console() if sys.stdout.isatty() else Console(width=200)
     try:
         if args.run is None:
-            Console().print(status_table(client.statuses()))
+            out.print(status_table(client.statuses()))
             return 0
 
         def fetch() -> dict[str, object] | None:
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             if status is None:
                 print(f"perg status: unknown run {args.run!r}", file=sys.stderr)
                 return 2
-            Console().print(status_table([status]))
+            out.print(status_table([status]))
             return 0
         last = follow(fetch, args.run, console=console, timeout_s=args.timeout)
     except SinkError as exc:
