@@ -10,7 +10,7 @@ if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
     bash .ci/install-system.sh
 fi
 deploy/setup.sh --dev
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
+.venv/bin/ruff check --no-cache .
+.venv/bin/ruff format --no-cache --check .
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"

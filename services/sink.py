@@ -16,9 +16,9 @@ from typing import ParamSpec, TypeVar
 
 import faust
 from aiohttp import web
-from perg.live.api import check_bind, create_app
 
 from perg.config import setting
+from perg.live.api import check_bind, create_app
 from perg.live.snapshots import write_snapshot
 from perg.store import ResultStore
 from schemas import DeadLetter, Generation, Record, RunSpec, SchemaError, Verdict, partition_key
