@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from perg.client import Endpoint
 from perg.config import Settings
 from perg.kafka import ensure_topics
 from perg.live.client import SinkClient
-from perg.local import WorkerGroup, deploy_script
+from perg.local import WorkerGroup, deploy_script, free_port
 from perg.metrics import format_metrics_table
 from perg.progress import follow
 from perg.protocol import Method, Setting
@@ -41,13 +40,6 @@ class DemoOptions:
     max_tokens: int = 96
     model_url: str | None = None  # an already running OpenAI-compatible server instead
     model: str = EMBEDDED_MODEL
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _start_or_reuse(
@@ -81,7 +73,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 deploy_script("llama-server.sh", "install", env=env)
             label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
             model_url = _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
-        port = int(env.get("PERG_SINK_PORT") or _free_port())
+        port = int(env.get("PERG_SINK_PORT") or free_port())
         env.update(
             PERG_KAFKA=bootstrap,
             PERG_DB=env.get("PERG_DB", str(workdir / "perg.duckdb")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,14 @@ def deploy_script(
         raise RuntimeError(f"deploy/{name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     lines = proc.stdout.strip().splitlines()
     return lines[-1] if lines else ""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def wait_for_http(

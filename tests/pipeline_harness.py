@@ -9,7 +9,6 @@ answers /health); nothing waits on a fixed sleep.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,17 +21,10 @@ from typing import Any
 
 import orjson
 
-from perg.local import WorkerGroup
+from perg.local import WorkerGroup, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT.parent / "shared" / "perg"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(check: Any, what: str, timeout_s: float = 120, poll_s: float = 0.2) -> Any:
