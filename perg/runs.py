@@ -73,10 +73,6 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     )
     for problem in dataset.skipped:
         log.warning("skipped invalid row: %s", problem)
-    try:
-        protocol = load_protocol(request.protocol, settings.data_dir)
-    except ValueError as exc:  # the protocol file is input too
-        raise InputError(str(exc)) from exc
     if request.sample is not None:
         items = stratified_sample(dataset, request.sample, request.seed)
         selection = f"stratified sample of {request.sample}, seed {request.seed}"
@@ -86,6 +82,10 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     else:
         items = list(dataset.items)
         selection = "all rows"
+    try:
+        protocol = load_protocol(request.protocol, settings.data_dir)
+    except ValueError as exc:  # the protocol file is input too
+        raise InputError(str(exc)) from exc
     if dataset.skipped:
         selection += f" ({len(dataset.skipped)} invalid rows skipped)"
     context = RunContext(

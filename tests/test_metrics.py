@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perg.errors import InputError
 from perg.metrics import (
     OUTCOME_COLUMNS,
     OUTCOME_TYPES,
@@ -21,7 +22,6 @@ from perg.metrics import (
     format_metrics_table,
     load_outcomes_file,
 )
-from perg.errors import InputError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
 Z = 1.959964
@@ -188,7 +188,8 @@ BAD_EDITS = [
     ),
     (
         ("irrelevant,cot,3,D", "irrelevant,zero_shot,1,A"),
-        "12: row_id: duplicate outcome for run offline, irrelevant/zero_shot, row 1 (first on line 11)",
+        "12: row_id: duplicate outcome for run offline, irrelevant/zero_shot, row 1"
+        " (first on line 11)",
     ),
     (("zero_shot,12,C", "zero_shot,12,"), "8: gold_option: empty (a value is required)"),
     (
