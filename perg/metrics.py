@@ -8,9 +8,9 @@ from typing import Literal
 
 import duckdb
 
+from perg._outcome_checks import RECORD, check_header, check_types, check_values
 from perg.dataset import SOURCES
 from perg.errors import InputError
-from perg.outcome_checks import RECORD, check_header, check_types, check_values
 from perg.protocol import METHODS, SETTINGS
 
 # The `outcomes` relation: column -> DuckDB type.
@@ -115,7 +115,7 @@ def load_outcomes_file(
     """Load a results file into TABLE ``outcomes``; missing optional columns are NULL/false.
 
     ``run_name`` (default: the file's run_id column, else 'offline') names the run. Every value
-    is validated first (perg/outcome_checks.py): a bad one raises :class:`InputError` naming
+    is validated first (perg/_outcome_checks.py): a bad one raises :class:`InputError` naming
     the file, line and column, and nothing is loaded.
     """
     if not path.is_file():
