@@ -1,4 +1,14 @@
-"""PERGData loading, validation, row selection and stratified sampling."""
+"""PERGData loading, validation, row selection and stratified sampling.
+
+    dataset = load_dataset(Path("pergdata.csv"))           # every row validated
+    rows = select_rows(dataset, "0-29,817")                 # or stratified_sample(dataset, 600, 1)
+
+A file with bad rows raises :class:`DatasetError` (an :class:`~perg.errors.InputError`) listing
+each problem as ``path:line: field: message``; ``skip_invalid=True`` loads the valid rows and
+lists the others in ``Dataset.skipped``. Files are hostile input: fields are bounded in size,
+control characters and duplicated columns or keys are refused, and option lists are parsed as
+literals (never evaluated), with their nesting bounded before parsing.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +27,22 @@ from pathlib import Path
 
 from perg.config import default_data_dir
 from perg.errors import InputError
+
+__all__ = [
+    "COLUMNS",
+    "DATASET_FILE",
+    "LETTERS",
+    "MAX_FIELD_CHARS",
+    "MAX_NESTING",
+    "SOURCES",
+    "Dataset",
+    "DatasetError",
+    "Item",
+    "RowProblem",
+    "load_dataset",
+    "select_rows",
+    "stratified_sample",
+]
 
 SOURCES = ("truthfulqa/truthful_qa", "tau/commonsense_qa", "cais/mmlu")
 COLUMNS = ("question", "options", "gold_option", "gold_answer", "category", "source", "preference")
@@ -56,7 +82,7 @@ class Item:
 
 @dataclass(frozen=True)
 class RowProblem:
-    """One problem found in an input file."""
+    """One problem found in an input file: ``path:line: field: message`` (line 0: the file)."""
 
     path: str
     line: int
@@ -87,7 +113,8 @@ class DatasetError(InputError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """A loaded dataset; ``sha256`` hashes the file bytes."""
+    """A loaded dataset: its valid rows in file order, ``sha256`` of the file's bytes, the
+    invalid rows skipped (with ``skip_invalid``) and the warnings (gold answer mismatches)."""
 
     path: Path
     items: tuple[Item, ...]
