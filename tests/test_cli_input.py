@@ -156,6 +156,24 @@ def test_submit_flag_bounds(
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--model-url", "127.0.0.1:8080/v1", "--model-url '127.0.0.1:8080/v1' is not an http"),
+        ("--judge-url", "file:///etc/passwd", "--judge-url 'file:///etc/passwd' is not an http"),
+        ("--judge-url", "http://", "--judge-url 'http://' is not an http:// or https:// URL"),
+        ("--model-token-env", "PERG_TEST_UNSET_TOKEN", "names PERG_TEST_UNSET_TOKEN, which is not"),
+    ],
+)
+def test_submit_bad_endpoints(
+    dataset: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    argv = [*ENDPOINTS, flag, value]  # a repeated flag: the last one counts
+    code, out, err = run_cli(capsys, "submit", *argv, "--dataset", str(dataset))
+    assert (code, out) == (2, "")
+    assert err.startswith("perg submit: ") and message in err
+
+
 @pytest.mark.parametrize("name", sorted(HOSTILE_CASES))
 def test_submit_hostile_dataset(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     line, field, fragment = HOSTILE_CASES[name]

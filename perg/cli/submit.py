@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
+from urllib.parse import urlsplit
 
 from perg.client import Backend, Endpoint
 from perg.config import Settings
@@ -114,6 +115,8 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
     def endpoint(
         role: str, url: str, model: str, backend: Backend, token_env: str | None
     ) -> Endpoint:
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise InputError(f"--{role}-url {url!r} is not an http:// or https:// URL")
         if token_env and token_env not in os.environ:
             raise InputError(f"--{role}-token-env names {token_env}, which is not set here")
         return Endpoint(url.rstrip("/"), model, backend, token_env, args.max_in_flight)
