@@ -43,10 +43,8 @@ def check_header(path: Path) -> None:
 def check_types(
     con: duckdb.DuckDBPyConnection, path: Path, table: str, types: dict[str, str]
 ) -> None:
-    """Every non-empty value of the raw rows in ``table`` casts to its column's type.
-
-    Whole numbers must be whole: DuckDB would round a rating of ``3.7`` to 4.
-    """
+    """The raw rows in ``table`` exist (a header alone is refused) and every non-empty value
+    casts to its column's type. Whole numbers must be whole: DuckDB would round 3.7 to 4."""
     if _count(con, table) == 0:
         where = f"{path}:2" if path.suffix.lower() == ".csv" else str(path)
         raise InputError(f"{where}: file: no outcome rows (only a header)")
