@@ -162,6 +162,8 @@ def test_submit_flag_bounds(
         ("--model-url", "127.0.0.1:8080/v1", "--model-url '127.0.0.1:8080/v1' is not an http"),
         ("--judge-url", "file:///etc/passwd", "--judge-url 'file:///etc/passwd' is not an http"),
         ("--judge-url", "http://", "--judge-url 'http://' is not an http:// or https:// URL"),
+        ("--judge-url", "http://[::1/v1", "--judge-url 'http://[::1/v1' is not an http"),
+        ("--model-url", "http://h:99999/v1", "--model-url 'http://h:99999/v1' is not an http"),
         ("--model-token-env", "PERG_TEST_UNSET_TOKEN", "names PERG_TEST_UNSET_TOKEN, which is not"),
     ],
 )

@@ -63,6 +63,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        return False
+
+
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     """Model-under-test and judge endpoint flags (shared with ``perg demo``)."""
     backends = get_args(Backend)
@@ -74,8 +82,9 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", required=True)
     parser.add_argument("--judge-backend", default="openai", choices=backends)
     parser.add_argument("--judge-token-env")
-    parser.add_argument("--max-in-flight", type=at_least(1), default=64,
-                        help="concurrent calls per endpoint, at least 1 (default 64)")  # fmt: skip
+    parser.add_argument(
+        "--max-in-flight", type=at_least(1), default=64, help="concurrent calls per endpoint"
+    )
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -85,8 +94,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sample seed")
     parser.add_argument("--settings", type=csv_list(SETTINGS), default=SETTINGS)
     parser.add_argument("--methods", type=csv_list(METHODS), default=METHODS)
-    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL,
-                        help="paper, strict, or a protocol file")  # fmt: skip
+    parser.add_argument(
+        "--protocol", default=DEFAULT_PROTOCOL, help="paper, strict, or a protocol file"
+    )
     parser.add_argument("--layout", choices=("system", "merged"), default="system",
                         help="merged: the model's chat template has no system role")  # fmt: skip
     parser.add_argument("--temperature", type=non_negative_float, default=0.0)
@@ -115,7 +125,7 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
     def endpoint(
         role: str, url: str, model: str, backend: Backend, token_env: str | None
     ) -> Endpoint:
-        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+        if not _is_http_url(url):
             raise InputError(f"--{role}-url {url!r} is not an http:// or https:// URL")
         if token_env and token_env not in os.environ:
             raise InputError(f"--{role}-token-env names {token_env}, which is not set here")
