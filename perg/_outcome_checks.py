@@ -24,7 +24,8 @@ from perg.protocol import METHODS, SETTINGS
 
 __all__ = ["RECORD", "check_header", "check_types", "check_values"]
 
-RECORD = "perg_record"  # the column holding a row's 0-based index in the file
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+RECORD = "__perg_record"  # the column holding a row's 0-based index in the file
 
 
 def check_header(path: Path) -> None:
@@ -55,8 +56,19 @@ def check_types(
             wrong += f" OR TRY_CAST({value} AS DOUBLE) <> TRY_CAST({value} AS INTEGER)"
         found = _first(con, table, column, f"{value} IS NOT NULL AND ({wrong})")
         if found is not None:
-            what = "a whole number" if kind == "INTEGER" else f"a valid {kind}"
-            _fail(path, found, column, f"{found[1]!r} is not {what}")
+            _fail(path, found, column, _cast_problem(found[1], kind))
+
+
+def _cast_problem(value: object, kind: str) -> str:
+    if kind != "INTEGER":
+        return f"{value!r} is not a valid {kind}"
+    try:
+        whole = float(str(value)).is_integer()
+    except ValueError:
+        whole = False
+    if whole:
+        return f"{value!r} is out of range ({INT32_MIN}..{INT32_MAX})"
+    return f"{value!r} is not a whole number"
 
 
 def check_values(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:

@@ -126,7 +126,8 @@ def load_outcomes_file(
         check_header(path)
         raw = _reader(con, path)
     except (duckdb.Error, OSError) as exc:
-        raise InputError(f"{path}: cannot read results: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot read results: {first_line}") from exc
     present = set(raw.columns)
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
@@ -135,7 +136,9 @@ def load_outcomes_file(
         raw.create("perg_raw_outcomes")  # a table: its rowid is the record's place in the file
         con.execute(
             "CREATE OR REPLACE TEMP VIEW perg_raw_records AS "
-            f"SELECT rowid AS {RECORD}, * FROM perg_raw_outcomes"
+            f"SELECT rowid AS {RECORD}, "
+            + ", ".join(f'"{c}"' for c in OUTCOME_COLUMNS if c in present)
+            + " FROM perg_raw_outcomes"
         )
         raw_types = {c: t for c, t in OUTCOME_TYPES.items() if c in present}
         check_types(con, path, "perg_raw_records", raw_types)

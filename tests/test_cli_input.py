@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,17 @@ def test_score_header_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     code, out, err = run_cli(capsys, "score", str(path))
     assert (code, out) == (2, "")
     assert err == f"perg score: {path}:2: file: no outcome rows (only a header)\n"
+
+
+def test_score_unreadable_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "results.csv"
+    path.write_bytes(random.Random(9).randbytes(4000))
+    code, out, err = run_cli(capsys, "score", str(path))
+    assert (code, out) == (2, "")
+    assert err.startswith(f"perg score: {path}: cannot read results: ")
+    assert err.count("\n") == 1
 
 
 def test_score_bad_file_in_a_fresh_process(tmp_path: Path) -> None:

@@ -180,6 +180,7 @@ BAD_EDITS = [
     ((",12,C,D,D,", ",12,C,d,D,"), "8: nopref_answer: 'd' is not an option letter"),
     ((",13,D,D,D,", ",13,D,D,(D),"), "9: pref_answer: '(D)' is not an option letter"),
     ((",3,D,A,D,", ",-3,D,A,D,"), "5: row_id: -3 is negative"),
+    ((",3,D,A,D,", ",99999999999,D,A,D,"), "5: row_id: '99999999999' is out of range"),
     ((",parsed,true,", ",guessed,true,"), "9: pref_extraction: unknown pref_extraction"),
     ((",false,stop\ncais", ",maybe,stop\ncais"), "5: parse_fallback: 'maybe' is not a valid"),
     (
