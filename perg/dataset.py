@@ -56,6 +56,7 @@ MAX_FIELD_CHARS = 131_072
 MAX_NESTING = 32
 # C0 control characters other than tab, line feed and carriage return (NUL among them), and
 # unpaired UTF-16 surrogates (valid JSON escapes that no UTF-8 encoder accepts).
+_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts "²"
 _UNACCEPTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 log = logging.getLogger(__name__)
@@ -379,7 +380,7 @@ def select_rows(dataset: Dataset, spec: str) -> list[Item]:
     """
     spec = spec.strip()
     size = len(dataset.items)
-    if spec.isdigit():
+    if _NUMBER.fullmatch(spec):
         limit = int(spec)
         if limit < 1:
             raise InputError(f"row limit must be at least 1, got {spec!r}")
@@ -393,7 +394,8 @@ def select_rows(dataset: Dataset, spec: str) -> list[Item]:
     ranges: list[tuple[int, int]] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         low_text, dash, high_text = part.partition("-")
-        if not low_text.strip().isdigit() or (dash and not high_text.strip().isdigit()):
+        low_text, high_text = low_text.strip(), high_text.strip()
+        if not _NUMBER.fullmatch(low_text) or (dash and not _NUMBER.fullmatch(high_text)):
             raise InputError(f"bad row spec {part!r}: use N, N-M, or a comma-separated list")
         low = int(low_text)
         high = int(high_text) if dash else low

@@ -223,6 +223,9 @@ def test_select_limit_and_ranges(small: Dataset) -> None:
         ("99999", "row limit 99999 is more than the 30 rows of "),
         ("0-99999999999", "row id 99999999999 out of range 0-29"),
         ("5,0-99999999999999999999999999", "row id 99999999999999999999999999 out of range"),
+        ("²", "bad row spec '²'"),
+        ("1-²", "bad row spec '1-²'"),
+        ("٣", "bad row spec '٣'"),
     ],
 )
 def test_select_bad_specs(small: Dataset, spec: str, message: str) -> None:
