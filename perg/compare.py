@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from perg.errors import InputError
+
 TESTED_METRICS = ("BR", "AFR", "RER")
 METRICS = (*TESTED_METRICS, "PVR")
 TEST_NAME = (
@@ -25,7 +27,7 @@ TEST_NAME = (
 Correction = Literal["holm", "none"]
 
 
-class CompareInputError(ValueError):
+class CompareInputError(InputError):
     """The two runs cannot be compared (unknown run, different dataset or protocol...)."""
 
 

@@ -8,7 +8,9 @@ from typing import Literal
 
 import duckdb
 
+from perg._outcome_checks import RECORD, check_header, check_types, check_values
 from perg.dataset import SOURCES
+from perg.errors import InputError
 from perg.protocol import METHODS, SETTINGS
 
 # The `outcomes` relation: column -> DuckDB type.
@@ -42,7 +44,6 @@ REQUIRED_COLUMNS = (
     "pref_answer",
     "judge_rating",
 )
-NOT_NULL_COLUMNS = ("source", "setting", "method", "row_id", "gold_option")
 OFFLINE_RUN_ID = "offline"
 
 Grouping = Literal["source", "preference", "subject"]
@@ -105,7 +106,7 @@ def _reader(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyRelati
         return con.read_json(str(path))
     if suffix in (".parquet", ".pq"):
         return con.read_parquet(str(path))
-    raise ValueError(f"{path}: unknown results format (use .csv, .jsonl, .json or .parquet)")
+    raise InputError(f"{path}: unknown results format (use .csv, .jsonl, .json or .parquet)")
 
 
 def load_outcomes_file(
@@ -113,29 +114,49 @@ def load_outcomes_file(
 ) -> None:
     """Load a results file into TABLE ``outcomes``; missing optional columns are NULL/false.
 
-    ``run_name`` (default: the file's run_id column, else 'offline') names the run.
+    ``run_name`` (default: the file's run_id column, else 'offline') names the run. Every value
+    is validated first (perg/_outcome_checks.py): a bad one raises :class:`InputError` naming
+    the file, line and column, and nothing is loaded.
     """
     if not path.is_file():
-        raise ValueError(f"{path}: no such results file")
+        raise InputError(f"{path}: no such results file")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path}: results file is empty")
+        raise InputError(f"{path}: results file is empty")
     try:
+        check_header(path)
         raw = _reader(con, path)
-    except duckdb.Error as exc:
-        raise ValueError(f"{path}: cannot read results: {exc}") from exc
+    except (duckdb.Error, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: cannot read results: {first_line}") from exc
     present = set(raw.columns)
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
-        raise ValueError(f"{path}: missing required column(s): {', '.join(missing)}")
-    raw.create_view("perg_raw_outcomes", replace=True)
-    _check_casts(con, path, present)
-    con.execute(
-        "CREATE OR REPLACE TABLE outcomes AS SELECT "
-        + ", ".join(_column_expr(c, present, run_name) for c in OUTCOME_COLUMNS)
-        + " FROM perg_raw_outcomes"
-    )
-    con.execute("DROP VIEW perg_raw_outcomes")
-    _check_values(con, path)
+        raise InputError(f"{path}: missing required column(s): {', '.join(missing)}")
+    try:
+        raw.create("perg_raw_outcomes")  # a table: its rowid is the record's place in the file
+        con.execute(
+            "CREATE OR REPLACE TEMP VIEW perg_raw_records AS "
+            f"SELECT rowid AS {RECORD}, "
+            + ", ".join(f'"{c}"' for c in OUTCOME_COLUMNS if c in present)
+            + " FROM perg_raw_outcomes"
+        )
+        raw_types = {c: t for c, t in OUTCOME_TYPES.items() if c in present}
+        check_types(con, path, "perg_raw_records", raw_types)
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW perg_typed_outcomes AS SELECT {RECORD}, "
+            + ", ".join(_column_expr(c, present, run_name) for c in OUTCOME_COLUMNS)
+            + " FROM perg_raw_records"
+        )
+        check_values(con, path, "perg_typed_outcomes")
+        con.execute(
+            "CREATE OR REPLACE TABLE outcomes AS SELECT "
+            + ", ".join(OUTCOME_COLUMNS)
+            + f" FROM perg_typed_outcomes ORDER BY {RECORD}"
+        )
+    finally:
+        con.execute("DROP VIEW IF EXISTS perg_typed_outcomes")
+        con.execute("DROP VIEW IF EXISTS perg_raw_records")
+        con.execute("DROP TABLE IF EXISTS perg_raw_outcomes")
 
 
 def _column_expr(column: str, present: set[str], run_name: str | None) -> str:
@@ -145,45 +166,12 @@ def _column_expr(column: str, present: set[str], run_name: str | None) -> str:
         return "'" + name.replace("'", "''") + "' AS run_id"
     if column not in present:
         return f"{'false' if kind == 'BOOLEAN' else 'NULL'}::{kind} AS {column}"
-    value = f'CAST("{column}" AS {kind})'
+    value = f'TRY_CAST("{column}" AS {kind})'
     if kind == "VARCHAR":
         value = f"nullif(trim({value}), '')"
     if kind == "BOOLEAN":
         value = f"coalesce({value}, false)"
     return f"{value} AS {column}"
-
-
-def _check_casts(con: duckdb.DuckDBPyConnection, path: Path, present: set[str]) -> None:
-    for column in sorted(present & set(OUTCOME_TYPES)):
-        kind = OUTCOME_TYPES[column]
-        bad = con.execute(
-            f'SELECT CAST("{column}" AS VARCHAR) FROM perg_raw_outcomes '
-            f'WHERE "{column}" IS NOT NULL AND TRY_CAST("{column}" AS {kind}) IS NULL LIMIT 1'
-        ).fetchone()
-        if bad is not None:
-            raise ValueError(f"{path}: column {column}: {bad[0]!r} is not a valid {kind}")
-
-
-def _check_values(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    for column in NOT_NULL_COLUMNS:
-        found = con.execute(f"SELECT count(*) FROM outcomes WHERE {column} IS NULL").fetchone()
-        if found is not None and found[0]:
-            raise ValueError(f"{path}: column {column} is empty on {found[0]} row(s)")
-    settings = ", ".join(f"'{s}'" for s in SETTINGS)
-    unknown = con.execute(
-        f"SELECT setting FROM outcomes WHERE setting NOT IN ({settings}) LIMIT 1"
-    ).fetchone()
-    if unknown is not None:
-        raise ValueError(f"{path}: column setting: unknown setting {unknown[0]!r}")
-    duplicate = con.execute(
-        "SELECT run_id, setting, method, row_id FROM outcomes "
-        "GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 1"
-    ).fetchone()
-    if duplicate is not None:
-        run, setting, method, row_id = duplicate
-        raise ValueError(
-            f"{path}: duplicate outcome for run {run}, {setting}/{method}, row {row_id}"
-        )
 
 
 def _cell(value: object, low: object = None, high: object = None) -> str:

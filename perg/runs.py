@@ -1,4 +1,12 @@
-"""Creating a run: choose the rows, pin dataset and protocol by hash, publish spec and work."""
+"""Creating a run: choose the rows, pin dataset and protocol by hash, publish spec and work.
+
+    spec, work = plan_run(RunRequest(model=endpoint, judge=judge, sample=600), Settings.load())
+    await publish_run(spec, work, settings)      # the workers take it from there
+
+Bad requests raise :class:`~perg.errors.InputError` (naming the flag, file, line or field at
+fault) before anything is published; an unreachable broker raises
+:class:`~perg.kafka.KafkaUnavailable`.
+"""
 
 from __future__ import annotations
 
@@ -13,24 +21,36 @@ from aiokafka import AIOKafkaProducer
 
 from perg.client import Endpoint
 from perg.config import Settings
-from perg.dataset import load_dataset, select_rows, stratified_sample
-from perg.protocol import Method, RoleLayout, Setting, load_protocol
+from perg.dataset import DATASET_FILE, load_dataset, select_rows, stratified_sample
+from perg.errors import InputError
+from perg.kafka import reaching_kafka
+from perg.protocol import METHODS, SETTINGS, Method, RoleLayout, Setting, load_protocol
 from schemas import Decoding, RunContext, RunSpec, WorkItem, partition_key
 from schemas.topics import RUNS, WORK
 
+__all__ = ["DEFAULT_PROTOCOL", "RunRequest", "new_run_id", "plan_run", "publish_run"]
+
 log = logging.getLogger("perg.runs")
+
+DEFAULT_PROTOCOL = "paper"
 
 
 @dataclass(frozen=True)
 class RunRequest:
+    """What to evaluate: the model and judge endpoints, which rows, settings and methods.
+
+    Every field but the endpoints has the default ``perg submit`` uses: the paper protocol, all
+    settings and methods, every row of ``<data dir>/pergdata.csv``.
+    """
+
     model: Endpoint
     judge: Endpoint
-    protocol: str = "paper"
-    settings: tuple[Setting, ...] = ("relevant", "mixed", "irrelevant")
-    methods: tuple[Method, ...] = ("zero_shot", "cot", "icl", "self_critic", "pref_aligner")
+    protocol: str = DEFAULT_PROTOCOL  # "paper", "strict", or the path of a protocol file
+    settings: tuple[Setting, ...] = SETTINGS
+    methods: tuple[Method, ...] = METHODS
     rows: str | None = None  # "N" (first N) or ids and ranges "0-29,817"
     sample: int | None = None  # stratified by source
-    seed: int = 0
+    seed: int = 0  # of the sample
     decoding: Decoding = field(default_factory=Decoding)
     layout: RoleLayout = "system"
     dataset_path: Path | None = None  # default: <data dir>/pergdata.csv
@@ -38,22 +58,21 @@ class RunRequest:
 
 
 def new_run_id(model: str) -> str:
+    """A fresh run id: the model's name as a slug, a UTC time stamp and 4 random hex digits."""
     slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")[:40] or "model"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return f"{slug}-{stamp}-{secrets.token_hex(2)}"
 
 
 def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[WorkItem]]:
-    """Resolve a request into its spec and work items (raises ValueError on bad input)."""
-    if request.rows is not None and request.sample is not None:
-        raise ValueError("give either rows or a sample, not both")
+    """Resolve a request into its spec and work items; :class:`InputError` on bad input."""
+    _check_request(request)
     dataset = load_dataset(
-        request.dataset_path or settings.data_dir / "pergdata.csv",
+        request.dataset_path or settings.data_dir / DATASET_FILE,
         skip_invalid=request.skip_invalid,
     )
     for problem in dataset.skipped:
         log.warning("skipped invalid row: %s", problem)
-    protocol = load_protocol(request.protocol, settings.data_dir)
     if request.sample is not None:
         items = stratified_sample(dataset, request.sample, request.seed)
         selection = f"stratified sample of {request.sample}, seed {request.seed}"
@@ -63,6 +82,10 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     else:
         items = list(dataset.items)
         selection = "all rows"
+    try:
+        protocol = load_protocol(request.protocol, settings.data_dir)
+    except ValueError as exc:  # the protocol file is input too
+        raise InputError(str(exc)) from exc
     if dataset.skipped:
         selection += f" ({len(dataset.skipped)} invalid rows skipped)"
     context = RunContext(
@@ -88,21 +111,43 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     return spec, work
 
 
-async def publish_run(spec: RunSpec, work: list[WorkItem], settings: Settings) -> None:
-    """Publish the spec (compacted topic, keyed by run) and every work item, then flush."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
-    await producer.start()
-    try:
-        run_id = spec.context.run_id
-        await producer.send_and_wait(
-            RUNS.name(settings.topic_prefix), spec.encode(), key=run_id.encode()
-        )
-        for item in work:
-            await producer.send(
-                WORK.name(settings.topic_prefix),
-                item.encode(),
-                key=partition_key(run_id, item.item.row_id),
+def _check_request(request: RunRequest) -> None:
+    if request.rows is not None and request.sample is not None:
+        raise InputError("give either rows or a sample, not both")
+    for role, endpoint in (("model", request.model), ("judge", request.judge)):
+        if endpoint.max_in_flight < 1:
+            raise InputError(
+                f"max_in_flight of the {role} endpoint must be at least 1, "
+                f"got {endpoint.max_in_flight}"
             )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    if not request.settings or not request.methods:
+        raise InputError("a run needs at least one setting and one method")
+    cap = request.decoding.max_tokens_cap
+    if cap is not None and cap < 1:
+        raise InputError(f"max_tokens must be at least 1, got {cap}")
+    if request.decoding.temperature < 0:
+        raise InputError(f"temperature must be at least 0, got {request.decoding.temperature}")
+
+
+async def publish_run(spec: RunSpec, work: list[WorkItem], settings: Settings) -> None:
+    """Publish the spec (compacted topic, keyed by run) and every work item, then flush.
+
+    :class:`~perg.kafka.KafkaUnavailable` when the broker cannot be reached.
+    """
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
+    with reaching_kafka(settings):
+        await producer.start()
+        try:
+            run_id = spec.context.run_id
+            await producer.send_and_wait(
+                RUNS.name(settings.topic_prefix), spec.encode(), key=run_id.encode()
+            )
+            for item in work:
+                await producer.send(
+                    WORK.name(settings.topic_prefix),
+                    item.encode(),
+                    key=partition_key(run_id, item.item.row_id),
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()

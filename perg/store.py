@@ -1,7 +1,16 @@
 """The DuckDB results store, owned by the sink process (DuckDB allows one writer process).
 
 Every write is one transaction and an upsert on the record's idempotency key, so a redelivered
-message never creates a second row and a reader never sees half a batch.
+message never creates a second row and a reader never sees half a batch. Rows are built by
+column name, one ``TypedDict`` per table of ``store.sql`` (``ROW_TYPES``), and inserted through
+Arrow ``BY NAME``: the order of the columns in ``store.sql`` does not matter.
+
+Reading, as a library (only the sink may open the file for writing)::
+
+    store = ResultStore(Path("perg-results/perg.duckdb"), read_only=True)
+    for status in run_statuses(store.cursor()):
+        print(status.run_id, status.results_stored, "/", status.expected_results)
+    store.cursor().sql("SELECT * FROM metrics_by_source WHERE source = 'full'").show()
 """
 
 from __future__ import annotations
@@ -13,24 +22,137 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import duckdb
-import orjson
 import pyarrow as pa
 
-from perg.metrics import compute_metrics, create_metric_views
+from perg.metrics import create_metric_views
 from schemas import BASELINE_METHOD, DeadLetter, Generation, Result, RunSpec, Verdict
+
+__all__ = [
+    "ROW_TYPES",
+    "ResultStore",
+    "RunStatus",
+    "run_statuses",
+]
 
 STORE_SQL = resources.files("perg").joinpath("store.sql").read_text(encoding="utf-8")
 
 
+# -- one row type per table of store.sql (tests/test_store.py checks they match) ----------------
+
+
+class RunRow(TypedDict):
+    run_id: str
+    created_at: datetime
+    model: str
+    model_url: str
+    judge_model: str
+    judge_url: str
+    protocol: str
+    protocol_sha256: str
+    dataset_path: str
+    dataset_sha256: str
+    selection: str
+    settings: list[str]
+    methods: list[str]
+    n_rows: int
+    expected_results: int
+    spec: str
+
+
+class Usage(TypedDict):
+    """Model usage of one stored answer, summed over every call behind it."""
+
+    tokens_in: int
+    tokens_out: int
+    latency_s: float
+    retries: int
+
+
+class BaselineRow(Usage):
+    run_id: str
+    row_id: int
+    source: str
+    category: str
+    gold_option: str
+    response: str | None
+    answer: str | None
+    extraction: str
+    finish_reason: str | None
+    stored_at: datetime
+
+
+class ResultRow(Usage):
+    run_id: str
+    row_id: int
+    setting: str | None
+    method: str
+    source: str
+    category: str
+    preference: str
+    gold_option: str
+    response: str | None
+    answer: str | None
+    extraction: str
+    judge_rating: int | None
+    judge_outcome: str | None
+    judge_raw: str | None
+    parse_fallback: bool
+    parse_failure: bool
+    finish_reason: str | None
+    model_calls: int
+    stored_at: datetime
+
+
+class ProgressRow(TypedDict):
+    run_id: str
+    row_id: int
+    setting: str | None
+    method: str
+    stage: str
+    retries: int
+    seen_at: datetime
+
+
+class DeadLetterRow(TypedDict):
+    service: str
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    original: bytes
+    failed_at: datetime
+    run_id: str | None
+    row_id: int | None
+    setting: str | None
+    method: str | None
+    stage: str | None
+
+
+ROW_TYPES: dict[str, type] = {
+    "runs": RunRow,
+    "baselines": BaselineRow,
+    "results": ResultRow,
+    "progress": ProgressRow,
+    "dead_letters": DeadLetterRow,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class RunStatus:
+    """Progress of one run, as ``perg status`` and ``GET /api/runs`` report it.
+
+    ``expected_*`` come from the run's spec; ``generated``, ``aligned``, ``baselines_stored``
+    and ``results_stored`` count what the sink has stored so far; ``retries`` sums the model
+    call retries of the stored answers; ``dead_letters`` counts the run's failed messages.
+    """
+
     run_id: str
     model: str
     protocol: str
-    created_at: str
+    created_at: str  # ISO 8601, UTC
     n_rows: int
     expected_results: int
     expected_generations: int
@@ -44,9 +166,11 @@ class RunStatus:
 
     @property
     def done(self) -> bool:
+        """Every expected result and baseline is stored."""
         return self.results_stored >= self.expected_results and self.baselines_stored >= self.n_rows
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields and ``done``, JSON-ready."""
         return {**dataclasses.asdict(self), "done": self.done}
 
 
@@ -54,18 +178,77 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _usage(verdict: Verdict) -> tuple[int, int, float, int, int]:
+def _usage(verdict: Verdict) -> tuple[Usage, int]:
+    """The usage of every call behind a verdict, and how many calls there were."""
     calls = [*verdict.generation.calls, *verdict.calls]
-    return (
-        sum(c.tokens_in or 0 for c in calls),
-        sum(c.tokens_out or 0 for c in calls),
-        sum(c.latency_s for c in calls),
-        len(calls),
-        sum(c.attempts - 1 for c in calls),
+    usage = Usage(
+        tokens_in=sum(c.tokens_in or 0 for c in calls),
+        tokens_out=sum(c.tokens_out or 0 for c in calls),
+        latency_s=sum(c.latency_s for c in calls),
+        retries=sum(c.attempts - 1 for c in calls),
+    )
+    return usage, len(calls)
+
+
+def _finish_reason(generation: Generation) -> str | None:
+    """The finish reason of the last call of the generation's own stage."""
+    stage_calls = (c for c in reversed(generation.calls) if c.stage == generation.stage)
+    return next((c.finish_reason for c in stage_calls), None)
+
+
+def _baseline_row(verdict: Verdict, now: datetime) -> BaselineRow:
+    g, item = verdict.generation, verdict.generation.item
+    usage, _ = _usage(verdict)
+    return BaselineRow(
+        run_id=g.context.run_id,
+        row_id=item.row_id,
+        source=item.source,
+        category=item.category,
+        gold_option=item.gold_option,
+        response=g.response,
+        answer=verdict.answer,
+        extraction=verdict.extraction,
+        finish_reason=_finish_reason(g),
+        stored_at=now,
+        **usage,
+    )
+
+
+def _result_row(verdict: Verdict, now: datetime) -> ResultRow:
+    g, item = verdict.generation, verdict.generation.item
+    usage, n_calls = _usage(verdict)
+    return ResultRow(
+        run_id=g.context.run_id,
+        row_id=item.row_id,
+        setting=g.setting,
+        method=g.method,
+        source=item.source,
+        category=item.category,
+        preference=item.preference,
+        gold_option=item.gold_option,
+        response=g.response,
+        answer=verdict.answer,
+        extraction=verdict.extraction,
+        judge_rating=verdict.judge_rating,
+        judge_outcome=verdict.judge_outcome,
+        judge_raw=verdict.judge_raw,
+        parse_fallback=g.parse_fallback,
+        parse_failure=g.parse_failure,
+        finish_reason=_finish_reason(g),
+        model_calls=n_calls,
+        stored_at=now,
+        **usage,
     )
 
 
 class ResultStore:
+    """The results database: the tables and views of ``store.sql`` and ``metrics.sql``.
+
+    ``ResultStore(path)`` opens (and creates) it for writing: only the sink does that, as
+    DuckDB allows one writer process. ``read_only=True`` opens an existing file for reading,
+    which fails while a writer holds it: read through the sink's API then.
+    """
+
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
         if not read_only:
@@ -76,6 +259,7 @@ class ResultStore:
             create_metric_views(self.con)
 
     def close(self) -> None:
+        """Close the database (every cursor with it)."""
         self.con.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
@@ -85,51 +269,41 @@ class ResultStore:
     # -- writes (sink only) -------------------------------------------------------------
 
     def save_run(self, spec: RunSpec) -> None:
+        """Upsert a run's spec (a resubmitted spec replaces the stored one)."""
         ctx = spec.context
-        self.con.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                ctx.run_id,
-                datetime.fromisoformat(spec.created_at).astimezone(UTC).replace(tzinfo=None),
-                ctx.model.model,
-                ctx.model.base_url,
-                ctx.judge.model,
-                ctx.judge.base_url,
-                ctx.protocol,
-                ctx.protocol_sha256,
-                spec.dataset_path,
-                spec.dataset_sha256,
-                spec.selection,
-                list(spec.settings),
-                list(spec.methods),
-                len(spec.row_ids),
-                spec.expected_results,
-                spec.encode().decode(),
-            ],
+        row = RunRow(
+            run_id=ctx.run_id,
+            created_at=datetime.fromisoformat(spec.created_at).astimezone(UTC).replace(tzinfo=None),
+            model=ctx.model.model,
+            model_url=ctx.model.base_url,
+            judge_model=ctx.judge.model,
+            judge_url=ctx.judge.base_url,
+            protocol=ctx.protocol,
+            protocol_sha256=ctx.protocol_sha256,
+            dataset_path=spec.dataset_path,
+            dataset_sha256=spec.dataset_sha256,
+            selection=spec.selection,
+            settings=list(spec.settings),
+            methods=list(spec.methods),
+            n_rows=len(spec.row_ids),
+            expected_results=spec.expected_results,
+            spec=spec.encode().decode(),
         )
+        with self._transaction() as con:
+            _upsert(con, "runs", [row])
 
     def save_verdicts(self, verdicts: Sequence[Verdict]) -> list[Result]:
         """Upsert baselines and results in one transaction; return the stored rows."""
         now = _now()
-        baselines, results, stored = [], [], []
+        baselines: list[BaselineRow] = []
+        results: list[ResultRow] = []
+        stored: list[Result] = []
         for v in verdicts:
             g, item = v.generation, v.generation.item
-            tokens_in, tokens_out, latency, n_calls, retries = _usage(v)
-            finish = next((c.finish_reason for c in reversed(g.calls) if c.stage == g.stage), None)
             if g.method == BASELINE_METHOD:
-                baselines.append(
-                    [g.context.run_id, item.row_id, item.source, item.category, item.gold_option,
-                     g.response, v.answer, v.extraction, finish, tokens_in, tokens_out, latency,
-                     retries, now]
-                )  # fmt: skip
+                baselines.append(_baseline_row(v, now))
             else:
-                results.append(
-                    [g.context.run_id, item.row_id, g.setting, g.method, item.source,
-                     item.category, item.preference, item.gold_option, g.response, v.answer,
-                     v.extraction, v.judge_rating, v.judge_outcome, v.judge_raw, g.parse_fallback,
-                     g.parse_failure, finish, tokens_in, tokens_out, latency, n_calls, retries,
-                     now]
-                )  # fmt: skip
+                results.append(_result_row(v, now))
             stored.append(
                 Result(
                     run_id=g.context.run_id,
@@ -148,49 +322,57 @@ class ResultStore:
         return stored
 
     def save_progress(self, generations: Sequence[Generation]) -> None:
+        """Upsert one progress row per generation (its run, row, setting, method and stage)."""
         now = _now()
         rows = [
-            [g.context.run_id, g.item.row_id, g.setting, g.method, g.stage,
-             sum(c.attempts - 1 for c in g.calls), now]
+            ProgressRow(
+                run_id=g.context.run_id,
+                row_id=g.item.row_id,
+                setting=g.setting,
+                method=g.method,
+                stage=g.stage,
+                retries=sum(c.attempts - 1 for c in g.calls),
+                seen_at=now,
+            )
             for g in generations
-        ]  # fmt: skip
+        ]
         with self._transaction() as con:
             _upsert(con, "progress", rows)
 
     def save_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Upsert dead letters, keyed by where the failed message was (topic, partition, offset)."""
         rows = [
-            [d.service, d.topic, d.partition, d.offset, d.reason,
-             base64.b64decode(d.original_b64), datetime.fromisoformat(d.failed_at), d.run_id,
-             d.row_id, d.setting, d.method, d.stage]
+            DeadLetterRow(
+                service=d.service,
+                topic=d.topic,
+                partition=d.partition,
+                offset=d.offset,
+                reason=d.reason,
+                original=base64.b64decode(d.original_b64),
+                failed_at=datetime.fromisoformat(d.failed_at),
+                run_id=d.run_id,
+                row_id=d.row_id,
+                setting=d.setting,
+                method=d.method,
+                stage=d.stage,
+            )
             for d in letters
-        ]  # fmt: skip
+        ]
         with self._transaction() as con:
             _upsert(con, "dead_letters", rows)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.con)
 
-    # -- reads ----------------------------------------------------------------------------
 
-    def run_statuses(self, run_id: str | None = None) -> list[RunStatus]:
-        return run_statuses(self.cursor(), run_id)
-
-    def metrics(self, run_id: str | None = None) -> list[dict[str, object]]:
-        return compute_metrics(self.cursor(), run_id)
-
-
-def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: list[list[Any]]) -> None:
-    """``INSERT OR REPLACE`` many rows at once, through Arrow (executemany is ~100x slower)."""
+def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any]) -> None:
+    """``INSERT OR REPLACE`` many rows (TypedDicts of ``table``) at once, by column name,
+    through Arrow (executemany is ~100x slower)."""
     if not rows:
         return
-    columns = [name for (name,) in con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index",
-        [table],
-    ).fetchall()]  # fmt: skip
-    incoming = pa.table({name: [row[i] for row in rows] for i, name in enumerate(columns)})
-    con.register("incoming_rows", incoming)
+    con.register("incoming_rows", pa.Table.from_pylist(list(rows)))
     try:
-        con.execute(f"INSERT OR REPLACE INTO {table} SELECT * FROM incoming_rows")
+        con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM incoming_rows")
     finally:
         con.unregister("incoming_rows")
 
@@ -228,10 +410,7 @@ ORDER BY r.created_at
 
 
 def run_statuses(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> list[RunStatus]:
+    """The status of one run (``run_id``), or of every stored run oldest first; ``con`` is a
+    connection to the store, e.g. ``ResultStore(path, read_only=True).cursor()``."""
     rows = con.execute(_STATUS_SQL, [run_id, run_id]).fetchall()
     return [RunStatus(*row) for row in rows]
-
-
-def spec_of(con: duckdb.DuckDBPyConnection, run_id: str) -> RunSpec | None:
-    row = con.execute("SELECT spec FROM runs WHERE run_id = ?", [run_id]).fetchone()
-    return RunSpec.decode(orjson.dumps(orjson.loads(row[0]))) if row else None

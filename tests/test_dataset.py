@@ -13,6 +13,7 @@ import pytest
 from perg.config import default_data_dir
 from perg.dataset import (
     COLUMNS,
+    MAX_FIELD_CHARS,
     MAX_REPORTED,
     SOURCES,
     Dataset,
@@ -21,8 +22,11 @@ from perg.dataset import (
     select_rows,
     stratified_sample,
 )
+from perg.errors import InputError
 
 SHARED_CSV = default_data_dir() / "pergdata.csv"
+HOSTILE = Path(__file__).parent / "fixtures" / "hostile"
+HOSTILE_CASES: dict[str, list[object]] = json.loads((HOSTILE / "expected.json").read_text())
 needs_shared = pytest.mark.skipif(not SHARED_CSV.is_file(), reason="shared PERG data not found")
 
 GOOD = {
@@ -199,7 +203,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
 
 def test_select_limit_and_ranges(small: Dataset) -> None:
     assert [i.row_id for i in select_rows(small, "3")] == [0, 1, 2]
-    assert len(select_rows(small, "100")) == 30
+    assert len(select_rows(small, "30")) == 30
     ids = [i.row_id for i in select_rows(small, "10-12, 0-1,25,11")]
     assert ids == [0, 1, 10, 11, 12, 25]
     assert [i.row_id for i in select_rows(small, "7,")] == [7]
@@ -215,11 +219,66 @@ def test_select_limit_and_ranges(small: Dataset) -> None:
         ("1-2-3", "bad row spec"),
         (",", "empty row spec"),
         ("0-30", "row id 30 out of range 0-29"),
+        ("31", "row limit 31 is more than the 30 rows of "),
+        ("99999", "row limit 99999 is more than the 30 rows of "),
+        ("0-99999999999", "row id 99999999999 out of range 0-29"),
+        ("5,0-99999999999999999999999999", "row id 99999999999999999999999999 out of range"),
+        ("²", "bad row spec '²'"),
+        ("1-²", "bad row spec '1-²'"),
+        ("٣", "bad row spec '٣'"),
     ],
 )
 def test_select_bad_specs(small: Dataset, spec: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InputError, match=message):
         select_rows(small, spec)
+
+
+def test_select_merges_repeated_ranges(small: Dataset) -> None:
+    """A spec naming the same rows 100,000 times is merged, not expanded 100,000 times."""
+    ids = [i.row_id for i in select_rows(small, ",".join(["0-29"] * 100_000 + ["3-5,28"]))]
+    assert ids == list(range(30))
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_CASES))
+def test_hostile_corpus(name: str) -> None:
+    line, field, fragment = HOSTILE_CASES[name]
+    error = load_error(HOSTILE / name)
+    assert any(
+        (p.path, p.line, p.field) == (str(HOSTILE / name), line, field)
+        and str(fragment) in p.message
+        for p in error.problems
+    ), error.problems
+    assert isinstance(error, InputError) and isinstance(error, ValueError)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_oversized_fields(tmp_path: Path, suffix: str) -> None:
+    big = "x" * (MAX_FIELD_CHARS + 1)
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".csv":
+        write_csv(path, [GOOD, {**GOOD, "question": big}])
+        expected = (3, "csv", "field larger than field limit")
+    else:
+        lines = [json.dumps(GOOD), json.dumps({**GOOD, "preference": big})]
+        path.write_text("\n".join(lines), encoding="utf-8")
+        expected = (2, "preference", f"{len(big)} characters, over the limit of {MAX_FIELD_CHARS}")
+    (problem,) = load_error(path).problems
+    assert (problem.line, problem.field) == expected[:2] and expected[2] in problem.message
+
+
+def test_oversized_options_literal(tmp_path: Path) -> None:
+    """A JSONL line has no csv field limit: the options text is measured before it is parsed."""
+    options = repr(["y" * 1000] * 200)
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({**GOOD, "options": options}), encoding="utf-8")
+    (problem,) = load_error(path).problems
+    assert (problem.line, problem.field) == (1, "options")
+    assert f"over the limit of {MAX_FIELD_CHARS}" in problem.message
+
+
+def test_one_problem_is_one_line(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", [{**GOOD, "gold_option": "1"}])
+    assert str(load_error(path)) == f"{path}:2: gold_option: '1' is not an option letter A-Z"
 
 
 @needs_shared

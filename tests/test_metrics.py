@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perg.errors import InputError
 from perg.metrics import (
     OUTCOME_COLUMNS,
     OUTCOME_TYPES,
@@ -163,13 +164,39 @@ def test_run_names_and_filter(tmp_path: Path) -> None:
     assert compute_metrics(con, "absent") == []
 
 
+# (text replaced in the fixture, what the message says after "path:": "LINE: field: message")
 BAD_EDITS = [
-    (("judge_rating,", "rating,"), "missing required column(s): judge_rating"),
-    ((",10,A,A,A,", ",x10,A,A,A,"), "column row_id: 'x10' is not a valid INTEGER"),
-    ((",,4,unresolved", ",,high,unresolved"), "column judge_rating: 'high'"),
-    (("P2,irrelevant,cot", "P2,sideways,cot"), "unknown setting 'sideways'"),
-    (("irrelevant,cot,3", "irrelevant,zero_shot,1"), "duplicate outcome for run offline"),
-    (("zero_shot,12,C", "zero_shot,12,"), "column gold_option is empty on 1 row(s)"),
+    (("judge_rating,", "rating,"), " missing required column(s): judge_rating"),
+    ((",10,A,A,A,", ",x10,A,A,A,"), "6: row_id: 'x10' is not a whole number"),
+    ((",,4,unresolved", ",,high,unresolved"), "7: judge_rating: 'high' is not a whole number"),
+    ((",3,D,A,D,3,", ",3,D,A,D,3.7,"), "5: judge_rating: '3.7' is not a whole number"),
+    ((",1,A,A,C,5,", ",1,A,A,C,99,"), "3: judge_rating: 99 is outside the scale 1..5"),
+    ((",2,C,C,C,2,", ",2,C,C,C,0,"), "4: judge_rating: 0 is outside the scale 1..5"),
+    (("P2,irrelevant,cot", "P2,sideways,cot"), "12: setting: unknown setting 'sideways'"),
+    (("P2,relevant,zero_shot,1,", "P2,relevant,zero-shot,1,"), "3: method: unknown method"),
+    (("cais/mmlu,anatomy,P1", "mmlu,anatomy,P1"), "6: source: unknown source 'mmlu'"),
+    ((",12,C,D,D,", ",12,7,D,D,"), "8: gold_option: '7' is not an option letter [A-Z]"),
+    ((",12,C,D,D,", ",12,CD,D,D,"), "8: gold_option: 'CD' is not an option letter"),
+    ((",12,C,D,D,", ",12,C,d,D,"), "8: nopref_answer: 'd' is not an option letter"),
+    ((",13,D,D,D,", ",13,D,D,(D),"), "9: pref_answer: '(D)' is not an option letter"),
+    ((",3,D,A,D,", ",-3,D,A,D,"), "5: row_id: -3 is negative"),
+    ((",3,D,A,D,", ",99999999999,D,A,D,"), "5: row_id: '99999999999' is out of range"),
+    ((",parsed,true,", ",guessed,true,"), "9: pref_extraction: unknown pref_extraction"),
+    ((",false,stop\ncais", ",maybe,stop\ncais"), "5: parse_fallback: 'maybe' is not a valid"),
+    (
+        ("irrelevant,cot,3,D", "irrelevant,cot,3,C"),
+        "12: gold_option: 'C' contradicts the 'D' given for the same row on line 5",
+    ),
+    (
+        ("irrelevant,cot,3,D", "irrelevant,zero_shot,1,A"),
+        "12: row_id: duplicate outcome for run offline, irrelevant/zero_shot, row 1"
+        " (first on line 11)",
+    ),
+    (("zero_shot,12,C", "zero_shot,12,"), "8: gold_option: empty (a value is required)"),
+    (
+        ("relevant,zero_shot,", "relevant,,"),
+        "2: method: empty (a value is required) (10 rows in all)",
+    ),
 ]
 
 
@@ -179,14 +206,60 @@ def test_bad_results_files(tmp_path: Path, edit: tuple[str, str], message: str) 
     text = FIXTURE.read_text(encoding="utf-8")
     assert edit[0] in text
     path.write_text(text.replace(*edit), encoding="utf-8")
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(InputError) as info:
         loaded(path)
-    assert str(info.value).startswith(f"{path}: ")
-    assert message in str(info.value)
+    assert str(info.value).startswith(f"{path}:{message}")
+
+
+def test_bad_values_in_jsonl_and_parquet(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    rows = con.read_csv(str(FIXTURE), header=True, all_varchar=True).fetchall()
+    columns = FIXTURE.read_text(encoding="utf-8").splitlines()[0].split(",")
+    records: list[dict[str, object]] = [dict(zip(columns, row, strict=True)) for row in rows]
+    for record in records:
+        rating = record["judge_rating"]
+        record["judge_rating"] = float(rating) if isinstance(rating, str) else None
+    records[2]["judge_rating"] = 3.7  # a JSON number: DuckDB would round it to 4
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text("\n" + "\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{jsonl}:4: judge_rating: 3.7 is not a whole number"):
+        loaded(jsonl)
+    records[2]["judge_rating"] = 9.0
+    table = pa.Table.from_pylist(records)
+    parquet = tmp_path / "bad.parquet"
+    con.from_arrow(table).write_parquet(str(parquet))
+    with pytest.raises(InputError, match=rf"^{parquet}: row 3: judge_rating: 9 is outside"):
+        loaded(parquet)
+
+
+def test_header_only_and_duplicated_columns(tmp_path: Path) -> None:
+    header = FIXTURE.read_text(encoding="utf-8").splitlines()[0]
+    only = tmp_path / "header.csv"
+    only.write_text(header + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=rf"^{only}:2: file: no outcome rows \(only a header\)"):
+        loaded(only)
+    twice = tmp_path / "twice.csv"
+    twice.write_text(header + ",method\n", encoding="utf-8")
+    with pytest.raises(
+        InputError, match=rf"^{twice}:1: method: duplicated column \(columns 5, 14\)"
+    ):
+        loaded(twice)
+
+
+def test_nothing_is_loaded_from_a_bad_file(tmp_path: Path) -> None:
+    con = loaded()
+    before = con.execute("SELECT count(*) FROM outcomes").fetchall()
+    bad = tmp_path / "bad.csv"
+    bad.write_text(FIXTURE.read_text(encoding="utf-8").replace(",1,A,A,C,5,", ",1,A,A,C,99,"))
+    with pytest.raises(InputError):
+        load_outcomes_file(con, bad)
+    assert con.execute("SELECT count(*) FROM outcomes").fetchall() == before
+    tables = {name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    assert tables == {"outcomes"}
 
 
 def test_unknown_format_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no such results file"):
+    with pytest.raises(InputError, match="no such results file"):
         loaded(tmp_path / "absent.csv")
     (tmp_path / "empty.csv").write_bytes(b"")
     with pytest.raises(ValueError, match="results file is empty"):

@@ -1,4 +1,9 @@
-"""The ``perg`` command line: one module per sub-command, each exposing ``register``."""
+"""The ``perg`` command line: one module per sub-command, each exposing ``register``.
+
+Exit codes of every command: 0 success; 1 a check that ran and failed (``perg gate`` found a
+regression, a run did not complete in time); 2 bad input (a flag, a file, a row: the message
+names which); 3 something needed is unavailable (the Kafka broker, the sink, a model server).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Callable
+
+from perg.errors import PergError
+
+__all__ = ["build_parser", "main"]
 
 # Sub-command modules, in the order ``perg --help`` lists them. Each defines
 # ``register(subparsers) -> None`` and sets ``func`` (args -> exit code) on its parser.
@@ -20,28 +29,31 @@ COMMAND_MODULES = (
     "prompts",
     "worker",
 )
+EPILOG = "exit codes: 0 ok, 1 check failed (gate, timeout), 2 bad input, 3 service unavailable"
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``perg`` and all its sub-commands."""
     parser = argparse.ArgumentParser(
-        prog="perg", description="PERG Stream: robust personalization evaluation of deployed LLMs."
+        prog="perg",
+        description="PERG Stream: robust personalization evaluation of deployed LLMs.",
+        epilog=EPILOG,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"perg.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"perg.cli.{name}":
-                continue  # command not built yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(f"perg.cli.{name}").register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``perg`` with ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    An expected failure (:class:`~perg.errors.PergError`) becomes one message on stderr and
+    its kind's exit code; anything else is a bug and keeps its traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -50,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     handler: Handler = args.func
-    return handler(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        return handler(args)
+    except PergError as exc:
+        # "perg prompts render: ...": a command with sub-commands stores them as <command>_command
+        name = " ".join(
+            filter(None, (args.command, getattr(args, f"{args.command}_command", None)))
+        )
+        print(f"perg {name}: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -8,13 +8,13 @@ significantly worse beyond one (0 otherwise, 2 on bad input).
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 import orjson
 
-from perg.compare import TEST_NAME, Cell, CompareInputError, Comparison, Thresholds, compare_runs
+from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
 from perg.config import Settings
+from perg.errors import InputError
 from perg.live.client import SinkClient, SinkError
 
 COLUMNS = ("setting", "method", "source", "metric", "baseline", "candidate", "Δ",
@@ -55,7 +55,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="POINTS",
         help="largest tolerated AFR increase, in points (default: not gated)",
     )
-    # fmt: on
     gate.set_defaults(func=run_gate)
 
 
@@ -84,7 +83,6 @@ def run_gate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
-    name = "gate" if thresholds else "compare"
     try:
         comparison = compare_runs(
             SinkClient(Settings.load()),
@@ -95,9 +93,8 @@ def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
             correction=args.correction,
             allow_mismatch=args.allow_mismatch,
         )
-    except (CompareInputError, SinkError) as exc:
-        print(f"perg {name}: {exc}", file=sys.stderr)
-        return 2
+    except SinkError as exc:  # exit 2, as before, until perg/live classifies its errors
+        raise InputError(str(exc)) from exc
     if args.json:
         print(orjson.dumps(comparison.as_dict(), option=orjson.OPT_INDENT_2).decode())
     elif args.markdown:

@@ -10,6 +10,7 @@ from typing import Literal
 import orjson
 
 from perg.dataset import DATASET_FILE, Item, load_dataset, select_rows
+from perg.errors import InputError
 from perg.protocol import (
     METHODS,
     SETTINGS,
@@ -77,7 +78,7 @@ def render_messages(
     if stage == 2 and method == "pref_aligner":
         return protocol.aligner_messages(item, setting, response)
     if stage == 2:
-        raise ValueError(f"method {method} has no stage 2")
+        raise InputError(f"method {method} has no stage 2")
     if method == BASELINE:
         return protocol.baseline_messages(item, layout)
     return protocol.answer_messages(item, setting, method, layout)
@@ -86,25 +87,24 @@ def render_messages(
 def run(args: argparse.Namespace) -> int:
     try:
         protocol = load_protocol(args.protocol, args.data)
-        dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
-        (item,) = select_rows(dataset, f"{args.row}-{args.row}")
-        if args.method == EXTRACTOR_LORA:
-            prompt = protocol.extractor_prompt(item, args.response)
-            out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
-            sys.stdout.write(out + "\n")
-            return 0
-        messages = render_messages(
-            protocol,
-            item,
-            args.method,
-            args.setting,
-            stage=args.stage,
-            response=args.response,
-            layout="merged" if args.layout == "merged" else "system",
-        )
-    except ValueError as exc:
-        print(f"perg prompts render: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:  # the protocol file is input: exit 2
+        raise InputError(str(exc)) from exc
+    dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
+    (item,) = select_rows(dataset, f"{args.row}-{args.row}")
+    if args.method == EXTRACTOR_LORA:
+        prompt = protocol.extractor_prompt(item, args.response)
+        out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
+        sys.stdout.write(out + "\n")
+        return 0
+    messages = render_messages(
+        protocol,
+        item,
+        args.method,
+        args.setting,
+        stage=args.stage,
+        response=args.response,
+        layout="merged" if args.layout == "merged" else "system",
+    )
     if args.layout == "inst":
         prompt = render_raw_prompt(messages)
         out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt

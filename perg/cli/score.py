@@ -1,4 +1,8 @@
-"""``perg score``: BR / AFR / RER / PVR of a results file, with the SQL of the live sink."""
+"""``perg score``: BR / AFR / RER / PVR of a results file, with the SQL of the live sink.
+
+Exit codes: 0 scored; 2 bad input (every value of the file is checked first: the message names
+the file, line and column of the first bad one) or no stored results to read.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import duckdb
 import orjson
 
 from perg.config import Settings
+from perg.errors import InputError
 from perg.live.client import SinkClient, SinkError
 from perg.metrics import compute_metrics, format_metrics_table, load_outcomes_file
 
@@ -35,7 +40,10 @@ JSON_KEYS = (
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "score", help="score a results file (CSV, JSONL or Parquet of outcomes)"
+        "score",
+        help="score a results file (CSV, JSONL or Parquet of outcomes)",
+        description="Score a results file, or a stored run. Exit codes: 0 scored, 2 bad input "
+        "(the message names the file, line and column of the first bad value).",
     )
     parser.add_argument(
         "results", nargs="?", type=Path, help="outcomes file: .csv, .jsonl, .json, .parquet"
@@ -47,7 +55,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def score_file(path: Path, run_name: str | None = None) -> list[dict[str, object]]:
-    """Metrics by source (and pooled 'full') of an offline results file."""
+    """Metrics by source (and pooled 'full') of an offline results file.
+
+    :class:`~perg.errors.InputError` names the file, line and column of the first bad value.
+    """
     with duckdb.connect() as con:
         load_outcomes_file(con, path, run_name=run_name)
         return compute_metrics(con)
@@ -55,28 +66,27 @@ def score_file(path: Path, run_name: str | None = None) -> list[dict[str, object
 
 def score_run(run_id: str) -> list[dict[str, object]]:
     """Metrics of a run, from the same SQL views served by the live sink."""
-    rows = SinkClient(Settings.load()).metrics(run_id)
+    try:
+        rows = SinkClient(Settings.load()).metrics(run_id)
+    except SinkError as exc:  # exit 2, as before, until perg/live classifies its errors
+        raise InputError(str(exc)) from exc
     if not rows:
-        raise ValueError(f"no stored results for run {run_id!r}")
+        raise InputError(f"no stored results for run {run_id!r}")
     return rows
 
 
 def _metric_rows(args: argparse.Namespace) -> list[dict[str, object]]:
     if args.run is not None:
         if args.results is not None:
-            raise ValueError("give a RESULTS file or --run RUN, not both")
+            raise InputError("give a RESULTS file or --run RUN, not both")
         return score_run(args.run)
     if args.results is None:
-        raise ValueError("give a RESULTS file or --run RUN")
+        raise InputError("give a RESULTS file or --run RUN")
     return score_file(args.results, args.run_name)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rows = _metric_rows(args)
-    except (ValueError, OSError, duckdb.Error, SinkError) as exc:
-        print(f"perg score: {exc}", file=sys.stderr)
-        return 2
+    rows = _metric_rows(args)
     if args.json:
         subset = [{key: row[key] for key in JSON_KEYS} for row in rows]
         sys.stdout.write(orjson.dumps(subset, option=orjson.OPT_INDENT_2).decode() + "\n")

@@ -1,21 +1,26 @@
-"""``perg submit``: create a run and print its id (and only that) on stdout."""
+"""``perg submit``: create a run and print its id (and only that) on stdout.
+
+Exit codes: 0 submitted; 2 bad input (a flag, the dataset file or the protocol: the message
+names the file, line and field); 3 the Kafka broker cannot be reached.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import get_args
+from urllib.parse import urlsplit
 
 from perg.client import Backend, Endpoint
 from perg.config import Settings
-from perg.dataset import DatasetError
+from perg.errors import InputError
 from perg.kafka import ensure_topics
 from perg.protocol import METHODS, SETTINGS
-from perg.runs import RunRequest, plan_run, publish_run
+from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
 from schemas import Decoding
 
 
@@ -32,6 +37,40 @@ def csv_list(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _is_http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
+        return False
+
+
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     """Model-under-test and judge endpoint flags (shared with ``perg demo``)."""
     backends = get_args(Backend)
@@ -43,22 +82,26 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", required=True)
     parser.add_argument("--judge-backend", default="openai", choices=backends)
     parser.add_argument("--judge-token-env")
-    parser.add_argument("--max-in-flight", type=int, default=64, help="per endpoint")
+    parser.add_argument(
+        "--max-in-flight", type=at_least(1), default=64, help="concurrent calls per endpoint"
+    )
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     rows = parser.add_mutually_exclusive_group()
     rows.add_argument("--rows", help="N (the first N rows) or ids and ranges: 0-29,817-846,2038")
-    rows.add_argument("--sample", type=int, help="stratified sample of N rows by source")
+    rows.add_argument("--sample", type=at_least(1), help="stratified sample of N rows by source")
     parser.add_argument("--seed", type=int, default=0, help="sample seed")
     parser.add_argument("--settings", type=csv_list(SETTINGS), default=SETTINGS)
     parser.add_argument("--methods", type=csv_list(METHODS), default=METHODS)
-    parser.add_argument("--protocol", default="paper", help="paper, strict, or a protocol file")
+    parser.add_argument(
+        "--protocol", default=DEFAULT_PROTOCOL, help="paper, strict, or a protocol file"
+    )
     parser.add_argument("--layout", choices=("system", "merged"), default="system",
                         help="merged: the model's chat template has no system role")  # fmt: skip
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=non_negative_float, default=0.0)
     parser.add_argument("--decode-seed", type=int, default=42)
-    parser.add_argument("--max-tokens", type=int, help="cap every stage's max_tokens")
+    parser.add_argument("--max-tokens", type=at_least(1), help="cap every stage's max_tokens")
     parser.add_argument("--dataset", type=Path, help="PERGData CSV/JSONL (default: data dir)")
     parser.add_argument(
         "--skip-invalid", action="store_true", help="evaluate the valid rows; report the bad ones"
@@ -67,21 +110,34 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("submit", help="create a run; prints its run_id")
+    parser = subparsers.add_parser(
+        "submit",
+        help="create a run; prints its run_id",
+        description="Create a run and print its run_id. Exit codes: 0 submitted, 2 bad input "
+        "(the message names the flag, or the file, line and field), 3 Kafka unreachable.",
+    )
     add_endpoint_args(parser)
     add_run_args(parser)
     parser.set_defaults(func=run)
 
 
 def request_from_args(args: argparse.Namespace) -> RunRequest:
-    def endpoint(url: str, model: str, backend: Backend, token_env: str | None) -> Endpoint:
+    def endpoint(
+        role: str, url: str, model: str, backend: Backend, token_env: str | None
+    ) -> Endpoint:
+        if not _is_http_url(url):
+            raise InputError(f"--{role}-url {url!r} is not an http:// or https:// URL")
         if token_env and token_env not in os.environ:
-            raise ValueError(f"--*-token-env names {token_env}, which is not set here")
+            raise InputError(f"--{role}-token-env names {token_env}, which is not set here")
         return Endpoint(url.rstrip("/"), model, backend, token_env, args.max_in_flight)
 
     return RunRequest(
-        model=endpoint(args.model_url, args.model, args.model_backend, args.model_token_env),
-        judge=endpoint(args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env),
+        model=endpoint(
+            "model", args.model_url, args.model, args.model_backend, args.model_token_env
+        ),
+        judge=endpoint(
+            "judge", args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env
+        ),
         protocol=args.protocol,
         settings=args.settings,
         methods=args.methods,
@@ -99,11 +155,9 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap:
         os.environ["PERG_KAFKA"] = args.bootstrap
     settings = Settings.load()
-    try:
-        spec, work = plan_run(request_from_args(args), settings)
-    except (DatasetError, ValueError, OSError) as exc:
-        print(f"perg submit: {exc}", file=sys.stderr)
-        return 2
+    spec, work = plan_run(request_from_args(args), settings)
+    if not args.verbose:  # an unreachable broker is reported in one line, not per attempt
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     async def go() -> None:
         await ensure_topics(settings)
