@@ -22,6 +22,7 @@ from perg.store import ResultStore
 
 ROWS_PER_BATCH = 7
 CELLS = 4  # 2 settings x 2 methods in make_spec
+TOKEN = "a-test-token-of-32-characters-xx"
 
 
 @pytest.fixture
@@ -76,7 +77,9 @@ async def test_sql_formats(api: TestClient) -> None:
     table = pa.ipc.open_stream(await response.read()).read_all()
     assert table.to_pydict() == {"setting": ["irrelevant", "relevant"], "n": [60, 60]}
     assert (await api.post("/sql", json={"sql": query, "format": "xml"})).status == 400
-    assert (await api.post("/sql", data=b"not json")).status == 400
+    assert (await api.post("/sql", data=b"not json")).status == 415
+    bad = await api.post("/sql", data=b"not json", headers={"Content-Type": "application/json"})
+    assert bad.status == 400
 
 
 async def test_sql_refusals_and_errors_are_400_with_a_message(api: TestClient) -> None:
@@ -140,20 +143,20 @@ async def test_queries_see_whole_batches_while_rows_arrive(store: ResultStore) -
 
 
 async def test_token_required_when_set(store: ResultStore) -> None:
-    client = await _client(store, token="s3cret")
+    client = await _client(store, token=TOKEN)
     try:
         assert (await client.get("/health")).status == 200
         for path in ("/api/runs", "/", "/static/dashboard.js", "/events"):
             assert (await client.get(path)).status == 401, path
         assert (await client.post("/sql", json={"sql": "SELECT 1"})).status == 401
-        wrong = {"Authorization": "Bearer nope"}
+        wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
         assert (await client.get("/api/runs", headers=wrong)).status == 401
-        right = {"Authorization": "Bearer s3cret"}
+        right = {"Authorization": f"Bearer {TOKEN}"}
         assert (await client.get("/api/runs", headers=right)).status == 200
         response = await client.post("/sql", json={"sql": "SELECT 1 AS x"}, headers=right)
         assert (await response.json())["rows"] == [[1]]
-        assert (await client.get("/api/runs?token=s3cret")).status == 401  # page only
-        page = await client.get("/?token=s3cret")  # opening the dashboard sets a cookie
+        assert (await client.get(f"/api/runs?token={TOKEN}")).status == 401  # page only
+        page = await client.get(f"/?token={TOKEN}")  # opening the dashboard sets a cookie
         assert page.status == 200
         assert (await client.get("/api/runs")).status == 200
     finally:
@@ -164,7 +167,7 @@ async def test_token_required_when_set(store: ResultStore) -> None:
 def test_check_bind_refuses_non_loopback_without_token(bind: str) -> None:
     with pytest.raises(ValueError, match="PERG_SINK_TOKEN"):
         check_bind(bind, None)
-    check_bind(bind, "token")
+    check_bind(bind, TOKEN)
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
@@ -195,14 +198,14 @@ def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:
 
 
 async def test_sink_client_over_http(store: ResultStore, tmp_path: Path) -> None:
-    client = await _client(store, token="t0k")
+    client = await _client(store, token=TOKEN)
     try:
-        sink = SinkClient(_settings(tmp_path, str(client.make_url("")), "t0k"))
+        sink = SinkClient(_settings(tmp_path, str(client.make_url("")), TOKEN))
         statuses = await asyncio.to_thread(sink.statuses)
         assert [s["run_id"] for s in statuses] == ["base"]
         assert await asyncio.to_thread(sink.statuses, "nope") == []
         metrics = await asyncio.to_thread(sink.metrics, "base")
-        auth = {"Authorization": "Bearer t0k"}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         served = await client.get("/api/runs/base/metrics", headers=auth)
         assert metrics == await served.json()
         answer = await asyncio.to_thread(sink.sql, "SELECT count(*) AS n FROM baselines")
