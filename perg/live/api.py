@@ -216,7 +216,8 @@ async def sql(request: web.Request) -> web.Response:
         return _error(f"{MAX_CONCURRENT_SQL} queries are running already; retry shortly", 429)
     async with slots:
         try:
-            return await _in_thread(request, lambda r: _answer(r, query, fmt))
+            response: web.Response = await _in_thread(request, lambda r: _answer(r, query, fmt))
+            return response
         except QueryTimeout as exc:
             return _error(str(exc), 408)
         except (QueryRefused, EngineRefused, RowCapExceeded, ResultTooLarge) as exc:

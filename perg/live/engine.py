@@ -23,7 +23,7 @@ and ``read_only=True`` (:func:`open_read_only`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Protocol
 
@@ -102,7 +102,6 @@ def read_only_cursor(db: Database) -> Iterator[duckdb.DuckDBPyConnection]:
         try:
             yield con
         finally:
-            try:
+            # an interrupted transaction may refuse; closing the cursor ends it anyway
+            with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass  # an interrupted transaction may refuse; closing the cursor ends it

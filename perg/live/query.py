@@ -49,7 +49,7 @@ class QueryLimits:
 
     @classmethod
     def from_settings(cls) -> QueryLimits:
-        """``PERG_SQL_TIMEOUT_S``, ``PERG_SQL_ROW_CAP``, ``PERG_SQL_MAX_BYTES`` (env or perg.toml)."""
+        """``PERG_SQL_TIMEOUT_S``, ``PERG_SQL_ROW_CAP``, ``PERG_SQL_MAX_BYTES`` (env, perg.toml)."""
         limits = cls(
             float(setting("sql_timeout_s", "10")),
             int(setting("sql_row_cap", "10000")),

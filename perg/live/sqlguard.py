@@ -51,17 +51,53 @@ MAX_TREE_DEPTH = 1_000  # levels of the serialized tree
 
 _FUNCTIONS = frozenset(name.lower() for name in ALLOWED_FUNCTIONS) | METRIC_MACROS
 _QUERY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE"})
-_TABLE_REFS = frozenset({"BASE_TABLE", "JOIN", "SUBQUERY", "TABLE_FUNCTION", "EXPRESSION_LIST",
-                         "EMPTY", "SHOW_REF"})  # fmt: skip
-_OTHER_TYPED = frozenset({"ORDER_MODIFIER", "LIMIT_MODIFIER", "LIMIT_PERCENT_MODIFIER",
-                          "DISTINCT_MODIFIER", "ORDER_DEFAULT", "ASCENDING", "DESCENDING"})  # fmt: skip
-_EXPRESSIONS = frozenset({"BETWEEN", "CASE", "CAST", "COLLATE", "COLUMN_REF", "COMPARISON",
-                          "CONJUNCTION", "CONSTANT", "FUNCTION", "LAMBDA", "OPERATOR",
-                          "POSITIONAL_REFERENCE", "STAR", "SUBQUERY", "TYPE", "WINDOW"})  # fmt: skip
+_TABLE_REFS = frozenset(
+    {"BASE_TABLE", "JOIN", "SUBQUERY", "TABLE_FUNCTION", "EXPRESSION_LIST", "EMPTY", "SHOW_REF"}
+)
+_OTHER_TYPED = frozenset(
+    {
+        "ORDER_MODIFIER",
+        "LIMIT_MODIFIER",
+        "LIMIT_PERCENT_MODIFIER",
+        "DISTINCT_MODIFIER",
+        "ORDER_DEFAULT",
+        "ASCENDING",
+        "DESCENDING",
+    }
+)
+_EXPRESSIONS = frozenset(
+    {
+        "BETWEEN",
+        "CASE",
+        "CAST",
+        "COLLATE",
+        "COLUMN_REF",
+        "COMPARISON",
+        "CONJUNCTION",
+        "CONSTANT",
+        "FUNCTION",
+        "LAMBDA",
+        "OPERATOR",
+        "POSITIONAL_REFERENCE",
+        "STAR",
+        "SUBQUERY",
+        "TYPE",
+        "WINDOW",
+    }
+)
 # Bare words DuckDB answers from the session rather than from a column.
-_SESSION_WORDS = frozenset({"current_user", "user", "session_user", "current_role",
-                            "current_catalog", "current_schema", "current_database",
-                            "current_query"})  # fmt: skip
+_SESSION_WORDS = frozenset(
+    {
+        "current_user",
+        "user",
+        "session_user",
+        "current_role",
+        "current_catalog",
+        "current_schema",
+        "current_database",
+        "current_query",
+    }
+)
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*\Z")
 _FORMAT_FUNCTIONS = frozenset({"printf", "format"})
 # A width or precision of 4+ digits, one taken from an argument (*), or a nested {} field.
