@@ -86,7 +86,8 @@ def single_select(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise EngineRefused(f"the query does not parse: {exc}") from exc
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise EngineRefused(f"the query does not parse: {message}") from exc
     if len(statements) != 1:
         raise EngineRefused(f"exactly one statement is allowed, got {len(statements)}")
     kind = statements[0].type

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from perg.config import setting
 from perg.live.engine import Database, read_only_cursor, single_select
@@ -77,7 +78,8 @@ class QueryResult:
         return list(self.table.column_names)
 
     def rows(self) -> list[list[Any]]:
-        return [list(row) for row in zip(*(c.to_pylist() for c in self.table.columns), strict=True)]
+        columns = (_python_values(c) for c in self.table.columns)
+        return [list(row) for row in zip(*columns, strict=True)]
 
     def as_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "rows": self.rows(), "truncated": False}
@@ -97,6 +99,25 @@ class QueryResult:
         with pa.ipc.new_stream(sink, self.table.schema) as writer:
             writer.write_table(self.table)
         return bytes(sink.getvalue().to_pybytes())
+
+
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    """The column as Python values; as text when Python cannot hold them (a date in year
+    -290000 has no ``datetime.date``)."""
+    try:
+        return column.to_pylist()
+    except (OverflowError, ValueError, pa.ArrowException):
+        try:
+            return pc.cast(column, pa.string()).to_pylist()
+        except pa.ArrowException:
+            return [_python_value(value) for value in column]
+
+
+def _python_value(value: pa.Scalar) -> Any:
+    try:
+        return value.as_py()
+    except (OverflowError, ValueError):
+        return f"<{value.type} value out of Python's range>"
 
 
 def run_query(db: Database, sql: str, limits: QueryLimits) -> QueryResult:
