@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from fixtures.live.runs import fails, make_spec, write_run
-from hostile_sql.corpus import CORPUS, Attack
+from hostile_sql.corpus import CORPUS
 
 from perg.cli import main
 from perg.live.engine import EngineRefused, harden

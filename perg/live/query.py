@@ -105,10 +105,12 @@ def _python_values(column: pa.ChunkedArray) -> list[Any]:
     """The column as Python values; as text when Python cannot hold them (a date in year
     -290000 has no ``datetime.date``)."""
     try:
-        return column.to_pylist()
+        values: list[Any] = column.to_pylist()
+        return values
     except (OverflowError, ValueError, pa.ArrowException):
         try:
-            return pc.cast(column, pa.string()).to_pylist()
+            values = pc.cast(column, pa.string()).to_pylist()
+            return values
         except pa.ArrowException:
             return [_python_value(value) for value in column]
 

@@ -106,7 +106,8 @@ CORPUS: tuple[Attack, ...] = (
     Attack(
         "write",
         "merge",
-        "MERGE INTO runs USING (SELECT 'x' AS run_id) s ON runs.run_id = s.run_id WHEN MATCHED THEN DELETE",
+        "MERGE INTO runs USING (SELECT 'x' AS run_id) s ON runs.run_id = s.run_id "
+        "WHEN MATCHED THEN DELETE",
     ),
     # -- COPY, EXPORT, ATTACH, INSTALL, LOAD, SET, PRAGMA and other statements ------------------
     Attack("statement", "copy to", "COPY results TO '{canary}/leak.csv'"),
@@ -287,7 +288,8 @@ CORPUS: tuple[Attack, ...] = (
     Attack(
         "cte",
         "anchor of a recursive cte",
-        "WITH RECURSIVE pg_settings AS (SELECT name FROM pg_settings UNION ALL SELECT name FROM pg_settings) SELECT * FROM pg_settings",
+        "WITH RECURSIVE pg_settings AS (SELECT name FROM pg_settings "
+        "UNION ALL SELECT name FROM pg_settings) SELECT * FROM pg_settings",
     ),
     Attack(
         "cte",

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fixtures.live.runs import fails, make_spec, write_run  # noqa: E402
+from fixtures.live.runs import fails, make_spec, write_run
 
-from perg.config import Settings  # noqa: E402
-from perg.live.api import check_bind, create_app  # noqa: E402
-from perg.store import ResultStore  # noqa: E402
+from perg.config import Settings
+from perg.live.api import check_bind, create_app
+from perg.store import ResultStore
 
 
 async def serve(db: Path) -> None:
@@ -45,7 +46,5 @@ async def serve(db: Path) -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with suppress(KeyboardInterrupt):  # SIGINT is how the tests stop it
         asyncio.run(serve(Path(sys.argv[1])))
-    except KeyboardInterrupt:
-        pass
