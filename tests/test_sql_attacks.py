@@ -24,6 +24,7 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 import pytest
 from fixtures.live.runs import fails, make_spec, write_run
 from hostile_sql.corpus import CORPUS
+from pipeline_harness import running_pipeline
 
 from perg.cli import main
 from perg.live.engine import EngineRefused, harden
@@ -301,3 +303,46 @@ def _run_cli(arena: Arena, capsys: pytest.CaptureFixture[str], url: str) -> Tall
             assert err.strip(), attack.name
             tally.outcomes["refused (exit 2)"] += 1
     return tally
+
+
+# -- a real sink worker of a real pipeline ----------------------------------------------------
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_real_sink_of_a_pipeline_run(
+    arena: Arena, kafka_broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corpus against the live API of the real sink process after a real run: no row
+    changed, metrics still exact, no file written, nothing leaked."""
+    monkeypatch.setenv("PERG_ATTACK_SECRET", ENV_SECRET)  # in every worker's environment
+    monkeypatch.setenv("PERG_SQL_TIMEOUT_S", str(LIMITS.timeout_s))
+    with running_pipeline(kafka_broker, tmp_path, f"attack-{uuid.uuid4().hex[:8]}") as pipeline:
+        rows = ("--rows", "0-3", "--settings", "relevant,mixed", "--methods", "zero_shot,cot")
+        run_id = pipeline.submit(*rows)
+        done = pipeline.perg("status", run_id, "--wait", "--timeout", "300", timeout=330)
+        assert done.returncode == 0, done.stderr[-2000:]
+        url = pipeline.env["PERG_SINK_URL"]
+        content = "SELECT count(*), sum(hash(COLUMNS(*))) FROM {}"
+        tables = ("runs", "baselines", "results", "progress", "dead_letters")
+
+        metrics = f"SELECT * FROM metrics_by_source WHERE run_id = '{run_id}' ORDER BY ALL"
+
+        def state() -> list[tuple[int, str]]:
+            return [_post(url, content.format(t)) for t in tables] + [_post(url, metrics)]
+
+        before, canary = state(), arena.fingerprint()
+        assert all(status == 200 for status, _ in before)
+        tally = Tally(collections.Counter())
+        for attack in CORPUS:
+            query = attack.text(str(arena.canary), url)
+            status, body = _post(url, query)
+            assert status < 500, f"{attack.name}: {status} {body[:300]}"
+            leaks = arena.leaks(query, body) + [m for m in (str(tmp_path),) if m in body]
+            assert not leaks, f"{attack.name} leaked {leaks}: {body[:300]}"
+            assert status != 200 or attack.expect == "harmless", f"{attack.name} ran: {body[:300]}"
+            tally.outcomes["harmless (200)" if status == 200 else f"refused ({status})"] += 1
+        assert state() == before
+        assert {k: v for k, v in arena.fingerprint().items() if k in canary} == canary
+        assert set(arena.fingerprint()) == set(canary)
+    _report("real sink of a pipeline run", tally)

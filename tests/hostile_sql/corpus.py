@@ -344,7 +344,7 @@ CORPUS: tuple[Attack, ...] = (
     Attack(
         "resource",
         "huge answer under the row cap",
-        "SELECT string_agg(response, '') AS r FROM results, range(2000)",
+        "SELECT string_agg('0123456789abcdef', '') AS r FROM range(2000000)",
         "limit",
     ),
     Attack("resource", "repeat", "SELECT repeat('x', 2000000000)", engine_bounded=False),
