@@ -13,11 +13,17 @@ Variables (default in brackets):
     PERG_SINK_URL          where the sink's HTTP API answers [http://127.0.0.1:$PERG_SINK_PORT]
     PERG_SINK_BIND         address the sink's HTTP API binds [127.0.0.1]
     PERG_SINK_PORT         port of the sink's HTTP API [8765]
-    PERG_SINK_TOKEN        bearer token of the sink API; required off loopback [unset]
+    PERG_SINK_TOKEN        bearer token of the sink API, at least 16 characters; required off
+                           loopback [unset]
+    PERG_SINK_PUBLIC_HOSTS comma-separated host names the sink API answers to besides loopback
+                           ones (Host and Origin checks; e.g. perg.example.org) [unset]
     PERG_SESSION_TIMEOUT_S Kafka consumer session timeout of the workers [30]
     PERG_SNAPSHOT_EVERY_S  seconds between the sink's Parquet snapshots [30]
     PERG_SQL_TIMEOUT_S     live SQL query timeout [10]
     PERG_SQL_ROW_CAP       live SQL row cap [10000]
+    PERG_SQL_MAX_BYTES     live SQL answer size cap in bytes [16777216]
+    PERG_MODEL_TOKEN_ENVS  environment variables a worker may send as a model API token, comma-
+                           separated NAME (any host) or NAME@HOST[:PORT]; empty: none [unset]
     PERG_HOME              cache of installed tools: Kafka jars, llama.cpp venv [~/.cache/perg]
 """
 

@@ -177,6 +177,7 @@ async def test_response_format_per_backend(backend: Any, expected: dict[str, Any
 
 async def test_bearer_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERG_TEST_KEY", "s3cret")
+    monkeypatch.setenv("PERG_MODEL_TOKEN_ENVS", "PERG_TEST_KEY@model.test")
     seen, handler = scripted(ok())
     endpoint = Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY")
     await client_for(handler, endpoint).chat(MESSAGES, max_tokens=4)
@@ -185,6 +186,7 @@ async def test_bearer_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_missing_key_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERG_TEST_KEY", raising=False)
+    monkeypatch.setenv("PERG_MODEL_TOKEN_ENVS", "PERG_TEST_KEY")
     with pytest.raises(ModelError, match=r"environment variable 'PERG_TEST_KEY'.*not set"):
         ModelClient(Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY"))
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,11 +20,12 @@ from fixtures.live.runs import fails, make_spec, verdicts, write_run
 from perg.cli import main
 from perg.config import Settings
 from perg.live.api import check_bind, create_app
-from perg.live.client import SinkClient, SinkError
+from perg.live.client import SinkClient, SinkError, SinkUnavailable
 from perg.store import ResultStore
 
 ROWS_PER_BATCH = 7
 CELLS = 4  # 2 settings x 2 methods in make_spec
+TOKEN = "a-test-token-of-32-characters-xx"
 
 
 @pytest.fixture
@@ -76,7 +80,9 @@ async def test_sql_formats(api: TestClient) -> None:
     table = pa.ipc.open_stream(await response.read()).read_all()
     assert table.to_pydict() == {"setting": ["irrelevant", "relevant"], "n": [60, 60]}
     assert (await api.post("/sql", json={"sql": query, "format": "xml"})).status == 400
-    assert (await api.post("/sql", data=b"not json")).status == 400
+    assert (await api.post("/sql", data=b"not json")).status == 415
+    bad = await api.post("/sql", data=b"not json", headers={"Content-Type": "application/json"})
+    assert bad.status == 400
 
 
 async def test_sql_refusals_and_errors_are_400_with_a_message(api: TestClient) -> None:
@@ -140,20 +146,20 @@ async def test_queries_see_whole_batches_while_rows_arrive(store: ResultStore) -
 
 
 async def test_token_required_when_set(store: ResultStore) -> None:
-    client = await _client(store, token="s3cret")
+    client = await _client(store, token=TOKEN)
     try:
         assert (await client.get("/health")).status == 200
         for path in ("/api/runs", "/", "/static/dashboard.js", "/events"):
             assert (await client.get(path)).status == 401, path
         assert (await client.post("/sql", json={"sql": "SELECT 1"})).status == 401
-        wrong = {"Authorization": "Bearer nope"}
+        wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
         assert (await client.get("/api/runs", headers=wrong)).status == 401
-        right = {"Authorization": "Bearer s3cret"}
+        right = {"Authorization": f"Bearer {TOKEN}"}
         assert (await client.get("/api/runs", headers=right)).status == 200
         response = await client.post("/sql", json={"sql": "SELECT 1 AS x"}, headers=right)
         assert (await response.json())["rows"] == [[1]]
-        assert (await client.get("/api/runs?token=s3cret")).status == 401  # page only
-        page = await client.get("/?token=s3cret")  # opening the dashboard sets a cookie
+        assert (await client.get(f"/api/runs?token={TOKEN}")).status == 401  # page only
+        page = await client.get(f"/?token={TOKEN}")  # opening the dashboard sets a cookie
         assert page.status == 200
         assert (await client.get("/api/runs")).status == 200
     finally:
@@ -164,7 +170,7 @@ async def test_token_required_when_set(store: ResultStore) -> None:
 def test_check_bind_refuses_non_loopback_without_token(bind: str) -> None:
     with pytest.raises(ValueError, match="PERG_SINK_TOKEN"):
         check_bind(bind, None)
-    check_bind(bind, "token")
+    check_bind(bind, TOKEN)
 
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
@@ -195,14 +201,14 @@ def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:
 
 
 async def test_sink_client_over_http(store: ResultStore, tmp_path: Path) -> None:
-    client = await _client(store, token="t0k")
+    client = await _client(store, token=TOKEN)
     try:
-        sink = SinkClient(_settings(tmp_path, str(client.make_url("")), "t0k"))
+        sink = SinkClient(_settings(tmp_path, str(client.make_url("")), TOKEN))
         statuses = await asyncio.to_thread(sink.statuses)
         assert [s["run_id"] for s in statuses] == ["base"]
         assert await asyncio.to_thread(sink.statuses, "nope") == []
         metrics = await asyncio.to_thread(sink.metrics, "base")
-        auth = {"Authorization": "Bearer t0k"}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         served = await client.get("/api/runs/base/metrics", headers=auth)
         assert metrics == await served.json()
         answer = await asyncio.to_thread(sink.sql, "SELECT count(*) AS n FROM baselines")
@@ -250,3 +256,158 @@ def test_perg_sql_command(
     assert json.loads(capsys.readouterr().out)["rows"] == [["base", 120]]
     assert main(["sql", "COPY results TO '/tmp/x.csv'"]) == 2
     assert "only SELECT" in capsys.readouterr().err
+
+
+# -- hostile requests -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["evil.example", "evil.example:8765", "127.0.0.1.evil.example", "localhost.evil.example", ""],
+)
+async def test_foreign_host_refused_without_token(api: TestClient, host: str) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    for method, path in (("GET", "/api/runs"), ("POST", "/sql"), ("GET", "/")):
+        response = await api.request(method, path, json={"sql": "SELECT 1"}, headers={"Host": host})
+        assert response.status == 421, (host, path)
+        assert "PERG_SINK_PUBLIC_HOSTS" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:8765", "localhost", "LOCALHOST:1", "[::1]:8765", "127.1.2.3"]
+)
+async def test_loopback_hosts_accepted(api: TestClient, host: str) -> None:
+    assert (await api.get("/api/runs", headers={"Host": host})).status == 200
+
+
+async def test_public_host_names_are_configured(store: ResultStore) -> None:
+    client = await _client(store, token=None, public_hosts=frozenset({"perg.example.org"}))
+    try:
+        ok = await client.get("/api/runs", headers={"Host": "perg.example.org:8765"})
+        assert ok.status == 200
+        assert (await client.get("/api/runs", headers={"Host": "other.example"})).status == 421
+    finally:
+        await client.close()
+
+
+async def test_cross_origin_browser_requests_refused(api: TestClient) -> None:
+    host = api.make_url("").host
+    port = api.make_url("").port
+    same = f"http://{host}:{port}"
+    sql = {"sql": "SELECT 1 AS x"}
+    assert (await api.post("/sql", json=sql, headers={"Origin": same})).status == 200
+    for origin in ("http://evil.example", "null", f"http://{host}:{port + 1}", "file://"):
+        response = await api.post("/sql", json=sql, headers={"Origin": origin})
+        assert response.status == 403, origin
+    cross = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "no-cors"}
+    assert (await api.get("/api/runs", headers=cross)).status == 403
+    navigate = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+    assert (await api.get("/", headers=navigate)).status == 200  # a link to the dashboard
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""],
+)
+async def test_post_needs_json_content_type(api: TestClient, content_type: str) -> None:
+    """A cross-site <form> can post text/plain or form bodies without a CORS preflight."""
+    body = json.dumps({"sql": "SELECT 1"}).encode()
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = await api.post("/sql", data=body, headers=headers)
+    assert response.status == 415
+    assert "application/json" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize("token", ["x", "short-token", "15-characters!!"])
+def test_short_tokens_refused_at_start(store: ResultStore, token: str) -> None:
+    with pytest.raises(ValueError, match="at least 16"):
+        create_app(store, token=token)
+    with pytest.raises(ValueError, match="at least 16"):
+        check_bind("127.0.0.1", token)
+
+
+async def test_byte_cap_besides_the_row_cap(store: ResultStore) -> None:
+    client = await _client(store, token=None, max_bytes=10_000)
+    try:
+        big = "SELECT response FROM results, range(50)"  # few rows, long text
+        response = await client.post("/sql", json={"sql": big + " LIMIT 20"})
+        assert response.status == 200
+        response = await client.post(
+            "/sql", json={"sql": "SELECT string_agg(response, '') FROM results, range(100)"}
+        )
+        assert response.status == 400
+        assert "PERG_SQL_MAX_BYTES" in (await response.json())["error"]
+    finally:
+        await client.close()
+
+
+async def test_request_body_size_capped(api: TestClient) -> None:
+    huge = {"sql": "SELECT 1 -- " + "x" * 400_000}
+    assert (await api.post("/sql", json=huge)).status == 413
+
+
+async def test_engine_errors_are_4xx_without_catalog_hints(api: TestClient) -> None:
+    response = await api.post("/sql", json={"sql": "SELECT nope FROM results"})
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert "nope" in error and "LINE 1" not in error and "Did you mean" not in error
+    response = await api.post("/sql", json={"sql": "SELECT DATE '290309-12-22' - 1000000000"})
+    assert response.status < 500
+
+
+async def test_the_sink_database_is_hardened(store: ResultStore, api: TestClient) -> None:
+    """create_app locks the database: no file access even for the sink's own connection."""
+    with pytest.raises(duckdb.Error, match="disabled by configuration"):
+        store.con.execute("SELECT * FROM read_text('/etc/hostname')")
+    with pytest.raises(duckdb.Error, match="locked"):
+        store.con.execute("SET enable_external_access = true")
+    write_run(store, make_spec("after", 3))  # the sink's writes still work
+    assert (await api.get("/api/runs/after/status")).status == 200
+
+
+def test_fallback_reader_never_holds_the_file(store: ResultStore, tmp_path: Path) -> None:
+    """perg status polling the file must not keep a restarted sink from its write lock."""
+    store.close()
+    db = tmp_path / "perg.duckdb"
+    sink = SinkClient(_settings(tmp_path, "http://127.0.0.1:9"))
+    writer = [
+        sys.executable,
+        "-c",
+        "import duckdb, sys; duckdb.connect(sys.argv[1]).close()",
+        str(db),
+    ]
+    for _ in range(3):
+        assert [s["run_id"] for s in sink.statuses()] == ["base"]
+        taken = subprocess.run(writer, capture_output=True, text=True, timeout=60)
+        assert taken.returncode == 0, taken.stderr  # the file is free right after each call
+
+
+def test_fallback_warns_that_the_file_may_be_stale(
+    store: ResultStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store.close()
+    sink = SinkClient(_settings(tmp_path, "http://127.0.0.1:9"))
+    sink.statuses()
+    sink.statuses()
+    err = capsys.readouterr().err
+    assert err.count("may be stale") == 1 and str(tmp_path / "perg.duckdb") in err
+
+
+def test_fallback_while_another_process_holds_the_file(tmp_path: Path) -> None:
+    """A sink starting up holds the lock before it serves: that is 'unavailable', not fatal."""
+    db = tmp_path / "perg.duckdb"
+    ResultStore(db).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+         "sys.stdin.read()",
+         str(db)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        sink = SinkClient(_settings(tmp_path, "http://127.0.0.1:9"))
+        with pytest.raises(SinkUnavailable, match="holds"):
+            sink.statuses()
+    finally:
+        holder.communicate("", timeout=30)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 from fixtures.live.runs import fails, make_spec, verdicts
 
+from perg.live.engine import harden
 from perg.live.snapshots import write_snapshot
 from perg.store import ResultStore
 
@@ -35,6 +37,25 @@ def test_snapshot_tables(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == [
         "baselines.parquet", "results.parquet", "runs.parquet"
     ]  # fmt: skip
+    store.close()
+
+
+def test_snapshot_of_a_hardened_store(tmp_path: Path) -> None:
+    """The sink's database has no file access once its API is up: snapshots go through pyarrow
+    and match the tables exactly."""
+    store = ResultStore(tmp_path / "perg.duckdb")
+    spec = make_spec("r1", 10)
+    store.save_run(spec)
+    store.save_verdicts(verdicts(spec, range(10)))
+    with closing(store.cursor()) as con:
+        harden(con)
+    path = write_snapshot(store, tmp_path / "snap")
+    stored = store.con.sql("SELECT * FROM results ORDER BY ALL").to_arrow_table()
+    assert (
+        pq.read_table(path)
+        .sort_by([(n, "ascending") for n in stored.column_names])
+        .equals(stored.sort_by([(n, "ascending") for n in stored.column_names]))
+    )
     store.close()
 
 

@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 
 from perg.config import Settings
-from perg.live.client import SinkClient, SinkError
+from perg.live.client import SinkClient, SinkError, SinkUnavailable
 from perg.progress import follow, status_table
 
 
@@ -35,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
             found = client.statuses(args.run)
             return found[0] if found else None
 
+        def fetch_through_restarts() -> dict[str, object] | None:
+            try:
+                return fetch()
+            except SinkUnavailable as exc:  # a sink restarting holds the file: ask again
+                print(f"perg status: {exc}; retrying", file=sys.stderr)
+                return None
+
         if not (args.wait or args.follow):
             status = fetch()
             if status is None:
@@ -42,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             out.print(status_table([status]))
             return 0
-        last = follow(fetch, args.run, console=console, timeout_s=args.timeout)
+        last = follow(fetch_through_restarts, args.run, console=console, timeout_s=args.timeout)
     except SinkError as exc:
         print(f"perg status: {exc}", file=sys.stderr)
         return 2

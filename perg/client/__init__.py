@@ -4,7 +4,13 @@ async with ModelClient(Endpoint("http://127.0.0.1:8080/v1", "my-model")) as clie
     completion = await client.chat([{"role": "user", "content": "Hi"}], max_tokens=16)
 """
 
-from perg.client._client import ClientPool, ModelClient, response_format
+from perg.client._client import (
+    ClientPool,
+    ModelClient,
+    TokenNotAllowed,
+    check_token_env,
+    response_format,
+)
 from perg.client._transport import (
     AiohttpTransport,
     MockTransport,
@@ -23,9 +29,11 @@ __all__ = [
     "MockTransport",
     "ModelClient",
     "ModelError",
+    "TokenNotAllowed",
     "Transport",
     "TransportError",
     "TransportRequest",
     "TransportResponse",
+    "check_token_env",
     "response_format",
 ]

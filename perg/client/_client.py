@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import orjson
 from tenacity import (
@@ -22,6 +23,7 @@ from tenacity.wait import wait_base
 
 from perg.client._transport import AiohttpTransport, Transport, TransportResponse
 from perg.client._types import Backend, Completion, Endpoint, ModelError, TransportError
+from perg.config import setting
 
 logger = logging.getLogger("perg.client")
 
@@ -46,6 +48,48 @@ def response_format(backend: Backend, schema: Mapping[str, object]) -> dict[str,
         "type": "json_schema",
         "json_schema": {"name": "output", "schema": schema, "strict": True},
     }
+
+
+class TokenNotAllowed(ModelError):
+    """A run names an environment variable as its API token that this worker may not send to
+    that endpoint (see :func:`check_token_env`). Permanent: retrying cannot help."""
+
+
+def check_token_env(name: str, base_url: str) -> None:
+    """Raise :class:`TokenNotAllowed` unless ``PERG_MODEL_TOKEN_ENVS`` lets the token in the
+    environment variable ``name`` be sent to ``base_url``.
+
+    ``PERG_MODEL_TOKEN_ENVS`` is a comma-separated list of ``NAME`` (any host) or ``NAME@HOST``
+    (only to that host; ``HOST`` may carry a port, and a name may be listed once per host).
+    Empty or unset: no run may use a token variable.
+    """
+    host, port = _host_of(base_url)
+    entries = [e.strip() for e in setting("model_token_envs", "").split(",") if e.strip()]
+    for entry in entries:
+        allowed_name, _, allowed_host = entry.partition("@")
+        if allowed_name != name:
+            continue
+        if not allowed_host:
+            return
+        want_host, want_port = _host_of(f"//{allowed_host}")
+        if want_host == host and want_port in (None, port):
+            return
+    raise TokenNotAllowed(
+        f"endpoint {base_url}: this worker may not send the token in environment variable "
+        f"{name!r} there; PERG_MODEL_TOKEN_ENVS allows "
+        f"{', '.join(entries) if entries else 'no token variables'} (NAME or NAME@HOST)"
+    )
+
+
+def _host_of(url: str) -> tuple[str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None and parts.scheme in ("http", "https"):
+        port = 443 if parts.scheme == "https" else 80
+    return (parts.hostname or "").lower(), port
 
 
 def _excerpt(body: bytes) -> str:
@@ -76,6 +120,7 @@ class ModelClient:
         self._slots = asyncio.Semaphore(endpoint.max_in_flight)
         self._headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env is not None:
+            check_token_env(endpoint.api_key_env, endpoint.base_url)
             token = os.environ.get(endpoint.api_key_env)
             if not token:
                 raise ModelError(

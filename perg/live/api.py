@@ -1,8 +1,18 @@
 """The sink's HTTP API: run status, metrics, guarded live SQL, comparison and the dashboard.
 
-Every read runs in a worker thread on a cursor of its own. With a token configured, every route
-but ``/health`` needs ``Authorization: Bearer <token>`` (the dashboard may instead be opened
-once as ``/?token=<token>``, which sets a same-site cookie for the page and its event stream).
+Every read runs in a worker thread on a fresh cursor in a read-only transaction. Requests are
+hostile input, checked before any handler runs:
+
+* ``Host`` must name a loopback address (``localhost``, ``127.0.0.1``, ``[::1]``, ...) or one of
+  ``PERG_SINK_PUBLIC_HOSTS`` (always checked when no token is set: DNS rebinding);
+* a browser request from another origin (``Origin`` not this server's, ``Sec-Fetch-Site:
+  cross-site`` other than a page navigation) is refused (cross-site form posts, fetches);
+* ``POST`` bodies must be ``application/json``;
+* with a token configured (at least 16 characters), every route but ``/health`` needs
+  ``Authorization: Bearer <token>`` (the dashboard may instead be opened once as
+  ``/?token=<token>``, which sets a same-site cookie for the page and its event stream).
+
+Refused or failing SQL answers 4xx with ``{"error": ...}``, never 500.
 """
 
 from __future__ import annotations
@@ -10,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast, get_args
@@ -20,10 +32,13 @@ import orjson
 from aiohttp import web
 
 from perg.compare import CompareInputError, compare_runs
+from perg.config import setting
+from perg.live.engine import EngineRefused, harden
 from perg.live.query import (
     FORMATS,
     QueryLimits,
     QueryTimeout,
+    ResultTooLarge,
     RowCapExceeded,
     StoreReader,
 )
@@ -31,24 +46,54 @@ from perg.live.sqlguard import QueryRefused
 from perg.metrics import Grouping
 from perg.store import ResultStore
 
+log = logging.getLogger("perg.live.api")
+
 READER: web.AppKey[StoreReader] = web.AppKey("reader", StoreReader)
 TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
+PUBLIC_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("public_hosts", frozenset)
+SQL_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("sql_slots", asyncio.Semaphore)
 EVENT_INTERVAL_S: web.AppKey[float] = web.AppKey("event_interval_s", float)
 STATIC_DIR = Path(str(resources.files("perg.live").joinpath("static")))
 COOKIE = "perg_token"
+MIN_TOKEN_CHARS = 16
+MAX_CONCURRENT_SQL = 4
+MAX_REQUEST_BYTES = 256 * 1024
 _PUBLIC = frozenset({"/health"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def check_token(token: str | None) -> None:
+    """Refuse a bearer token shorter than :data:`MIN_TOKEN_CHARS` (an empty one means none)."""
+    if token and len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(
+            f"PERG_SINK_TOKEN is {len(token)} characters long; a token must have at least "
+            f"{MIN_TOKEN_CHARS} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+
+
+def public_hosts_setting() -> frozenset[str]:
+    """``PERG_SINK_PUBLIC_HOSTS``: comma-separated host names the API may be reached by besides
+    loopback ones (lower-cased, without ports)."""
+    return frozenset(
+        h.strip().lower() for h in setting("sink_public_hosts", "").split(",") if h.strip()
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_bind(bind: str, token: str | None) -> None:
-    """Refuse to serve off the loopback interface without a bearer token."""
+    """Refuse a short token, and serving off the loopback interface without a token."""
+    check_token(token)
     if token:
         return
-    try:
-        loopback = bind == "localhost" or ipaddress.ip_address(bind).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not _is_loopback(bind):
         raise ValueError(
             f"the sink API would bind to {bind!r}, which is not a loopback address, without a "
             "token: set PERG_SINK_TOKEN (clients send it as 'Authorization: Bearer <token>') "
@@ -64,6 +109,42 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _error(message: str, status: int) -> web.Response:
     return _json({"error": message}, status)
+
+
+def _host_name(host: str) -> str:
+    """``host`` of a Host header or an origin's authority, without port and brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+@web.middleware
+async def _check_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Host, Origin and content-type checks (see the module docstring)."""
+    host = request.headers.get("Host", "")
+    allowed_hosts = request.app[PUBLIC_HOSTS]
+    name = _host_name(host)
+    if (request.app[TOKEN] is None or allowed_hosts) and not (
+        _is_loopback(name) or name in allowed_hosts
+    ):
+        return _error(
+            f"Host {host!r} is not this server's: use a loopback address, or add the name to "
+            "PERG_SINK_PUBLIC_HOSTS",
+            421,
+        )
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        authority = origin.split("://", 1)[1] if "://" in origin else ""
+        if authority.lower() != host.lower() and _host_name(authority) not in allowed_hosts:
+            return _error(f"requests from origin {origin!r} are not allowed", 403)
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    navigation = request.method == "GET" and request.headers.get("Sec-Fetch-Mode") == "navigate"
+    if fetch_site == "cross-site" and not navigation:
+        return _error("cross-site requests are not allowed", 403)
+    if request.method == "POST" and request.content_type != "application/json":
+        return _error("POST bodies must be JSON (Content-Type: application/json)", 415)
+    return await handler(request)
 
 
 @web.middleware
@@ -130,21 +211,41 @@ async def sql(request: web.Request) -> web.Response:
         )
     query: str = body["sql"]
     fmt: str = body.get("format", "json")
-    try:
-        result = await _in_thread(request, lambda r: r.query(query))
-    except QueryTimeout as exc:
-        return _error(str(exc), 408)
-    except (QueryRefused, RowCapExceeded) as exc:
-        return _error(str(exc), 400)
-    except duckdb.Error as exc:
-        return _error(f"query failed: {exc}", 400)
+    slots = request.app[SQL_SLOTS]
+    if slots.locked():
+        return _error(f"{MAX_CONCURRENT_SQL} queries are running already; retry shortly", 429)
+    async with slots:
+        try:
+            response: web.Response = await _in_thread(request, lambda r: _answer(r, query, fmt))
+            return response
+        except QueryTimeout as exc:
+            return _error(str(exc), 408)
+        except (QueryRefused, EngineRefused, RowCapExceeded, ResultTooLarge) as exc:
+            return _error(str(exc), 400)
+        except duckdb.Error as exc:
+            return _error(f"the query failed: {_engine_message(exc)}", 400)
+        except Exception:  # a user query must never surface as a 500
+            log.exception("stage=api live SQL failed unexpectedly")
+            return _error("the query failed (see the sink's log)", 400)
+
+
+def _answer(reader: StoreReader, query: str, fmt: str) -> web.Response:
+    result = reader.query(query)
     if fmt == "csv":
-        return web.Response(text=result.to_csv(), content_type="text/csv")
-    if fmt == "arrow":
-        return web.Response(
-            body=result.to_arrow_ipc(), content_type="application/vnd.apache.arrow.stream"
-        )
-    return web.Response(body=result.to_json(), content_type="application/json")
+        body, content_type = result.to_csv().encode(), "text/csv"
+    elif fmt == "arrow":
+        body, content_type = result.to_arrow_ipc(), "application/vnd.apache.arrow.stream"
+    else:
+        body, content_type = result.to_json(), "application/json"
+    if len(body) > reader.limits.max_bytes:
+        raise reader.limits.too_large(len(body))
+    return web.Response(body=body, content_type=content_type)
+
+
+def _engine_message(exc: duckdb.Error) -> str:
+    """DuckDB's message without its catalog suggestions ("Did you mean ...") or echo lines."""
+    text = str(exc).split("\n", 1)[0]
+    return text.split(" Did you mean", 1)[0]
 
 
 async def compare(request: web.Request) -> web.Response:
@@ -200,18 +301,28 @@ def create_app(
     token: str | None,
     query_timeout_s: float | None = None,
     row_cap: int | None = None,
+    max_bytes: int | None = None,
+    public_hosts: frozenset[str] | None = None,
     event_interval_s: float = 1.0,
 ) -> web.Application:
-    """The API over ``store``. Query limits default to ``PERG_SQL_TIMEOUT_S`` (10 s) and
-    ``PERG_SQL_ROW_CAP`` (10,000 rows)."""
+    """The API over ``store``, whose database is hardened first (:func:`perg.live.engine.harden`:
+    no file access, configuration locked). Query limits default to ``PERG_SQL_TIMEOUT_S`` (10 s),
+    ``PERG_SQL_ROW_CAP`` (10,000 rows) and ``PERG_SQL_MAX_BYTES`` (16 MiB); ``public_hosts`` to
+    ``PERG_SINK_PUBLIC_HOSTS``. Raises ValueError for a token shorter than 16 characters."""
+    check_token(token)
     configured = QueryLimits.from_settings()
     limits = QueryLimits(
         configured.timeout_s if query_timeout_s is None else query_timeout_s,
         configured.row_cap if row_cap is None else row_cap,
+        configured.max_bytes if max_bytes is None else max_bytes,
     )
-    app = web.Application(middlewares=[_auth])
+    with closing(store.cursor()) as con:
+        harden(con)
+    app = web.Application(middlewares=[_check_request, _auth], client_max_size=MAX_REQUEST_BYTES)
     app[READER] = StoreReader(store, limits)
     app[TOKEN] = token or None
+    app[PUBLIC_HOSTS] = public_hosts_setting() if public_hosts is None else public_hosts
+    app[SQL_SLOTS] = asyncio.Semaphore(MAX_CONCURRENT_SQL)
     app[EVENT_INTERVAL_S] = event_interval_s
     app.router.add_get("/health", health)
     app.router.add_get("/api/runs", runs)

@@ -1,14 +1,19 @@
 """How the command line reads results: the live sink over HTTP, else the DuckDB file itself.
 
-When no sink answers at ``settings.sink_url`` (connection refused), the client opens
-``settings.db`` read-only and answers the same calls locally, with the same SQL guard and limits.
+Every call asks the sink at ``settings.sink_url`` first. When nothing listens there (connection
+refused), that one call is answered from ``settings.db``, opened read-only and hardened like the
+sink's query engine (same SQL guard and limits), and the file is closed again right away: a
+reader never holds the file while a restarted sink needs its write lock. A warning on stderr
+says the answer comes from a possibly stale file.
 """
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 from urllib.parse import quote
 
@@ -16,18 +21,23 @@ import duckdb
 import orjson
 
 from perg.config import Settings
+from perg.live.engine import open_read_only
 from perg.live.query import QueryLimits, StoreReader
-from perg.store import ResultStore
 
 
 class SinkError(RuntimeError):
     """The sink (or the local store) refused or failed a request; the message says why."""
 
 
+class SinkUnavailable(SinkError):
+    """Neither the sink nor its file can answer right now (e.g. a sink starting up holds the
+    file but does not serve yet); worth asking again."""
+
+
 class SinkClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._local: StoreReader | None = None
+        self._warned = False
 
     # -- the calls --------------------------------------------------------------------------
 
@@ -57,16 +67,28 @@ class SinkClient:
         local: Callable[[StoreReader], Any],
         body: dict[str, Any] | None = None,
     ) -> Any:
-        """The decoded JSON answer of the sink (None for 404), or ``local(reader)``."""
-        if self._local is None:
-            try:
-                return self._http(method, path, body)
-            except ConnectionRefusedError:
-                self._local = self._open_local()
+        """The decoded JSON answer of the sink (None for 404), or ``local(reader)`` on the file
+        opened for this call only."""
         try:
-            return local(self._local)
-        except (ValueError, RuntimeError, duckdb.Error) as exc:
-            raise SinkError(str(exc)) from exc
+            return self._http(method, path, body)
+        except ConnectionRefusedError:
+            pass
+        with closing(self._open_local()) as con:
+            self._warn_stale()
+            try:
+                return local(StoreReader(con, QueryLimits.from_settings()))
+            except (ValueError, RuntimeError, duckdb.Error) as exc:
+                raise SinkError(str(exc)) from exc
+
+    def _warn_stale(self) -> None:
+        if not self._warned:
+            print(
+                f"perg: no sink answers at {self.settings.sink_url}; reading {self.settings.db} "
+                "directly (read-only; it may be stale: rows the sink has not stored yet are "
+                "missing)",
+                file=sys.stderr,
+            )
+            self._warned = True
 
     def _http(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -92,7 +114,7 @@ class SinkClient:
                 f"cannot reach the sink at {self.settings.sink_url}: {exc.reason}"
             ) from exc
 
-    def _open_local(self) -> StoreReader:
+    def _open_local(self) -> duckdb.DuckDBPyConnection:
         db = self.settings.db
         if not db.is_file():
             raise SinkError(
@@ -100,11 +122,18 @@ class SinkClient:
                 "not exist (set PERG_SINK_URL or PERG_DB)"
             )
         try:
-            store = ResultStore(db, read_only=True)
+            return open_read_only(db)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise SinkUnavailable(
+                    f"no sink answers at {self.settings.sink_url} and another process (a sink "
+                    f"starting up?) holds {db}: {exc}"
+                ) from exc
+            raise SinkError(f"no sink answers at {self.settings.sink_url} and {db} "
+                            f"cannot be opened read-only: {exc}") from exc  # fmt: skip
         except duckdb.Error as exc:
             raise SinkError(f"no sink answers at {self.settings.sink_url} and {db} "
                             f"cannot be opened read-only: {exc}") from exc  # fmt: skip
-        return StoreReader(store, QueryLimits.from_settings())
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

@@ -1,7 +1,9 @@
-"""Running one guarded user query: a time limit, a row cap, and JSON / CSV / Arrow output.
+"""Running one user query: the guard, the hardened engine, a time limit, a row cap and a byte cap.
 
-Each query runs on its own cursor; DuckDB's MVCC gives it one consistent snapshot, and the sink
-writes every batch in one transaction, so a query never sees half a batch.
+The query is checked by :mod:`perg.live.sqlguard`, then runs on a fresh cursor inside a
+read-only transaction that is always rolled back (:mod:`perg.live.engine`). DuckDB's MVCC gives
+it one consistent snapshot, and the sink writes every batch in one transaction, so a query never
+sees half a batch. Results stream in Arrow batches and stop at the row cap or the byte cap.
 """
 
 from __future__ import annotations
@@ -9,19 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import threading
-from collections.abc import Iterable
-from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from perg.config import setting
-from perg.live.sqlguard import catalog_names, check_query
+from perg.live.engine import Database, read_only_cursor, single_select
+from perg.live.sqlguard import check_query
 from perg.metrics import Grouping, compute_metrics
-from perg.store import ResultStore, run_statuses
+from perg.store import run_statuses
 
 Format = Literal["json", "csv", "arrow"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "arrow")
@@ -36,15 +38,35 @@ class RowCapExceeded(RuntimeError):
     """The query returned more rows than the cap allows."""
 
 
+class ResultTooLarge(RuntimeError):
+    """The query's answer is larger than the byte cap allows."""
+
+
 @dataclass(frozen=True, slots=True)
 class QueryLimits:
     timeout_s: float = 10.0
     row_cap: int = 10_000
+    max_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_settings(cls) -> QueryLimits:
-        """``PERG_SQL_TIMEOUT_S`` and ``PERG_SQL_ROW_CAP`` (env or perg.toml)."""
-        return cls(float(setting("sql_timeout_s", "10")), int(setting("sql_row_cap", "10000")))
+        """``PERG_SQL_TIMEOUT_S``, ``PERG_SQL_ROW_CAP``, ``PERG_SQL_MAX_BYTES`` (env, perg.toml)."""
+        limits = cls(
+            float(setting("sql_timeout_s", "10")),
+            int(setting("sql_row_cap", "10000")),
+            int(setting("sql_max_bytes", str(16 * 1024 * 1024))),
+        )
+        if limits.timeout_s <= 0 or limits.row_cap <= 0 or limits.max_bytes <= 0:
+            raise ValueError(
+                "PERG_SQL_TIMEOUT_S, PERG_SQL_ROW_CAP and PERG_SQL_MAX_BYTES must be positive"
+            )
+        return limits
+
+    def too_large(self, size: int) -> ResultTooLarge:
+        return ResultTooLarge(
+            f"the answer is larger than {self.max_bytes} bytes (the byte cap, "
+            f"PERG_SQL_MAX_BYTES; it was at least {size}); select fewer or shorter columns"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +78,8 @@ class QueryResult:
         return list(self.table.column_names)
 
     def rows(self) -> list[list[Any]]:
-        return [list(row) for row in zip(*(c.to_pylist() for c in self.table.columns), strict=True)]
+        columns = (_python_values(c) for c in self.table.columns)
+        return [list(row) for row in zip(*columns, strict=True)]
 
     def as_dict(self) -> dict[str, Any]:
         return {"columns": self.columns, "rows": self.rows(), "truncated": False}
@@ -78,53 +101,82 @@ class QueryResult:
         return bytes(sink.getvalue().to_pybytes())
 
 
-def run_query(
-    con: duckdb.DuckDBPyConnection, sql: str, allowed: Iterable[str], limits: QueryLimits
-) -> QueryResult:
-    """Check ``sql`` (see :mod:`perg.live.sqlguard`) and run it on ``con`` within ``limits``."""
-    check_query(con, sql, allowed)
-    timer = threading.Timer(limits.timeout_s, con.interrupt)
-    timer.start()
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    """The column as Python values; as text when Python cannot hold them (a date in year
+    -290000 has no ``datetime.date``)."""
     try:
-        reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
-        batches: list[pa.RecordBatch] = []
-        n_rows = 0
-        for batch in reader:
-            n_rows += batch.num_rows
-            if n_rows > limits.row_cap:
-                raise RowCapExceeded(
-                    f"the query returns more than {limits.row_cap} rows (the row cap, "
-                    "PERG_SQL_ROW_CAP); add a LIMIT or aggregate"
-                )
-            batches.append(batch)
-        return QueryResult(pa.Table.from_batches(batches, schema=reader.schema))
-    except duckdb.InterruptException as exc:
-        raise QueryTimeout(
-            f"the query ran longer than {limits.timeout_s:g} s (the time limit, "
-            "PERG_SQL_TIMEOUT_S) and was interrupted"
-        ) from exc
-    finally:
-        timer.cancel()
+        values: list[Any] = column.to_pylist()
+        return values
+    except (OverflowError, ValueError, pa.ArrowException):
+        try:
+            values = pc.cast(column, pa.string()).to_pylist()
+            return values
+        except pa.ArrowException:
+            return [_python_value(value) for value in column]
+
+
+def _python_value(value: pa.Scalar) -> Any:
+    try:
+        return value.as_py()
+    except (OverflowError, ValueError):
+        return f"<{value.type} value out of Python's range>"
+
+
+def run_query(db: Database, sql: str, limits: QueryLimits) -> QueryResult:
+    """Check ``sql`` with the guard, then run it read-only on ``db`` within ``limits``."""
+    check_query(sql)
+    return run_unguarded(db, sql, limits)
+
+
+def run_unguarded(db: Database, sql: str, limits: QueryLimits) -> QueryResult:
+    """Run ``sql`` on the engine alone: one SELECT, read-only, rolled back, within ``limits``.
+    Only the tests of the engine layer call this without :func:`run_query`'s guard."""
+    single_select(sql)
+    with read_only_cursor(db) as con:
+        timer = threading.Timer(limits.timeout_s, con.interrupt)
+        timer.start()
+        try:
+            reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
+            batches: list[pa.RecordBatch] = []
+            n_rows = n_bytes = 0
+            for batch in reader:
+                n_rows += batch.num_rows
+                n_bytes += batch.nbytes
+                if n_rows > limits.row_cap:
+                    raise RowCapExceeded(
+                        f"the query returns more than {limits.row_cap} rows (the row cap, "
+                        "PERG_SQL_ROW_CAP); add a LIMIT or aggregate"
+                    )
+                if n_bytes > limits.max_bytes:
+                    raise limits.too_large(n_bytes)
+                batches.append(batch)
+            return QueryResult(pa.Table.from_batches(batches, schema=reader.schema))
+        except duckdb.InterruptException as exc:
+            raise QueryTimeout(
+                f"the query ran longer than {limits.timeout_s:g} s (the time limit, "
+                "PERG_SQL_TIMEOUT_S) and was interrupted"
+            ) from exc
+        finally:
+            timer.cancel()
 
 
 class StoreReader:
-    """Reads of a :class:`ResultStore`, each on a cursor of its own (one per call)."""
+    """Reads of the results store, each on a fresh cursor in a read-only transaction."""
 
-    def __init__(self, store: ResultStore, limits: QueryLimits) -> None:
-        self.store = store
+    def __init__(self, db: Database, limits: QueryLimits) -> None:
+        self.db = db
         self.limits = limits
 
     def statuses(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        with closing(self.store.cursor()) as con:
+        with read_only_cursor(self.db) as con:
             return [s.as_dict() for s in run_statuses(con, run_id)]
 
     def metrics(self, run_id: str | None, by: Grouping = "source") -> list[dict[str, Any]]:
-        with closing(self.store.cursor()) as con:
+        with read_only_cursor(self.db) as con:
             return compute_metrics(con, run_id, by=by)
 
     def query(self, sql: str) -> QueryResult:
-        with closing(self.store.cursor()) as con:
-            return run_query(con, sql, catalog_names(con), self.limits)
+        return run_query(self.db, sql, self.limits)
 
     def sql(self, sql: str) -> dict[str, Any]:
         return self.query(sql).as_dict()

@@ -1,0 +1,50 @@
+"""A sink-like API server in a process of its own, for attack tests: ``python serve.py DB``.
+
+Fills the results file ``DB`` with a scripted run (if empty), serves :func:`create_app` over it
+on a free loopback port like the sink does, and prints ``READY <port>`` once it accepts
+connections. Limits come from the environment (PERG_SQL_TIMEOUT_S, ...), as for the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from contextlib import suppress
+from pathlib import Path
+
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fixtures.live.runs import fails, make_spec, write_run
+
+from perg.config import Settings
+from perg.live.api import check_bind, create_app
+from perg.store import ResultStore
+
+
+async def serve(db: Path) -> None:
+    store = ResultStore(db)
+    if not store.run_statuses():
+        write_run(
+            store, make_spec("base", 30), pref_wrong=fails("a", 20), unfollowed=fails("f", 10)
+        )
+        store.con.execute("CHECKPOINT")
+    settings = Settings.load()
+    check_bind("127.0.0.1", settings.sink_token)
+    runner = web.AppRunner(create_app(store, token=settings.sink_token))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    print(f"READY {port}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+if __name__ == "__main__":
+    with suppress(KeyboardInterrupt):  # SIGINT is how the tests stop it
+        asyncio.run(serve(Path(sys.argv[1])))
