@@ -20,12 +20,12 @@ from fixtures.live.runs import fails, make_spec, write_run
 
 from perg.config import Settings
 from perg.live.api import check_bind, create_app
-from perg.store import ResultStore
+from perg.store import ResultStore, run_statuses
 
 
 async def serve(db: Path) -> None:
     store = ResultStore(db)
-    if not store.run_statuses():
+    if not run_statuses(store.cursor()):
         write_run(
             store, make_spec("base", 30), pref_wrong=fails("a", 20), unfollowed=fails("f", 10)
         )
