@@ -14,8 +14,7 @@ import orjson
 
 from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
 from perg.config import Settings
-from perg.errors import InputError
-from perg.live.client import SinkClient, SinkError
+from perg.live.client import SinkClient
 
 COLUMNS = ("setting", "method", "source", "metric", "baseline", "candidate", "Δ",
            "Δ shared", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
@@ -83,18 +82,15 @@ def run_gate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
-    try:
-        comparison = compare_runs(
-            SinkClient(Settings.load()),
-            args.baseline,
-            args.candidate,
-            alpha=args.alpha,
-            thresholds=thresholds,
-            correction=args.correction,
-            allow_mismatch=args.allow_mismatch,
-        )
-    except SinkError as exc:  # exit 2, as before, until perg/live classifies its errors
-        raise InputError(str(exc)) from exc
+    comparison = compare_runs(
+        SinkClient(Settings.load()),
+        args.baseline,
+        args.candidate,
+        alpha=args.alpha,
+        thresholds=thresholds,
+        correction=args.correction,
+        allow_mismatch=args.allow_mismatch,
+    )
     if args.json:
         print(orjson.dumps(comparison.as_dict(), option=orjson.OPT_INDENT_2).decode())
     elif args.markdown:

@@ -15,7 +15,7 @@ import orjson
 
 from perg.config import Settings
 from perg.errors import InputError
-from perg.live.client import SinkClient, SinkError
+from perg.live.client import SinkClient
 from perg.metrics import compute_metrics, format_metrics_table, load_outcomes_file
 
 JSON_KEYS = (
@@ -66,10 +66,7 @@ def score_file(path: Path, run_name: str | None = None) -> list[dict[str, object
 
 def score_run(run_id: str) -> list[dict[str, object]]:
     """Metrics of a run, from the same SQL views served by the live sink."""
-    try:
-        rows = SinkClient(Settings.load()).metrics(run_id)
-    except SinkError as exc:  # exit 2, as before, until perg/live classifies its errors
-        raise InputError(str(exc)) from exc
+    rows = SinkClient(Settings.load()).metrics(run_id)
     if not rows:
         raise InputError(f"no stored results for run {run_id!r}")
     return rows

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from perg.config import Settings
-from perg.live.client import SinkClient, SinkError
+from perg.live.client import SinkClient
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,11 +38,7 @@ def _cell(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = SinkClient(Settings.load()).sql(args.query)
-    except SinkError as exc:
-        print(f"perg sql: {exc}", file=sys.stderr)
-        return 2
+    result = SinkClient(Settings.load()).sql(args.query)
     if args.format == "json":
         sys.stdout.write(orjson.dumps(result, default=str).decode() + "\n")
     elif args.format == "csv":

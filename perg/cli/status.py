@@ -8,7 +8,7 @@ import sys
 from rich.console import Console
 
 from perg.config import Settings
-from perg.live.client import SinkClient, SinkError, SinkUnavailable
+from perg.live.client import SinkBusy, SinkClient
 from perg.progress import follow, status_table
 
 
@@ -26,33 +26,29 @@ def run(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     # piped output gets whole run ids rather than 80-column truncation
     out = Console() if sys.stdout.isatty() else Console(width=200)
-    try:
-        if args.run is None:
-            out.print(status_table(client.statuses()))
-            return 0
+    if args.run is None:
+        out.print(status_table(client.statuses()))
+        return 0
 
-        def fetch() -> dict[str, object] | None:
-            found = client.statuses(args.run)
-            return found[0] if found else None
+    def fetch() -> dict[str, object] | None:
+        found = client.statuses(args.run)
+        return found[0] if found else None
 
-        def fetch_through_restarts() -> dict[str, object] | None:
-            try:
-                return fetch()
-            except SinkUnavailable as exc:  # a sink restarting holds the file: ask again
-                print(f"perg status: {exc}; retrying", file=sys.stderr)
-                return None
+    def fetch_through_restarts() -> dict[str, object] | None:
+        try:
+            return fetch()
+        except SinkBusy as exc:  # a sink restarting holds the file: ask again
+            print(f"perg status: {exc}; retrying", file=sys.stderr)
+            return None
 
-        if not (args.wait or args.follow):
-            status = fetch()
-            if status is None:
-                print(f"perg status: unknown run {args.run!r}", file=sys.stderr)
-                return 2
-            out.print(status_table([status]))
-            return 0
-        last = follow(fetch_through_restarts, args.run, console=console, timeout_s=args.timeout)
-    except SinkError as exc:
-        print(f"perg status: {exc}", file=sys.stderr)
-        return 2
+    if not (args.wait or args.follow):
+        status = fetch()
+        if status is None:
+            print(f"perg status: unknown run {args.run!r}", file=sys.stderr)
+            return 2
+        out.print(status_table([status]))
+        return 0
+    last = follow(fetch_through_restarts, args.run, console=console, timeout_s=args.timeout)
     if last is None:
         print(f"perg status: run {args.run!r} never appeared", file=sys.stderr)
         return 1

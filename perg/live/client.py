@@ -21,17 +21,26 @@ import duckdb
 import orjson
 
 from perg.config import Settings
+from perg.errors import InputError, PergError, UnavailableError
 from perg.live.engine import open_read_only
 from perg.live.query import QueryLimits, StoreReader
 
 
-class SinkError(RuntimeError):
+class SinkError(PergError):
     """The sink (or the local store) refused or failed a request; the message says why."""
 
 
-class SinkUnavailable(SinkError):
-    """Neither the sink nor its file can answer right now (e.g. a sink starting up holds the
-    file but does not serve yet); worth asking again."""
+class SinkRefused(SinkError, InputError):
+    """The request itself is at fault (a refused query, an unknown route): exit code 2."""
+
+
+class SinkUnavailable(SinkError, UnavailableError):
+    """Neither the sink nor its file can answer (no sink and no file, a sink error): exit 3."""
+
+
+class SinkBusy(SinkUnavailable):
+    """No sink answers yet and another process (a sink starting up) holds the file: worth
+    asking again in a moment."""
 
 
 class SinkClient:
@@ -71,14 +80,14 @@ class SinkClient:
         opened for this call only."""
         try:
             return self._http(method, path, body)
-        except ConnectionRefusedError:
+        except ConnectionError:  # refused, or reset by a sink that just died: read the file
             pass
         with closing(self._open_local()) as con:
             self._warn_stale()
             try:
                 return local(StoreReader(con, QueryLimits.from_settings()))
-            except (ValueError, RuntimeError, duckdb.Error) as exc:
-                raise SinkError(str(exc)) from exc
+            except (ValueError, duckdb.Error) as exc:
+                raise SinkRefused(str(exc)) from exc
 
     def _warn_stale(self) -> None:
         if not self._warned:
@@ -106,18 +115,20 @@ class SinkClient:
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
-            raise SinkError(_error_message(exc)) from exc
+            if exc.code >= 500:
+                raise SinkUnavailable(_error_message(exc)) from exc
+            raise SinkRefused(_error_message(exc)) from exc
         except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ConnectionRefusedError):
+            if isinstance(exc.reason, ConnectionError):
                 raise exc.reason from exc
-            raise SinkError(
+            raise SinkUnavailable(
                 f"cannot reach the sink at {self.settings.sink_url}: {exc.reason}"
             ) from exc
 
     def _open_local(self) -> duckdb.DuckDBPyConnection:
         db = self.settings.db
         if not db.is_file():
-            raise SinkError(
+            raise SinkUnavailable(
                 f"no sink answers at {self.settings.sink_url} and the results file {db} does "
                 "not exist (set PERG_SINK_URL or PERG_DB)"
             )
@@ -125,14 +136,14 @@ class SinkClient:
             return open_read_only(db)
         except duckdb.IOException as exc:
             if "lock" in str(exc).lower():
-                raise SinkUnavailable(
+                raise SinkBusy(
                     f"no sink answers at {self.settings.sink_url} and another process (a sink "
                     f"starting up?) holds {db}: {exc}"
                 ) from exc
-            raise SinkError(f"no sink answers at {self.settings.sink_url} and {db} "
+            raise SinkUnavailable(f"no sink answers at {self.settings.sink_url} and {db} "
                             f"cannot be opened read-only: {exc}") from exc  # fmt: skip
         except duckdb.Error as exc:
-            raise SinkError(f"no sink answers at {self.settings.sink_url} and {db} "
+            raise SinkUnavailable(f"no sink answers at {self.settings.sink_url} and {db} "
                             f"cannot be opened read-only: {exc}") from exc  # fmt: skip
 
 

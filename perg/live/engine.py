@@ -29,6 +29,8 @@ from typing import Protocol
 
 import duckdb
 
+from perg.errors import InputError
+
 # Settings applied, in this order, before any user query; the last one locks them all.
 HARDENED_SETTINGS: tuple[tuple[str, bool], ...] = (
     ("enable_external_access", False),
@@ -41,7 +43,7 @@ HARDENED_SETTINGS: tuple[tuple[str, bool], ...] = (
 )
 
 
-class EngineRefused(ValueError):
+class EngineRefused(InputError):
     """The engine will not run this text: it is not exactly one SELECT statement."""
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from perg.config import setting
+from perg.errors import InputError
 from perg.live.engine import Database, read_only_cursor, single_select
 from perg.live.sqlguard import check_query
 from perg.metrics import Grouping, compute_metrics
@@ -30,15 +31,15 @@ FORMATS: tuple[Format, ...] = ("json", "csv", "arrow")
 _BATCH_ROWS = 2048
 
 
-class QueryTimeout(RuntimeError):
+class QueryTimeout(InputError):
     """The query ran past its time limit and was interrupted."""
 
 
-class RowCapExceeded(RuntimeError):
+class RowCapExceeded(InputError):
     """The query returned more rows than the cap allows."""
 
 
-class ResultTooLarge(RuntimeError):
+class ResultTooLarge(InputError):
     """The query's answer is larger than the byte cap allows."""
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from perg.errors import InputError
 from perg.live.engine import EngineRefused, harden, single_select
 from perg.live.sqlfunctions import ALLOWED_FUNCTIONS
 
@@ -104,7 +105,7 @@ _FORMAT_FUNCTIONS = frozenset({"printf", "format"})
 _WIDE_FORMAT = re.compile(r"\d{4,}|\*|\{[^{}]*\{")
 
 
-class QueryRefused(ValueError):
+class QueryRefused(InputError):
     """The query is not a single read-only SELECT over the results store; the message says why."""
 
 
