@@ -36,6 +36,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from perg.errors import InputError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -44,10 +46,13 @@ def _file_values() -> dict[str, Any]:
     path = Path(os.environ.get("PERG_CONFIG", "perg.toml"))
     if not path.is_file():
         if "PERG_CONFIG" in os.environ:
-            raise FileNotFoundError(f"PERG_CONFIG names {path}, which does not exist")
+            raise InputError(f"PERG_CONFIG names {path}, which does not exist")
         return {}
-    with path.open("rb") as fh:
-        return tomllib.load(fh)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def setting(name: str, default: str) -> str:
@@ -57,6 +62,18 @@ def setting(name: str, default: str) -> str:
         return env
     value = _file_values().get(name.lower())
     return str(value) if value is not None else default
+
+
+def int_setting(name: str, default: int, *, minimum: int = 1) -> int:
+    """``setting(name)`` as a whole number of at least ``minimum``; bad values name the variable."""
+    raw = setting(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InputError(f"PERG_{name.upper()}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise InputError(f"PERG_{name.upper()}={value} must be at least {minimum}")
+    return value
 
 
 def default_data_dir() -> Path:
@@ -86,12 +103,12 @@ class Settings:
 
     @classmethod
     def load(cls) -> Settings:
-        port = int(setting("sink_port", "8765"))
+        port = int_setting("sink_port", 8765)
         return cls(
             kafka=setting("kafka", "127.0.0.1:9092"),
             db=Path(setting("db", "perg-results/perg.duckdb")),
             data_dir=default_data_dir(),
-            partitions=int(setting("partitions", "6")),
+            partitions=int_setting("partitions", 6),
             topic_prefix=setting("topic_prefix", "perg"),
             sink_url=setting("sink_url", f"http://127.0.0.1:{port}"),
             sink_bind=setting("sink_bind", "127.0.0.1"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
@@ -222,3 +223,29 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         main(["submit", "--help"])
     assert "3 Kafka unreachable" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PERG_PARTITIONS": "six"}, "PERG_PARTITIONS='six' is not a whole number"),
+        ({"PERG_SINK_PORT": "0"}, "PERG_SINK_PORT=0 must be at least 1"),
+        ({"PERG_CONFIG": "missing.toml"}, "PERG_CONFIG names missing.toml, which does not exist"),
+        ({"PERG_CONFIG": "bad.toml"}, "bad.toml: not valid TOML"),
+    ],
+)
+def test_bad_configuration_names_the_setting(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "bad.toml").write_text("kafka = \n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "perg", "status"],
+        cwd=tmp_path,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("PERG_")}, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
