@@ -60,6 +60,11 @@ _REQUIRED_KEYS = (
     "aligner.user",
     "judge.system",
     "judge.followed_threshold",
+    "extractor.lora_prompt",
+    "extractor.references_header",
+    "extractor.references_option_line",
+    "extractor.llm_system",
+    "extractor.llm_user",
     "preferences.irrelevant",
     "preferences.mixed_insert_index",
     "icl_examples",
@@ -145,9 +150,11 @@ class Protocol:
     def critic_messages(
         self, item: Item, setting: Setting, first_response: str, layout: RoleLayout = "system"
     ) -> list[ChatMessage]:
-        """Self-critic second pass."""
+        """Self-critic second pass (paper: always the relevant preference; strict: the setting's
+        preferences)."""
+        preference = self.preference_payload(item, setting) if self.strict else item.preference
         user = self.spec["self_critic"]["user"].format(
-            preference=self.preference_payload(item, setting),
+            preference=preference,
             question=self.user_prompt(item),
             response=first_response,
         )
@@ -182,10 +189,30 @@ class Protocol:
         )
         return [{"role": "user", "content": content}]
 
+    def extractor_references(self, item: Item) -> str:
+        """The options as the published extractors saw them (sic: a period after every option)."""
+        spec = self.spec["extractor"]
+        lines = (
+            spec["references_option_line"].format(letter=letter, option=option)
+            for letter, option in zip(LETTERS, item.options, strict=False)
+        )
+        return str(spec["references_header"] + "".join(lines))
+
     def extractor_prompt(self, item: Item, response: str) -> str:
-        """The published 1-token extractor's raw prompt (sic: a period after every option)."""
-        references = "".join(f"{L}. {o}.\n" for L, o in zip(LETTERS, item.options, strict=False))
-        return f"{response} \nReferences: \n{references} ### Answer:"
+        """The published 1-token (LoRA) extractor's raw completion prompt."""
+        return str(
+            self.spec["extractor"]["lora_prompt"].format(
+                response=response, references=self.extractor_references(item)
+            )
+        )
+
+    def extractor_llm_messages(
+        self, item: Item, response: str, layout: RoleLayout = "system"
+    ) -> list[ChatMessage]:
+        """The published LLM extractor's call (gpt-4o-mini in the paper): system + user."""
+        spec = self.spec["extractor"]
+        user = spec["llm_user"].format(response=response, reference=self.extractor_references(item))
+        return chat_messages(spec["llm_system"], user, layout)
 
     def max_tokens(self, stage: Stage) -> int:
         """Generation limit of a stage."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,13 @@ RENDERERS: dict[str, Callable[[Protocol, Item], object]] = {
     "critic_user_msg": lambda p, i: content(
         p.critic_messages(i, "relevant", "<INITIAL RESPONSE>"), "user"
     ),
+    # The published critic call carried the row's relevant preference in every setting.
+    "critic_user_msg_mixed": lambda p, i: content(
+        p.critic_messages(i, "mixed", "<INITIAL RESPONSE>"), "user"
+    ),
+    "critic_user_msg_irrelevant": lambda p, i: content(
+        p.critic_messages(i, "irrelevant", "<INITIAL RESPONSE>"), "user"
+    ),
     "aligner_user_msg": lambda p, i: content(
         p.aligner_messages(i, "irrelevant", "<NO-PREF RESPONSE>"), "user"
     ),
@@ -83,6 +92,7 @@ RENDERERS: dict[str, Callable[[Protocol, Item], object]] = {
         p.judge_messages(i, "<NO-PREF RESPONSE>", "<PREF RESPONSE>"), "system"
     ),
     "extractor_prompt": lambda p, i: p.extractor_prompt(i, "<MODEL RESPONSE>"),
+    "extractor_llm_messages": lambda p, i: p.extractor_llm_messages(i, "<MODEL RESPONSE>"),
     "gemma_style_messages": lambda p, i: chat_messages("<SYS>", "<USER>", "merged"),
     "janus_template": lambda p, i: render_raw_prompt(chat_messages("<SYS>", "<USER>")),
 }
@@ -145,7 +155,7 @@ def test_all_settings_and_methods_render(
     assert ("Here are some examples:" in system) == (method == "icl")
     assert ("Think step-by-step" in system) == (method == "cot")
     critic = paper.critic_messages(item, setting, "first")
-    assert "User Preference: " + paper.preference_payload(item, setting) in critic[1]["content"]
+    assert f"User Preference: {item.preference}\n" in critic[1]["content"]
     merged = paper.answer_messages(item, setting, method, "merged")
     assert merged == [
         {"role": "user", "content": system + MERGE_SEPARATOR + messages[1]["content"]}
@@ -181,6 +191,27 @@ def test_aligner_preference_paper_vs_strict(paper: Protocol, strict: Protocol, i
         payload = strict.preference_payload(item, setting)
         assert f"User Preference: {payload}\n" in strict_text
         assert (paper_text == strict_text) == (setting == "relevant")
+
+
+def test_critic_preference_paper_vs_strict(paper: Protocol, strict: Protocol, item: Item) -> None:
+    for setting in SETTINGS:
+        paper_text = paper.critic_messages(item, setting, "r")[1]["content"]
+        strict_text = strict.critic_messages(item, setting, "r")[1]["content"]
+        assert f"User Preference: {item.preference}\n" in paper_text
+        payload = strict.preference_payload(item, setting)
+        assert f"User Preference: {payload}\n" in strict_text
+        assert (paper_text == strict_text) == (setting == "relevant")
+
+
+def test_extractor_llm_messages(paper: Protocol, item: Item) -> None:
+    system, user = paper.extractor_llm_messages(item, "I pick Nauru")
+    assert (system["role"], user["role"]) == ("system", "user")
+    assert system["content"] == paper.spec["extractor"]["llm_system"]
+    assert "response: I pick Nauru\n" in user["content"]
+    assert "\nB. Nauru is the smallest country" in user["content"]
+    assert "{'answer': 'B'}" in user["content"]  # the doubled braces of the template
+    merged = paper.extractor_llm_messages(item, "x", "merged")
+    assert [m["role"] for m in merged] == ["user"]
 
 
 def test_strict_keeps_the_paper_prompts(paper: Protocol, strict: Protocol, item: Item) -> None:
@@ -270,3 +301,27 @@ def test_schemas() -> None:
 )
 def test_parse_json_response(text: str, field: str, expected: str | None) -> None:
     assert parse_json_response(text, field) == expected
+
+
+def _render_cli(*argv: str) -> Any:
+    """``perg prompts render ... --json`` in a child process, as a user would run it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "perg", "prompts", "render", "--protocol", "paper", "--json", *argv],
+        capture_output=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_cli_renders_the_new_goldens(golden: dict[str, Any]) -> None:
+    extractor = _render_cli("--method", "extractor", "--response", "<MODEL RESPONSE>")
+    assert extractor == {"messages": golden["extractor_llm_messages"]}
+    lora = _render_cli("--method", "extractor_lora", "--response", "<MODEL RESPONSE>")
+    assert lora == {"prompt": golden["extractor_prompt"]}
+    for setting in SETTINGS:
+        critic = _render_cli(
+            "--row", "0", "--method", "self_critic", "--stage", "2", "--setting", setting,
+            "--response", "<INITIAL RESPONSE>",
+        )  # fmt: skip
+        key = "critic_user_msg" if setting == "relevant" else f"critic_user_msg_{setting}"
+        assert critic["messages"][1] == {"role": "user", "content": golden[key]}

@@ -23,6 +23,9 @@ from perg.protocol import (
 )
 
 BASELINE: Literal["baseline"] = "baseline"
+EXTRACTOR: Literal["extractor"] = "extractor"
+EXTRACTOR_LORA: Literal["extractor_lora"] = "extractor_lora"
+CallName = Method | Literal["baseline", "extractor"]
 LAYOUTS = ("system", "merged", "inst")
 
 
@@ -30,15 +33,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser("prompts", help="inspect the prompts of a protocol")
     commands = parser.add_subparsers(dest="prompts_command", required=True)
     render = commands.add_parser("render", help="render the messages of one call for one row")
-    render.add_argument("--row", type=int, required=True, help="0-based row id")
+    render.add_argument("--row", type=int, default=0, help="0-based row id (default 0)")
     render.add_argument("--setting", choices=SETTINGS, default="relevant")
-    render.add_argument("--method", choices=(*METHODS, BASELINE), required=True)
+    render.add_argument(
+        "--method",
+        choices=(*METHODS, BASELINE, EXTRACTOR, EXTRACTOR_LORA),
+        required=True,
+        help="a method, the no-preference baseline, or an answer extractor "
+        "(extractor: the LLM extractor's messages; extractor_lora: the 1-token completion prompt; "
+        "both map --response to an option letter)",
+    )
     render.add_argument("--protocol", default="paper", help="paper, strict, or a protocol file")
     render.add_argument(
         "--layout", choices=LAYOUTS, default="system", help="inst: one raw [INST] prompt"
     )
     render.add_argument("--stage", type=int, choices=(1, 2), default=1)
-    render.add_argument("--response", default="<RESPONSE>", help="earlier response used by stage 2")
+    render.add_argument(
+        "--response",
+        default="<RESPONSE>",
+        help="earlier response used by stage 2, or the response an extractor reads",
+    )
     render.add_argument("--data", type=Path, help="data folder (default: PERG_DATA_DIR)")
     render.add_argument("--json", action="store_true", help="print JSON")
     render.set_defaults(func=run)
@@ -47,14 +61,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def render_messages(
     protocol: Protocol,
     item: Item,
-    method: Method | Literal["baseline"],
+    method: CallName,
     setting: Setting,
     *,
     stage: int = 1,
     response: str = "<RESPONSE>",
     layout: RoleLayout = "system",
 ) -> list[ChatMessage]:
-    """The messages of one call: a method's stage 1 or 2, or the no-preference baseline."""
+    """The messages of one call: a method's stage 1 or 2, the no-preference baseline, or the
+    LLM answer extractor reading ``response``."""
+    if method == EXTRACTOR:
+        return protocol.extractor_llm_messages(item, response, layout)
     if stage == 2 and method == "self_critic":
         return protocol.critic_messages(item, setting, response, layout)
     if stage == 2 and method == "pref_aligner":
@@ -71,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
         protocol = load_protocol(args.protocol, args.data)
         dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
         (item,) = select_rows(dataset, f"{args.row}-{args.row}")
+        if args.method == EXTRACTOR_LORA:
+            prompt = protocol.extractor_prompt(item, args.response)
+            out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
+            sys.stdout.write(out + "\n")
+            return 0
         messages = render_messages(
             protocol,
             item,
