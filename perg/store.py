@@ -20,7 +20,15 @@ import orjson
 import pyarrow as pa
 
 from perg.metrics import compute_metrics, create_metric_views
-from schemas import BASELINE_METHOD, DeadLetter, Generation, Result, RunSpec, Verdict
+from schemas import (
+    BASELINE_METHOD,
+    BASELINE_REPEAT_METHOD,
+    DeadLetter,
+    Generation,
+    Result,
+    RunSpec,
+    Verdict,
+)
 
 STORE_SQL = resources.files("perg").joinpath("store.sql").read_text(encoding="utf-8")
 
@@ -87,7 +95,8 @@ class ResultStore:
     def save_run(self, spec: RunSpec) -> None:
         ctx = spec.context
         self.con.execute(
-            "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO runs VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 ctx.run_id,
                 datetime.fromisoformat(spec.created_at).astimezone(UTC).replace(tzinfo=None),
@@ -105,13 +114,16 @@ class ResultStore:
                 len(spec.row_ids),
                 spec.expected_results,
                 spec.encode().decode(),
+                spec.followed_threshold,
+                ctx.extractor,
+                ctx.decoding.profile,
             ],
         )
 
     def save_verdicts(self, verdicts: Sequence[Verdict]) -> list[Result]:
         """Upsert baselines and results in one transaction; return the stored rows."""
         now = _now()
-        baselines, results, stored = [], [], []
+        baselines, repeats, results, stored = [], [], [], []
         for v in verdicts:
             g, item = v.generation, v.generation.item
             tokens_in, tokens_out, latency, n_calls, retries = _usage(v)
@@ -120,15 +132,21 @@ class ResultStore:
                 baselines.append(
                     [g.context.run_id, item.row_id, item.source, item.category, item.gold_option,
                      g.response, v.answer, v.extraction, finish, tokens_in, tokens_out, latency,
-                     retries, now]
+                     retries, now, v.extractor, v.rules_answer]
                 )  # fmt: skip
+            elif g.method == BASELINE_REPEAT_METHOD:
+                repeats.append(
+                    [g.context.run_id, item.row_id, g.response, v.answer, v.extraction,
+                     v.rules_answer, finish, now]
+                )  # fmt: skip
+                continue  # not a result row: no change-feed record
             else:
                 results.append(
                     [g.context.run_id, item.row_id, g.setting, g.method, item.source,
                      item.category, item.preference, item.gold_option, g.response, v.answer,
                      v.extraction, v.judge_rating, v.judge_outcome, v.judge_raw, g.parse_fallback,
                      g.parse_failure, finish, tokens_in, tokens_out, latency, n_calls, retries,
-                     now]
+                     now, v.extractor, v.rules_answer]
                 )  # fmt: skip
             stored.append(
                 Result(
@@ -144,6 +162,7 @@ class ResultStore:
             )
         with self._transaction() as con:
             _upsert(con, "baselines", baselines)
+            _upsert(con, "baseline_repeats", repeats)
             _upsert(con, "results", results)
         return stored
 
@@ -214,7 +233,8 @@ SELECT
     r.n_rows + r.n_rows * len(r.settings)
         * len(list_filter(r.methods, lambda m: m <> 'pref_aligner')) AS expected_generations,
     CASE WHEN list_contains(r.methods, 'pref_aligner') THEN r.n_rows * len(r.settings) ELSE 0 END,
-    (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage <> 'aligned'),
+    (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage <> 'aligned'
+        AND p.method <> 'baseline_repeat'),
     (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage = 'aligned'),
     (SELECT count(*) FROM baselines b WHERE b.run_id = r.run_id),
     (SELECT count(*) FROM results s WHERE s.run_id = r.run_id),
