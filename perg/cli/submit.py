@@ -13,10 +13,10 @@ from typing import get_args
 from perg.client import Backend, Endpoint
 from perg.config import Settings
 from perg.dataset import DatasetError
+from perg.extraction import EXTRACTORS
 from perg.kafka import ensure_topics
-from perg.protocol import METHODS, SETTINGS
+from perg.protocol import DECODING_PROFILES, METHODS, SETTINGS
 from perg.runs import RunRequest, plan_run, publish_run
-from schemas import Decoding
 
 
 def csv_list(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -44,6 +44,17 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-backend", default="openai", choices=backends)
     parser.add_argument("--judge-token-env")
     parser.add_argument("--max-in-flight", type=int, default=64, help="per endpoint")
+    parser.add_argument("--extractor", choices=EXTRACTORS,
+                        help="answer extractor: rules (no model), llm (the paper's prompt), lora "
+                        "(the paper's 1-token LoRA extractor, llm fallback); default llm when "
+                        "--extractor-url or --lora-url is given, else rules")  # fmt: skip
+    parser.add_argument("--extractor-url", help="llm extractor base URL (default: the judge's)")
+    parser.add_argument("--extractor-model", help="llm extractor model name")
+    parser.add_argument("--extractor-backend", default="openai", choices=backends)
+    parser.add_argument("--extractor-token-env")
+    parser.add_argument("--lora-url", help="completions endpoint serving the LoRA extractor")
+    parser.add_argument("--lora-model", help="its model name (e.g. the LoRA adapter's)")
+    parser.add_argument("--lora-token-env")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +67,20 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="paper", help="paper, strict, or a protocol file")
     parser.add_argument("--layout", choices=("system", "merged"), default="system",
                         help="merged: the model's chat template has no system role")  # fmt: skip
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--decode-seed", type=int, default=42)
+    parser.add_argument(
+        "--decoding-profile",
+        choices=tuple(DECODING_PROFILES),
+        help="decoding of the model under test (default: paper picks the profile of the "
+        "model's family, strict its own); recorded on the run",
+    )
+    parser.add_argument("--temperature", type=float, help="override the profile's temperature")
+    parser.add_argument("--decode-seed", type=int, help="override the profile's seed")
     parser.add_argument("--max-tokens", type=int, help="cap every stage's max_tokens")
+    parser.add_argument(
+        "--repeat-baseline",
+        action="store_true",
+        help="generate the no-preference baseline twice: the noise floor",
+    )
     parser.add_argument("--dataset", type=Path, help="PERGData CSV/JSONL (default: data dir)")
     parser.add_argument(
         "--skip-invalid", action="store_true", help="evaluate the valid rows; report the bad ones"
@@ -79,6 +101,16 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
             raise ValueError(f"--*-token-env names {token_env}, which is not set here")
         return Endpoint(url.rstrip("/"), model, backend, token_env, args.max_in_flight)
 
+    extractor = lora = None
+    if args.extractor_url or args.extractor_model:
+        if not (args.extractor_url and args.extractor_model):
+            raise ValueError("give --extractor-url and --extractor-model together")
+        extractor = endpoint(args.extractor_url, args.extractor_model, args.extractor_backend,
+                             args.extractor_token_env)  # fmt: skip
+    if args.lora_url or args.lora_model:
+        if not (args.lora_url and args.lora_model):
+            raise ValueError("give --lora-url and --lora-model together")
+        lora = endpoint(args.lora_url, args.lora_model, "openai", args.lora_token_env)
     return RunRequest(
         model=endpoint(args.model_url, args.model, args.model_backend, args.model_token_env),
         judge=endpoint(args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env),
@@ -88,7 +120,14 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         rows=args.rows,
         sample=args.sample,
         seed=args.seed,
-        decoding=Decoding(args.temperature, args.decode_seed, args.max_tokens),
+        decoding_profile=args.decoding_profile,
+        temperature=args.temperature,
+        decode_seed=args.decode_seed,
+        max_tokens_cap=args.max_tokens,
+        extractor=args.extractor,
+        extractor_endpoint=extractor,
+        lora_endpoint=lora,
+        repeat_baseline=args.repeat_baseline,
         layout=args.layout,
         dataset_path=args.dataset,
         skip_invalid=args.skip_invalid,
