@@ -90,7 +90,8 @@ class Cell:
     p_value: float | None = None
     p_adjusted: float | None = None
     noise_floor: float | None = None  # points; the larger noise_BR of the two runs
-    significant: bool = False
+    test_significant: bool = False  # p adjusted < alpha
+    significant: bool = False  # and the change exceeds the noise floor
     gate_failed: bool = False
 
     @property
@@ -268,7 +269,8 @@ def _decide(comparison: Comparison) -> None:
         adjusted = holm(raw) if comparison.correction == "holm" else raw
         for cell, p in zip(group, adjusted, strict=True):
             cell.p_adjusted = p
-            cell.significant = p < comparison.alpha and not cell.within_noise
+            cell.test_significant = p < comparison.alpha
+            cell.significant = cell.test_significant and not cell.within_noise
     if thresholds is None:
         return
     for cell in family:
