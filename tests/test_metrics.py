@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from functools import cache
@@ -10,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from fixtures.live.runs import item, make_spec, verdicts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +25,8 @@ from perg.metrics import (
     format_metrics_table,
     load_outcomes_file,
 )
+from perg.store import ResultStore
+from schemas import Generation, Verdict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
 Z = 1.959964
@@ -379,3 +383,27 @@ def test_extraction_agreement_hand_computed() -> None:
     assert by_cell["irrelevant", "zero_shot", "full"] == (2, 0)
     (line,) = format_agreement([pooled])
     assert line.startswith("Extraction agreement, run r4: rules vs llm disagree on 2 of 12")
+
+
+def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
+    """Through the sink's store: the spec's threshold decides followed, the rules letters
+    stored beside the llm extractor's feed the agreement view, repeats the noise floor."""
+    spec = dataclasses.replace(make_spec("stored", 8, settings=("relevant",),
+                                         methods=("zero_shot",)), followed_threshold=5)  # fmt: skip
+    store = ResultStore(tmp_path / "perg.duckdb")
+    store.save_run(spec)
+    rows = []
+    for v in verdicts(spec, spec.row_ids):  # every answer A (gold), every rating 4
+        rules = "B" if v.generation.item.row_id < 2 and v.generation.method != "baseline" else "A"
+        rows.append(dataclasses.replace(v, extractor="llm", rules_answer=rules))
+    for row_id in spec.row_ids:
+        repeat = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
+                            "x", "x", [])  # fmt: skip
+        answer = "C" if row_id % 4 == 0 else "A"
+        rows.append(Verdict(repeat, answer, "llm", None, None, None, [], "llm", answer))
+    store.save_verdicts(rows)
+    (full,) = [r for r in store.metrics("stored") if r["source"] == "full"]
+    expect(full, n_qstar=8, n_followed=0, AFR=100.0, n_noise_qstar=8, noise_BR=25.0)
+    (pooled,) = compute_agreement(store.cursor(), "stored")
+    expect(pooled, extractor="llm", n_answers=16, n_disagree=2, n_correctness_differs=2)
+    store.close()
