@@ -89,14 +89,7 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         selection = "all rows"
     if dataset.skipped:
         selection += f" ({len(dataset.skipped)} invalid rows skipped)"
-    if request.decoding is not None:
-        decoding = request.decoding
-    elif request.decoding_profile is not None:
-        decoding = decoding_from_profile(protocol.decoding_profile(request.decoding_profile), None)
-    else:
-        decoding = decoding_from_profile(
-            protocol.default_decoding_profile(request.model.model), None
-        )
+    decoding = request.decoding or _decoding(request, protocol)
     context = RunContext(
         run_id=new_run_id(request.model.model),
         model=request.model,

@@ -14,6 +14,7 @@ from perg.extraction import (
     Extraction,
     Extractor,
     choice_schema,
+    choose_extractor,
     extract_answer,
     extract_choice,
     lora_letter,
@@ -216,3 +217,13 @@ def test_lora_falls_back_to_the_llm_as_published(paper: Protocol) -> None:
     silent = ScriptedExtractors()
     assert run_extract("llm", paper, None, silent).path == "unresolved"
     assert silent.chats == []
+
+
+def test_choose_extractor() -> None:
+    assert choose_extractor(None, extractor_endpoint=False, lora_endpoint=False) == "rules"
+    assert choose_extractor(None, extractor_endpoint=True, lora_endpoint=False) == "llm"
+    assert choose_extractor("rules", extractor_endpoint=True, lora_endpoint=False) == "rules"
+    assert choose_extractor("llm", extractor_endpoint=False, lora_endpoint=False) == "llm"
+    assert choose_extractor("lora", extractor_endpoint=False, lora_endpoint=True) == "lora"
+    with pytest.raises(ValueError, match="lora extractor needs --lora-url"):
+        choose_extractor("lora", extractor_endpoint=True, lora_endpoint=False)

@@ -392,3 +392,36 @@ def test_read_rewrite_by_protocol(paper: Protocol, strict: Protocol) -> None:
     chatty = 'Sure: {"response": "r"} and {"thoughts": "t"}'
     assert paper.read_rewrite(chatty, ALIGNER_SCHEMA) is None
     assert strict.read_rewrite(chatty, ALIGNER_SCHEMA) == "r"
+
+
+def test_runs_record_profile_threshold_and_extractor() -> None:
+    from perg.client import Endpoint
+    from perg.config import Settings
+    from perg.runs import RunRequest, plan_run
+
+    model = Endpoint("http://127.0.0.1:9/v1", "gpt-4o-mini-2024-07-18")
+    local = Endpoint("http://127.0.0.1:9/v1", "meta-llama/Llama-3.1-8B-Instruct")
+    settings = Settings.load()
+    spec, _ = plan_run(RunRequest(model, model, rows="2"), settings)
+    ctx = spec.context
+    assert (ctx.decoding.profile, ctx.decoding.uncapped, ctx.decoding.seed) == ("api", True, 42)
+    assert ctx.decoding.max_tokens(500) is None and spec.followed_threshold == 3
+    assert (ctx.extractor, ctx.repeat_baseline) == ("rules", False)
+    spec, _ = plan_run(
+        RunRequest(local, model, rows="2", extractor_endpoint=model, repeat_baseline=True),
+        settings,
+    )
+    ctx = spec.context
+    assert (ctx.decoding.profile, ctx.decoding.temperature, ctx.decoding.top_p) == (
+        "hf-sampled", 0.6, 0.9
+    )  # fmt: skip
+    assert ctx.decoding.max_tokens(500) == 500 and ctx.extractor == "llm" and ctx.repeat_baseline
+    spec, _ = plan_run(
+        RunRequest(local, model, rows="2", protocol="strict", temperature=0.2, max_tokens_cap=64),
+        settings,
+    )
+    decoding = spec.context.decoding
+    assert (decoding.profile, decoding.temperature, decoding.max_tokens(500)) == (
+        "strict+override", 0.2, 64
+    )  # fmt: skip
+    assert decoding.retry_temperature == STRICT_RETRY_TEMPERATURE
