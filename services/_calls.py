@@ -12,6 +12,7 @@ endpoints always greedily (temperature 0, the run's seed), as the paper's gpt-4o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from schemas import CallRecord, RunContext
 from ._runtime import PermanentError
 
 log = logging.getLogger("perg.services")
+
+JUDGE_SIDE_STAGES = frozenset({"judge", "extraction"})
 
 
 @cache
@@ -60,11 +63,13 @@ class ModelCaller:
         attempt: int = 0,
     ) -> tuple[Completion, CallRecord]:
         decoding = self.context.decoding
-        under_test = endpoint == self.context.model
+        under_test = stage not in JUDGE_SIDE_STAGES  # the judge's and extractor's: greedy
         if attempt:
             temperature = decoding.retry_temperature or STRICT_RETRY_TEMPERATURE
         else:
             temperature = decoding.temperature if under_test else 0.0
+        if not under_test:  # the profile's lifted limits are the tested model's, not the judge's
+            decoding = dataclasses.replace(decoding, uncapped=False)
         completion = await self.pool.get(endpoint).chat(
             [{"role": m["role"], "content": m["content"]} for m in messages],
             max_tokens=decoding.max_tokens(max_tokens),
