@@ -49,10 +49,16 @@ class RunStatus:
     results_stored: int
     retries: int
     dead_letters: int
+    expected_repeats: int = 0  # repeated baselines of a run with a noise floor
+    repeats_stored: int = 0
 
     @property
     def done(self) -> bool:
-        return self.results_stored >= self.expected_results and self.baselines_stored >= self.n_rows
+        return (
+            self.results_stored >= self.expected_results
+            and self.baselines_stored >= self.n_rows
+            and self.repeats_stored >= self.expected_repeats
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "done": self.done}
@@ -240,7 +246,10 @@ SELECT
     (SELECT count(*) FROM results s WHERE s.run_id = r.run_id),
     coalesce((SELECT sum(retries) FROM baselines b WHERE b.run_id = r.run_id), 0)
         + coalesce((SELECT sum(retries) FROM results s WHERE s.run_id = r.run_id), 0),
-    (SELECT count(*) FROM dead_letters d WHERE d.run_id = r.run_id)
+    (SELECT count(*) FROM dead_letters d WHERE d.run_id = r.run_id),
+    CASE WHEN coalesce(r.spec->>'$.context.repeat_baseline' = 'true', false)
+        THEN r.n_rows ELSE 0 END,
+    (SELECT count(*) FROM baseline_repeats x WHERE x.run_id = r.run_id)
 FROM runs r
 WHERE ? IS NULL OR r.run_id = ?
 ORDER BY r.created_at

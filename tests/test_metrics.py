@@ -388,20 +388,26 @@ def test_extraction_agreement_hand_computed() -> None:
 def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
     """Through the sink's store: the spec's threshold decides followed, the rules letters
     stored beside the llm extractor's feed the agreement view, repeats the noise floor."""
-    spec = dataclasses.replace(make_spec("stored", 8, settings=("relevant",),
-                                         methods=("zero_shot",)), followed_threshold=5)  # fmt: skip
+    spec = make_spec("stored", 8, settings=("relevant",), methods=("zero_shot",))
+    context = dataclasses.replace(spec.context, repeat_baseline=True)
+    spec = dataclasses.replace(spec, context=context, followed_threshold=5)
     store = ResultStore(tmp_path / "perg.duckdb")
     store.save_run(spec)
     rows = []
     for v in verdicts(spec, spec.row_ids):  # every answer A (gold), every rating 4
         rules = "B" if v.generation.item.row_id < 2 and v.generation.method != "baseline" else "A"
         rows.append(dataclasses.replace(v, extractor="llm", rules_answer=rules))
+    store.save_verdicts(rows)
+    (status,) = store.run_statuses("stored")
+    assert (status.expected_repeats, status.repeats_stored, status.done) == (8, 0, False)
+    rows = []
     for row_id in spec.row_ids:
         repeat = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
                             "x", "x", [])  # fmt: skip
         answer = "C" if row_id % 4 == 0 else "A"
         rows.append(Verdict(repeat, answer, "llm", None, None, None, [], "llm", answer))
     store.save_verdicts(rows)
+    assert store.run_statuses("stored")[0].done
     (full,) = [r for r in store.metrics("stored") if r["source"] == "full"]
     expect(full, n_qstar=8, n_followed=0, AFR=100.0, n_noise_qstar=8, noise_BR=25.0)
     (pooled,) = compute_agreement(store.cursor(), "stored")
