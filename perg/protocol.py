@@ -370,6 +370,8 @@ def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError:
             start = text.find("{", start + 1)
             continue
+        except RecursionError:  # nested past Python's limit: no object can be read from here
+            return
         if isinstance(obj, dict):
             yield obj
         start = text.find("{", end)
@@ -384,17 +386,19 @@ def parse_json_response(text: str, field: str = "response") -> str | None:
     return None
 
 
-_BOTH_KEYS = r'\{{\s*"{a}"\s*:\s*"(?P<{a}>.*?)"\s*,\s*"{b}"\s*:\s*"(?P<{b}>.*?)"\s*\}}'
+# A JSON string body, possessive (linear time on any reply; a lazy ``.*?`` is cubic).
+_STRING = r'"((?:[^"\\]|\\.)*+)"'
+_BOTH_KEYS = r'\{{\s*"{a}"\s*:\s*{value}\s*,\s*"{b}"\s*:\s*{value}\s*\}}'
 
 
 def parse_json_response_paper(text: str, keys: tuple[str, ...]) -> str | None:
     """The published reader of a JSON rewrite: ``json.loads`` of the whole reply and its
-    ``response`` (kept as is, even empty); failing that, a regex needing every key of ``keys``
-    as string fields (either order, raw text between the quotes); else None (the caller keeps
-    the earlier text, as published)."""
+    ``response`` (kept as is, even empty); failing that, a regex needing both keys of ``keys``
+    as string fields (either order; the raw string body, escapes not decoded); else None (the
+    caller keeps the earlier text, as published)."""
     try:
         whole = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         whole = None
     if isinstance(whole, dict) and "response" in whole:
         value = whole["response"]
@@ -403,7 +407,8 @@ def parse_json_response_paper(text: str, keys: tuple[str, ...]) -> str | None:
         return None
     a, b = keys
     for first, second in ((a, b), (b, a)):
-        match = re.search(_BOTH_KEYS.format(a=first, b=second), text, re.DOTALL)
+        pattern = _BOTH_KEYS.format(a=re.escape(first), b=re.escape(second), value=_STRING)
+        match = re.search(pattern, text, re.DOTALL)
         if match:
-            return match.group("response")
+            return match.group(1 if first == "response" else 2)
     return None

@@ -227,3 +227,10 @@ def test_choose_extractor() -> None:
     assert choose_extractor("lora", extractor_endpoint=False, lora_endpoint=True) == "lora"
     with pytest.raises(ValueError, match="lora extractor needs --lora-url"):
         choose_extractor("lora", extractor_endpoint=True, lora_endpoint=False)
+
+
+@pytest.mark.parametrize(
+    "reply", ["[" * 100_000, "{'answer': " * 50_000, "(" * 10_000 + ")" * 10_000]
+)
+def test_paper_llm_reader_survives_hostile_replies(reply: str) -> None:
+    assert parse_llm_choice_paper(reply) is None

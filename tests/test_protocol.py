@@ -425,3 +425,14 @@ def test_runs_record_profile_threshold_and_extractor() -> None:
         "strict+override", 0.2, 64
     )  # fmt: skip
     assert decoding.retry_temperature == STRICT_RETRY_TEMPERATURE
+
+
+NESTED = '{"a":' * 100_000
+REPEATED = '{"critic": "x", "response": "' * 20_000
+
+
+@pytest.mark.parametrize("text", [NESTED, REPEATED, "{" * 100_000])
+def test_json_readers_survive_hostile_replies(text: str) -> None:
+    """Deep nesting and many unterminated objects: no crash, no super-linear regex."""
+    assert parse_json_response(text) is None
+    assert parse_json_response_paper(text, CRITIC_KEYS) is None
