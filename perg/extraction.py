@@ -186,3 +186,18 @@ async def extract_answer(
         parse_llm_choice(reply, item.letters) if protocol.strict else parse_llm_choice_paper(reply)
     )
     return Extraction(llm, "llm" if llm is not None else "unresolved", rules)
+
+
+def choose_extractor(
+    requested: Extractor | None, *, extractor_endpoint: bool, lora_endpoint: bool
+) -> Extractor:
+    """The run's extractor: as requested; else the paper's way when an endpoint for it is
+    given (``lora`` with a LoRA endpoint, else ``llm`` with an extractor endpoint); else
+    ``rules``. ``lora`` needs a LoRA endpoint (ValueError)."""
+    if requested == "lora" and not lora_endpoint:
+        raise ValueError("the lora extractor needs --lora-url and --lora-model")
+    if requested is not None:
+        return requested
+    if lora_endpoint:
+        return "lora"
+    return "llm" if extractor_endpoint else "rules"

@@ -225,6 +225,7 @@ def test_choose_extractor() -> None:
     assert choose_extractor("rules", extractor_endpoint=True, lora_endpoint=False) == "rules"
     assert choose_extractor("llm", extractor_endpoint=False, lora_endpoint=False) == "llm"
     assert choose_extractor("lora", extractor_endpoint=False, lora_endpoint=True) == "lora"
+    assert choose_extractor(None, extractor_endpoint=True, lora_endpoint=True) == "lora"
     with pytest.raises(ValueError, match="lora extractor needs --lora-url"):
         choose_extractor("lora", extractor_endpoint=True, lora_endpoint=False)
 

@@ -46,8 +46,8 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-in-flight", type=int, default=64, help="per endpoint")
     parser.add_argument("--extractor", choices=EXTRACTORS,
                         help="answer extractor: rules (no model), llm (the paper's prompt), lora "
-                        "(the paper's 1-token LoRA extractor, llm fallback); default llm when "
-                        "--extractor-url or --lora-url is given, else rules")  # fmt: skip
+                        "(the paper's 1-token LoRA extractor, llm fallback); default lora with "
+                        "--lora-url, llm with --extractor-url, else rules")  # fmt: skip
     parser.add_argument("--extractor-url", help="llm extractor base URL (default: the judge's)")
     parser.add_argument("--extractor-model", help="llm extractor model name")
     parser.add_argument("--extractor-backend", default="openai", choices=backends)
