@@ -8,6 +8,11 @@ not robust) over the rows in Q* of both runs. PVR is reported, not tested.
 The gate fails when, for the pooled source 'full', a gated metric's paired increase over the
 shared rows exceeds its threshold and the test is significant at ``alpha`` (Holm-corrected over
 the gated tests by default).
+
+The noise floor: when either run generated its no-preference baseline twice, the larger of the
+two runs' ``noise_BR`` (the BR a preference-free re-run shows) is the cell's noise floor for BR
+and RER (both count broken answers). A paired change no larger than it is not significant,
+whatever the p-value: a preference-free re-run moves the numbers that much.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Literal, Protocol
 from perg.errors import InputError
 
 TESTED_METRICS = ("BR", "AFR", "RER")
+NOISE_METRICS = ("BR", "RER")  # the metrics that count broken answers
 METRICS = (*TESTED_METRICS, "PVR")
 TEST_NAME = (
     "McNemar exact test (two-sided) on the per-row failure, over the rows in Q* of both runs"
@@ -85,8 +91,18 @@ class Cell:
     better: int = 0  # shared Q* rows that fail in the baseline only
     p_value: float | None = None
     p_adjusted: float | None = None
-    significant: bool = False
+    noise_floor: float | None = None  # points; the larger noise_BR of the two runs
+    test_significant: bool = False  # p adjusted < alpha
+    significant: bool = False  # and the change exceeds the noise floor
     gate_failed: bool = False
+
+    @property
+    def within_noise(self) -> bool:
+        """The paired change is no larger than the noise floor."""
+        change = self.paired_delta
+        return (
+            self.noise_floor is not None and change is not None and abs(change) <= self.noise_floor
+        )
 
     @property
     def delta(self) -> float | None:
@@ -100,7 +116,12 @@ class Cell:
         return 100 * (self.worse - self.better) / self.n_shared if self.n_shared else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "delta": self.delta, "paired_delta": self.paired_delta}
+        return {
+            **asdict(self),
+            "delta": self.delta,
+            "paired_delta": self.paired_delta,
+            "within_noise": self.within_noise,
+        }
 
 
 @dataclass
@@ -143,10 +164,8 @@ FROM runs WHERE run_id IN ({a}, {b})
 _PAIRED_SQL = """
 WITH f AS (
     SELECT run_id, row_id, setting, method, source,
-        NOT pref_correct AS broken,
-        CASE WHEN setting <> 'irrelevant' THEN NOT followed END AS unfollowed,
-        NOT (pref_correct AND (setting = 'irrelevant' OR followed)) AS unrobust
-    FROM perg_outcome_flags
+        NOT pref_correct AS broken, NOT followed AS unfollowed, NOT robust AS unrobust
+    FROM perg_row_outcomes
     WHERE base_correct AND run_id IN ({a}, {b})
 ), p AS (
     SELECT a.setting, a.method, a.source,
@@ -231,6 +250,9 @@ def _cell(
 ) -> Cell:
     base, cand = rows.get("baseline", {}), rows.get("candidate", {})
     cell = Cell(*key, metric=metric, baseline=base.get(metric), candidate=cand.get(metric))
+    if metric in NOISE_METRICS:
+        floors = [r.get("noise_BR") for r in (base, cand)]
+        cell.noise_floor = max((f for f in floors if f is not None), default=None)
     if paired and metric in TESTED_METRICS and cell.baseline is not None:
         cell.n_shared = int(paired["n"])
         cell.worse = int(paired[f"{metric.lower()}_worse"])
@@ -249,7 +271,8 @@ def _decide(comparison: Comparison) -> None:
         adjusted = holm(raw) if comparison.correction == "holm" else raw
         for cell, p in zip(group, adjusted, strict=True):
             cell.p_adjusted = p
-            cell.significant = p < comparison.alpha
+            cell.test_significant = p < comparison.alpha
+            cell.significant = cell.test_significant and not cell.within_noise
     if thresholds is None:
         return
     for cell in family:

@@ -1,15 +1,37 @@
-"""Map a free-text answer to one of an item's option letters."""
+"""Map a free-text answer to one of an item's option letters, by the run's extractor.
+
+Extractors (chosen per run, recorded per row):
+
+- ``rules``: our deterministic parser (:func:`extract_choice`), no model; what it cannot
+  decide is unresolved (counted wrong).
+- ``llm``: the paper's LLM extractor prompt (``extractor.llm_system`` / ``llm_user``) on an
+  OpenAI-compatible endpoint. paper reads the reply as published (``ast.literal_eval`` of the
+  whole text, ``.get('answer')``, anything else unresolved); strict constrains the reply to the
+  item's letters where the backend can and reads it leniently.
+- ``lora``: the paper's 1-token completion prompt (``extractor.lora_prompt``) on an endpoint
+  serving the LoRA extractor; when its last character is not an upper-case letter, the ``llm``
+  extractor decides, as published.
+
+Whatever the extractor, the rules parser's letter is recorded too (``rules_answer``), so the
+agreement of the two is measured on every run that uses a model extractor.
+"""
 
 from __future__ import annotations
 
+import ast
 import re
-from collections.abc import Sequence
-from typing import Literal
+import string
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
 
-from perg.dataset import LETTERS
-from perg.protocol import parse_json_response
+from perg.dataset import LETTERS, Item
+from perg.protocol import ChatMessage, Protocol, parse_json_response
 
-ExtractionPath = Literal["parsed", "llm", "unresolved"]
+Extractor = Literal["rules", "llm", "lora"]
+EXTRACTORS: tuple[Extractor, ...] = get_args(Extractor)
+# Which tier decided a row: the rules parser, the LoRA extractor, the LLM extractor, or none.
+ExtractionPath = Literal["parsed", "lora", "llm", "unresolved"]
 
 _LETTER = r"[\(\[]?(?P<letter>[A-Z])(?![A-Za-z0-9'\u2019])"
 _WRAPPED = r"[\(\[]?(?P<letter>[A-Z])[\)\]]?"
@@ -89,9 +111,93 @@ def choice_schema(letters: Sequence[str]) -> dict[str, object]:
 
 
 def parse_llm_choice(text: str, letters: Sequence[str]) -> str | None:
-    """The letter of the LLM extraction output, when it is one of ``letters``."""
+    """strict reading of the LLM extractor's reply: the letter, when one of ``letters``."""
     value = parse_json_response(text, "answer")
     if value is None:
         value = text
     letter = value.strip().strip("()[]*.\"' ").upper()
     return letter if letter in letters else None
+
+
+def parse_llm_choice_paper(text: str) -> str | None:
+    """The published reading of the LLM extractor's reply: ``ast.literal_eval`` of the whole
+    text, then ``.get('answer')``; anything else (prose, code fences, a non-dict) is
+    unresolved. The value is kept as given (``'b'`` or ``'E'`` simply never equal the gold
+    letter, as in the published scoring); a non-string value is unresolved."""
+    try:
+        parsed = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    value = parsed.get("answer")
+    return value if isinstance(value, str) else None
+
+
+def lora_letter(prompt: str, completion: str) -> str | None:
+    """The published LoRA extractor's letter: the last character of prompt + generated token,
+    stripped, when it is an upper-case ASCII letter (it may name no option: counted wrong)."""
+    decoded = (prompt + completion).strip()
+    return decoded[-1] if decoded and decoded[-1] in string.ascii_uppercase else None
+
+
+ChatCall = Callable[[list[ChatMessage]], Awaitable[str]]
+CompletionCall = Callable[[str], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    answer: str | None
+    path: ExtractionPath
+    rules_answer: str | None  # the rules parser's letter, recorded whatever decided
+
+
+async def extract_answer(
+    extractor: Extractor,
+    protocol: Protocol,
+    item: Item,
+    response: str | None,
+    *,
+    chat: ChatCall | None = None,
+    complete: CompletionCall | None = None,
+) -> Extraction:
+    """Map ``response`` to a letter with the run's extractor.
+
+    ``chat(messages)`` sends the LLM extractor's messages and returns the reply text (llm,
+    lora fallback); ``complete(prompt)`` sends the LoRA extractor's 1-token completion (lora).
+    ``response`` None (a strict parse failure) is unresolved without a call.
+    """
+    if response is None:
+        return Extraction(None, "unresolved", None)
+    rules = extract_choice(response, item.options)
+    if extractor == "rules":
+        return Extraction(rules, "parsed" if rules is not None else "unresolved", rules)
+    if extractor == "lora":
+        if complete is None:
+            raise ValueError("the lora extractor needs an endpoint serving it")
+        prompt = protocol.extractor_prompt(item, response)
+        letter = lora_letter(prompt, await complete(prompt))
+        if letter is not None:
+            return Extraction(letter, "lora", rules)
+    if chat is None:
+        raise ValueError("the llm extractor needs an endpoint")
+    reply = await chat(protocol.extractor_llm_messages(item, response))
+    llm = (
+        parse_llm_choice(reply, item.letters) if protocol.strict else parse_llm_choice_paper(reply)
+    )
+    return Extraction(llm, "llm" if llm is not None else "unresolved", rules)
+
+
+def choose_extractor(
+    requested: Extractor | None, *, extractor_endpoint: bool, lora_endpoint: bool
+) -> Extractor:
+    """The run's extractor: as requested; else the paper's way when an endpoint for it is
+    given (``lora`` with a LoRA endpoint, else ``llm`` with an extractor endpoint); else
+    ``rules``. ``lora`` needs a LoRA endpoint (ValueError)."""
+    if requested == "lora" and not lora_endpoint:
+        raise ValueError("the lora extractor needs --lora-url and --lora-model")
+    if requested is not None:
+        return requested
+    if lora_endpoint:
+        return "lora"
+    return "llm" if extractor_endpoint else "rules"

@@ -1,24 +1,47 @@
-"""Parse the preference judge's Likert rating."""
+"""The preference judge's rating: how each protocol reads it, and what it means for a row."""
 
 from __future__ import annotations
 
 import re
 from typing import Literal
 
-from perg.protocol import iter_json_objects
+from perg.protocol import Setting, iter_json_objects
 
 JudgeOutcome = Literal["followed", "not_followed", "unparseable", "not_applicable"]
 RATING_MIN, RATING_MAX = 1, 5
+# The one statement of the rule: AFR (and so the judge) is not defined in the irrelevant
+# setting, where no shown preference is meant to be followed. The SQL twin is the column
+# ``afr_defined`` of the view ``perg_row_outcomes`` (perg/metrics.sql).
+AFR_UNDEFINED_SETTINGS: frozenset[str] = frozenset({"irrelevant"})
 
 _ANSWER_TAG = re.compile(r"<answer>\s*\[?\s*(\d+)\s*\]?\s*</answer>", re.IGNORECASE)
+# The published reader: re.search(r"<answer>(\d+)</answer>", text).group(1), no range check.
+PAPER_ANSWER_TAG = re.compile(r"<answer>(\d+)</answer>")
+
+
+def afr_defined(setting: Setting | str) -> bool:
+    """Whether preference following (AFR) is measured in ``setting``."""
+    return setting not in AFR_UNDEFINED_SETTINGS
 
 
 def parse_rating(text: str) -> int | None:
-    """The rating in ``<answer>4</answer>`` (last tag wins) or ``{"rating": 4}``; None when
-    absent or outside 1..5."""
+    """Strict reading: the rating in ``<answer>4</answer>`` (last tag wins) or
+    ``{"rating": 4}``; None when absent or outside 1..5."""
     tags = _ANSWER_TAG.findall(text)
     rating: int | None = int(tags[-1]) if tags else _json_rating(text)
     return rating if rating is not None and RATING_MIN <= rating <= RATING_MAX else None
+
+
+def parse_rating_paper(text: str) -> int | None:
+    """The published reading: the first ``<answer>(\\d+)</answer>``, exactly as written (no
+    spaces, no brackets), with no range check: a 6 is a 6 and counts as followed."""
+    match = PAPER_ANSWER_TAG.search(text)
+    return int(match.group(1)) if match else None
+
+
+def read_rating(text: str, *, paper: bool) -> int | None:
+    """The rating as the run's protocol reads it (``paper``: the published reader)."""
+    return parse_rating_paper(text) if paper else parse_rating(text)
 
 
 def _json_rating(text: str) -> int | None:
@@ -31,14 +54,10 @@ def _json_rating(text: str) -> int | None:
     return None
 
 
-def judge_outcome(
-    rating: int | None, threshold: int = 3, *, applicable: bool = True
-) -> JudgeOutcome:
-    """Followed iff ``rating >= threshold``; a missing rating is unparseable.
-
-    ``applicable=False`` (the irrelevant setting, where AFR is undefined) gives not_applicable.
-    """
-    if not applicable:
+def judge_outcome(rating: int | None, threshold: int, *, setting: str) -> JudgeOutcome:
+    """Followed iff ``rating >= threshold`` (the protocol's ``judge.followed_threshold``); a
+    missing rating is unparseable; not_applicable where AFR is undefined."""
+    if not afr_defined(setting):
         return "not_applicable"
     if rating is None:
         return "unparseable"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import duckdb
 
@@ -32,6 +33,15 @@ OUTCOME_TYPES: dict[str, str] = {
     "parse_fallback": "BOOLEAN",
     "parse_failure": "BOOLEAN",
     "finish_reason": "VARCHAR",
+    # The run's protocol's judge.followed_threshold (followed = judge_rating >= it).
+    "followed_threshold": "INTEGER",
+    # The run's answer extractor (rules, llm, lora) and the rules parser's letters beside it.
+    "extractor": "VARCHAR",
+    "nopref_rules_answer": "VARCHAR",
+    "pref_rules_answer": "VARCHAR",
+    # The repeated no-preference answer (noise floor); NULL when the baseline ran once.
+    "nopref_repeat_answer": "VARCHAR",
+    "nopref_repeat_extraction": "VARCHAR",
 }
 OUTCOME_COLUMNS: tuple[str, ...] = tuple(OUTCOME_TYPES)
 REQUIRED_COLUMNS = (
@@ -69,16 +79,20 @@ def compute_metrics(
 ) -> list[dict[str, object]]:
     """Metric rows of one view (creating the views when absent), in a stable order."""
     view, key = VIEWS[by]
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [view]
-    ).fetchone()
-    if exists is None or exists[0] == 0:
-        create_metric_views(con)
+    _ensure_views(con, view)
     query = f"SELECT * FROM {view}" + (" WHERE run_id = ?" if run_id is not None else "")
     result = con.execute(query, [run_id] if run_id is not None else [])
     names = [d[0] for d in result.description]
     rows = [dict(zip(names, values, strict=True)) for values in result.fetchall()]
     return sorted(rows, key=lambda row: _order(row, key))
+
+
+def _ensure_views(con: duckdb.DuckDBPyConnection, view: str) -> None:
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [view]
+    ).fetchone()
+    if exists is None or exists[0] == 0:
+        create_metric_views(con)
 
 
 def _rank(value: object, known: tuple[str, ...]) -> tuple[int, str]:
@@ -110,13 +124,19 @@ def _reader(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyRelati
 
 
 def load_outcomes_file(
-    con: duckdb.DuckDBPyConnection, path: Path, *, run_name: str | None = None
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    *,
+    run_name: str | None = None,
+    followed_threshold: Callable[[], int] | None = None,
 ) -> None:
     """Load a results file into TABLE ``outcomes``; missing optional columns are NULL/false.
 
     ``run_name`` (default: the file's run_id column, else 'offline') names the run. Every value
     is validated first (perg/_outcome_checks.py): a bad one raises :class:`InputError` naming
     the file, line and column, and nothing is loaded.
+    ``followed_threshold`` gives the threshold of rows without a ``followed_threshold`` value
+    (the protocol the results were produced with); called only when needed.
     """
     if not path.is_file():
         raise InputError(f"{path}: no such results file")
@@ -157,6 +177,23 @@ def load_outcomes_file(
         con.execute("DROP VIEW IF EXISTS perg_typed_outcomes")
         con.execute("DROP VIEW IF EXISTS perg_raw_records")
         con.execute("DROP TABLE IF EXISTS perg_raw_outcomes")
+    _fill_threshold(con, path, followed_threshold)
+
+
+def _fill_threshold(
+    con: duckdb.DuckDBPyConnection, path: Path, threshold: Callable[[], int] | None
+) -> None:
+    found = con.execute("SELECT count(*) FROM outcomes WHERE followed_threshold IS NULL").fetchone()
+    if found is None or found[0] == 0:
+        return
+    if threshold is None:
+        raise InputError(
+            f"{path}: column followed_threshold is missing or empty on {found[0]} row(s), and no "
+            "protocol gives it"
+        )
+    con.execute(
+        "UPDATE outcomes SET followed_threshold = ? WHERE followed_threshold IS NULL", [threshold()]
+    )
 
 
 def _column_expr(column: str, present: set[str], run_name: str | None) -> str:
@@ -174,6 +211,33 @@ def _column_expr(column: str, present: set[str], run_name: str | None) -> str:
     return f"{value} AS {column}"
 
 
+def compute_agreement(
+    con: duckdb.DuckDBPyConnection, run_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Rows of the ``extraction_agreement`` view pooled over the run (setting 'all')."""
+    _ensure_views(con, "extraction_agreement")
+    query = "SELECT * FROM extraction_agreement WHERE setting = 'all'"
+    if run_id is not None:
+        query += " AND run_id = ?"
+    result = con.execute(query + " ORDER BY run_id", [run_id] if run_id is not None else [])
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+
+
+def format_agreement(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per run: how often the rules parser and the model extractor disagree."""
+    lines = []
+    for row in rows:
+        rate, low, high = row["disagree_rate"], row["disagree_rate_lo"], row["disagree_rate_hi"]
+        lines.append(
+            f"Extraction agreement, run {row['run_id']}: rules vs {row['extractor']} disagree on "
+            f"{row['n_disagree']} of {row['n_answers']} answers ({_cell(rate, low, high)}%); "
+            f"correctness differs on {row['n_correctness_differs']} "
+            f"({_cell(row['correctness_differs_rate'])}%)"
+        )
+    return lines
+
+
 def _cell(value: object, low: object = None, high: object = None) -> str:
     if not isinstance(value, float):
         return "-" if value is None else str(value)
@@ -188,11 +252,12 @@ def format_metrics_table(rows: list[dict[str, object]]) -> str:
         return "(no outcomes)"
     key = next(k for k in ("source", "preference", "category") if k in rows[0])
     header = ["run", "setting", "method", key, "n", "|Q*|"]
-    header += ["BR [95% CI]", "AFR [95% CI]", "RER [95% CI]", "PVR"]
+    header += ["BR [95% CI]", "noise BR [95% CI]", "AFR [95% CI]", "RER [95% CI]", "PVR"]
     table = [header]
     for row in rows:
         cells = [_cell(row[c]) for c in ("run_id", "setting", "method", key, "n_rows", "n_qstar")]
-        cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"]) for m in ("BR", "AFR", "RER")]
+        metrics = ("BR", "noise_BR", "AFR", "RER")
+        cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"]) for m in metrics]
         table.append([*cells, _cell(row["PVR"])])
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [

@@ -1,15 +1,19 @@
 -- PERG metrics over the relation `outcomes` (one row per run x setting x method x row; its
 -- columns are listed in perg/metrics.py). The live sink and `perg score` run this same file.
+-- The domain rules live in ONE place, the per-row view `perg_row_outcomes`; every metric view,
+-- the extractor agreement view and `perg compare` / `perg gate` read it.
 -- Metrics are percent (x100), unrounded, lower is better:
 --   Q*  = rows whose no-preference answer is correct (nopref_answer = gold_option)
 --   BR  = 1 - P(correct with preference | Q*)
---   AFR = 1 - P(followed | Q*)                  (NULL in the irrelevant setting)
---   RER = 1 - P(correct AND followed | Q*)      (= BR in the irrelevant setting)
+--   AFR = 1 - P(followed | Q*)                  (NULL where AFR is undefined: irrelevant)
+--   RER = 1 - P(correct AND followed | Q*)      (= BR where AFR is undefined)
 --   PVR = 1 - |C_pref ∩ C_nopref| / |C_pref ∪ C_nopref| over all rows, 0 when the union is empty
--- Followed = judge_rating >= 3 (missing or unparseable counts as not followed); an answer that
--- is NULL (unresolved) counts as wrong. `_lo`/`_hi` are 95% Wilson bounds of the failure share.
--- The pooled source 'full' weighs every row equally. n_correct, n_followed and n_robust count
--- rows of Q*.
+--   noise_BR = 1 - P(the repeated no-preference answer is correct | Q*), over the rows whose
+--         baseline was generated twice: the BR a preference-free re-run shows (noise floor)
+-- Followed = judge_rating >= followed_threshold, the run's protocol's threshold (missing or
+-- unparseable counts as not followed); an answer that is NULL (unresolved) counts as wrong.
+-- `_lo`/`_hi` are 95% Wilson bounds of the failure share. The pooled source 'full' weighs
+-- every row equally. n_correct, n_followed and n_robust count rows of Q*.
 
 CREATE OR REPLACE MACRO perg_wilson(failures, n, sign) AS
     CASE WHEN n > 0 AND failures IS NOT NULL THEN greatest(0.0, least(100.0, 100 * (
@@ -22,44 +26,61 @@ CREATE OR REPLACE MACRO perg_wilson(failures, n, sign) AS
 CREATE OR REPLACE MACRO perg_percent(part, whole) AS
     CASE WHEN whole > 0 THEN (100 * part)::DOUBLE / whole END;
 
-CREATE OR REPLACE VIEW perg_outcome_flags AS
+-- One row per outcome with its verdicts: THE place of the domain rules.
+CREATE OR REPLACE VIEW perg_row_outcomes AS
+WITH base AS (
+    SELECT
+        run_id, row_id, source, category, preference, setting, method, gold_option,
+        extractor, followed_threshold,
+        coalesce(nopref_answer = gold_option, false) AS base_correct,
+        coalesce(pref_answer = gold_option, false) AS pref_correct,
+        -- AFR is not defined in the irrelevant setting (stated here once).
+        setting <> 'irrelevant' AS afr_defined,
+        coalesce(judge_rating >= followed_threshold, false) AS rated_followed,
+        judge_rating IS NULL AS judge_missing,
+        coalesce(pref_extraction = 'unresolved', false) AS unresolved,
+        coalesce(parse_fallback, false) AS fallback,
+        coalesce(parse_failure, false) AS failure,
+        coalesce(finish_reason = 'length', false) AS truncated,
+        nopref_repeat_extraction IS NOT NULL OR nopref_repeat_answer IS NOT NULL AS repeated,
+        coalesce(nopref_repeat_answer = gold_option, false) AS repeat_correct,
+        nopref_answer, pref_answer, nopref_rules_answer, pref_rules_answer
+    FROM outcomes
+)
 SELECT
-    run_id, row_id, source, category, preference, setting, method,
-    coalesce(nopref_answer = gold_option, false) AS base_correct,
-    coalesce(pref_answer = gold_option, false) AS pref_correct,
-    coalesce(judge_rating >= 3, false) AS followed,
-    judge_rating IS NULL AS judge_missing,
-    coalesce(pref_extraction = 'unresolved', false) AS unresolved,
-    coalesce(parse_fallback, false) AS fallback,
-    coalesce(parse_failure, false) AS failure,
-    coalesce(finish_reason = 'length', false) AS truncated
-FROM outcomes;
+    * EXCLUDE (rated_followed),
+    CASE WHEN afr_defined THEN rated_followed END AS followed,
+    pref_correct AND (NOT afr_defined OR rated_followed) AS robust
+FROM base;
 
 -- Every outcome once per grouping it belongs to: its source, the pooled 'full', its
 -- preference and (MMLU only) its subject.
 CREATE OR REPLACE VIEW perg_metric_groups AS
-SELECT 'source' AS dimension, source AS group_key, * FROM perg_outcome_flags
+SELECT 'source' AS dimension, source AS group_key, * FROM perg_row_outcomes
 UNION ALL
-SELECT 'source', 'full', * FROM perg_outcome_flags
+SELECT 'source', 'full', * FROM perg_row_outcomes
 UNION ALL
-SELECT 'preference', preference, * FROM perg_outcome_flags
+SELECT 'preference', preference, * FROM perg_row_outcomes
 UNION ALL
-SELECT 'subject', category, * FROM perg_outcome_flags WHERE source = 'cais/mmlu';
+SELECT 'subject', category, * FROM perg_row_outcomes WHERE source = 'cais/mmlu';
 
 CREATE OR REPLACE VIEW perg_metric_counts AS
 SELECT
     run_id, setting, method, dimension, group_key,
+    bool_and(afr_defined) AS afr_defined,
     count(*) AS n_rows,
     count(*) FILTER (base_correct) AS n_qstar,
     count(*) FILTER (base_correct AND pref_correct) AS n_correct,
     count(*) FILTER (base_correct AND followed) AS n_followed,
-    count(*) FILTER (base_correct AND pref_correct AND followed) AS n_robust,
+    count(*) FILTER (base_correct AND robust) AS n_robust,
     count(*) FILTER (base_correct OR pref_correct) AS n_union,
     count(*) FILTER (unresolved) AS n_unresolved,
     count(*) FILTER (judge_missing) AS n_judge_missing,
     count(*) FILTER (fallback) AS n_fallback,
     count(*) FILTER (failure) AS n_failure,
-    count(*) FILTER (truncated) AS n_truncated
+    count(*) FILTER (truncated) AS n_truncated,
+    count(*) FILTER (base_correct AND repeated) AS n_noise_qstar,
+    count(*) FILTER (base_correct AND repeated AND NOT repeat_correct) AS n_noise_broken
 FROM perg_metric_groups
 GROUP BY run_id, setting, method, dimension, group_key;
 
@@ -67,16 +88,16 @@ CREATE OR REPLACE VIEW perg_metric_failures AS
 SELECT
     *,
     n_qstar - n_correct AS f_br,
-    CASE WHEN setting <> 'irrelevant' THEN n_qstar - n_followed END AS f_afr,
-    CASE WHEN setting = 'irrelevant' THEN n_qstar - n_correct ELSE n_qstar - n_robust END AS f_rer
+    CASE WHEN afr_defined THEN n_qstar - n_followed END AS f_afr,
+    n_qstar - n_robust AS f_rer
 FROM perg_metric_counts;
 
 CREATE OR REPLACE VIEW perg_metric_values AS
 SELECT
     run_id, setting, method, dimension, group_key,
     n_rows, n_qstar, n_correct,
-    CASE WHEN setting <> 'irrelevant' THEN n_followed END AS n_followed,
-    CASE WHEN setting <> 'irrelevant' THEN n_robust END AS n_robust,
+    CASE WHEN afr_defined THEN n_followed END AS n_followed,
+    CASE WHEN afr_defined THEN n_robust END AS n_robust,
     perg_percent(f_br, n_qstar) AS BR,
     perg_wilson(f_br, n_qstar, -1) AS BR_lo,
     perg_wilson(f_br, n_qstar, 1) AS BR_hi,
@@ -87,8 +108,12 @@ SELECT
     perg_wilson(f_rer, n_qstar, -1) AS RER_lo,
     perg_wilson(f_rer, n_qstar, 1) AS RER_hi,
     coalesce(perg_percent(n_union - n_correct, n_union), 0.0) AS PVR,
+    n_noise_qstar,
+    perg_percent(n_noise_broken, n_noise_qstar) AS noise_BR,
+    perg_wilson(n_noise_broken, n_noise_qstar, -1) AS noise_BR_lo,
+    perg_wilson(n_noise_broken, n_noise_qstar, 1) AS noise_BR_hi,
     perg_percent(n_unresolved, n_rows) AS extraction_unresolved_rate,
-    CASE WHEN setting <> 'irrelevant' THEN perg_percent(n_judge_missing, n_rows) END
+    CASE WHEN afr_defined THEN perg_percent(n_judge_missing, n_rows) END
         AS judge_unparseable_rate,
     perg_percent(n_fallback, n_rows) AS parse_fallback_rate,
     perg_percent(n_failure, n_rows) AS parse_failure_rate,
@@ -109,3 +134,44 @@ CREATE OR REPLACE VIEW metrics_by_subject AS
 SELECT run_id, setting, method, group_key AS category,
     * EXCLUDE (run_id, setting, method, dimension, group_key)
 FROM perg_metric_values WHERE dimension = 'subject';
+
+-- Answer extraction agreement: on rows read by a model extractor (llm or lora), how often its
+-- letter differs from the rules parser's, and how often that changes correctness (the part
+-- of every BR's error bar that comes from extraction). The baseline counts once per row
+-- (setting 'none', method 'baseline').
+CREATE OR REPLACE VIEW perg_extraction_pairs AS
+SELECT run_id, row_id, source, setting, method, extractor, gold_option,
+    pref_answer AS answer, pref_rules_answer AS rules_answer
+FROM perg_row_outcomes
+UNION ALL
+SELECT DISTINCT run_id, row_id, source, 'none', 'baseline', extractor, gold_option,
+    nopref_answer, nopref_rules_answer
+FROM perg_row_outcomes;
+
+CREATE OR REPLACE VIEW extraction_agreement AS
+WITH pairs AS (
+    SELECT *,
+        answer IS DISTINCT FROM rules_answer AS differs,
+        coalesce(answer = gold_option, false) <> coalesce(rules_answer = gold_option, false)
+            AS correctness_differs
+    FROM perg_extraction_pairs
+    WHERE extractor IN ('llm', 'lora')
+), grouped AS (
+    SELECT run_id, setting, method, coalesce(source, 'full') AS source, any_value(extractor)
+            AS extractor,
+        count(*) AS n_answers,
+        count(*) FILTER (differs) AS n_disagree,
+        count(*) FILTER (correctness_differs) AS n_correctness_differs
+    FROM pairs
+    GROUP BY GROUPING SETS ((run_id, setting, method, source), (run_id, setting, method),
+        (run_id))
+)
+SELECT
+    run_id, coalesce(setting, 'all') AS setting, coalesce(method, 'all') AS method, source,
+    extractor,
+    n_answers, n_disagree, n_correctness_differs,
+    perg_percent(n_disagree, n_answers) AS disagree_rate,
+    perg_wilson(n_disagree, n_answers, -1) AS disagree_rate_lo,
+    perg_wilson(n_disagree, n_answers, 1) AS disagree_rate_hi,
+    perg_percent(n_correctness_differs, n_answers) AS correctness_differs_rate
+FROM grouped;

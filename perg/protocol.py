@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +24,12 @@ Stage = Literal["answer", "critic", "aligner", "judge", "extraction"]
 PROTOCOL_FILE = "paper_protocol.json"
 MERGE_SEPARATOR = "\n\n\n"
 STRICT_PARSE_RETRIES = 2
-JUDGE_MAX_TOKENS = 256
-EXTRACTION_MAX_TOKENS = 32
-
-# The LLM fallback of answer extraction (the paper's prompt for it is not published).
-EXTRACTION_PROMPT = (
-    "Below are a multiple-choice question and a response to it. Which option does the "
-    "response choose as its final answer?\n\n{user_prompt}\nResponse:\n{response}\n\n"
-    'Reply with only a JSON object {{"answer": "<letter>"}} where <letter> is one of: {letters}.'
-)
+# strict re-asks sample at this temperature (seed + attempt), so a retry can differ.
+STRICT_RETRY_TEMPERATURE = 0.7
+# strict caps the judge and the LLM extractor; paper sent no cap (gpt-4o-mini over the API).
+STRICT_JUDGE_MAX_TOKENS = 256
+STRICT_EXTRACTION_MAX_TOKENS = 32
+LORA_EXTRACTION_MAX_TOKENS = 1  # the published LoRA extractor generated one token
 
 ALIGNER_SCHEMA: dict[str, object] = {
     "type": "object",
@@ -182,13 +181,6 @@ class Protocol:
         )
         return [{"role": "system", "content": system}]
 
-    def extraction_messages(self, item: Item, response: str) -> list[ChatMessage]:
-        """LLM fallback of answer extraction, answering JSON ``{"answer": letter}``."""
-        content = EXTRACTION_PROMPT.format(
-            user_prompt=self.user_prompt(item), response=response, letters=", ".join(item.letters)
-        )
-        return [{"role": "user", "content": content}]
-
     def extractor_references(self, item: Item) -> str:
         """The options as the published extractors saw them (sic: a period after every option)."""
         spec = self.spec["extractor"]
@@ -214,17 +206,108 @@ class Protocol:
         user = spec["llm_user"].format(response=response, reference=self.extractor_references(item))
         return chat_messages(spec["llm_system"], user, layout)
 
-    def max_tokens(self, stage: Stage) -> int:
-        """Generation limit of a stage."""
+    def max_tokens(self, stage: Stage) -> int | None:
+        """Generation limit of a stage, None for no limit: the answering model's stages have the
+        protocol's limits (a decoding profile may lift them); paper's judge and LLM extractor
+        ran uncapped, strict caps them."""
         limits = self.spec["decoding"]["max_new_tokens"]
-        by_stage = {
+        by_stage: dict[Stage, int | None] = {
             "answer": limits["answer"],
             "critic": limits["self_critic_second_pass"],
             "aligner": limits["aligner"],
-            "judge": JUDGE_MAX_TOKENS,
-            "extraction": EXTRACTION_MAX_TOKENS,
+            "judge": STRICT_JUDGE_MAX_TOKENS if self.strict else None,
+            "extraction": STRICT_EXTRACTION_MAX_TOKENS if self.strict else None,
         }
-        return int(by_stage[stage])
+        limit = by_stage[stage]
+        return None if limit is None else int(limit)
+
+    def read_rewrite(self, text: str, schema: Mapping[str, object]) -> str | None:
+        """The revised ``response`` of a self-critic / aligner JSON reply, None if unreadable.
+
+        paper: the published reader (:func:`parse_json_response_paper`); strict: the first JSON
+        object anywhere with a non-blank ``response`` (:func:`parse_json_response`)."""
+        if self.strict:
+            return parse_json_response(text, "response")
+        required = schema.get("required")
+        keys = tuple(str(k) for k in required) if isinstance(required, list) else ("response",)
+        return parse_json_response_paper(text, keys)
+
+    def decoding_profile(self, name: str) -> DecodingProfile:
+        """A decoding profile by name (see :data:`DECODING_PROFILES`)."""
+        if name not in DECODING_PROFILES:
+            raise ValueError(
+                f"unknown decoding profile {name!r}; choose from {', '.join(DECODING_PROFILES)}"
+            )
+        profile = DECODING_PROFILES[name]
+        if name == "api":  # temperature and seed as the protocol file records them
+            api = self.spec["decoding"].get("api_models", {})
+            profile = dataclasses.replace(
+                profile,
+                temperature=float(api.get("temperature", profile.temperature)),
+                seed=api.get("seed", profile.seed),
+            )
+        return profile
+
+    def default_decoding_profile(self, model: str) -> DecodingProfile:
+        """strict: its own profile; paper: the profile of the model's family (see
+        :func:`model_family_profile`)."""
+        return self.decoding_profile("strict" if self.strict else model_family_profile(model))
+
+
+@dataclass(frozen=True)
+class DecodingProfile:
+    """How the model under test is decoded. ``capped``: send the protocol's per-stage
+    ``max_new_tokens`` (else no limit); ``temperature`` 0 is greedy; ``top_p`` None leaves the
+    server's; ``seed`` None sends none. ``retry_temperature``: strict's parse re-asks."""
+
+    name: str
+    capped: bool
+    temperature: float
+    top_p: float | None
+    seed: int | None
+    retry_temperature: float | None
+    description: str
+
+
+DECODING_PROFILES: dict[str, DecodingProfile] = {
+    profile.name: profile
+    for profile in (
+        DecodingProfile(
+            "api", False, 0.0, None, 42, None,
+            "paper, API models (OpenAI, Together): no max-token limit, temperature 0, seed 42",
+        ),
+        DecodingProfile(
+            "hf", True, 0.0, None, None, None,
+            "paper, local Hugging Face models: greedy (their generation configs do not sample), "
+            "max_new_tokens 500 answer / 1024 self-critic pass 2 / 1000 aligner",
+        ),
+        DecodingProfile(
+            "hf-sampled", True, 0.6, 0.9, None, None,
+            "paper, Llama-3.1-8B-Instruct: sampled with its generation_config defaults "
+            "(temperature 0.6, top_p 0.9), the same max_new_tokens as hf",
+        ),
+        DecodingProfile(
+            "strict", True, 0.0, None, 42, STRICT_RETRY_TEMPERATURE,
+            "strict: the hf limits, temperature 0, seed 42; an unparseable JSON rewrite or "
+            f"judge reply is asked again up to {STRICT_PARSE_RETRIES} times at temperature "
+            f"{STRICT_RETRY_TEMPERATURE} with seed 42 + attempt",
+        ),
+    )
+}  # fmt: skip
+
+# Model names the published runs called over an API (evaluations/aligner.py `client_models`).
+_API_MODEL = re.compile(
+    r"(^|/)(gpt-|o[134]-|o[134]$|claude|gemini)|-turbo|deepseek-r1-distill-llama-70b", re.I
+)
+_LLAMA_31_8B = re.compile(r"llama-?3\.1-8b", re.IGNORECASE)
+
+
+def model_family_profile(model: str) -> str:
+    """The paper's decoding profile for a model name: ``api`` for the hosted models it called,
+    ``hf-sampled`` for Llama-3.1-8B, ``hf`` for every other local model."""
+    if _LLAMA_31_8B.search(model):
+        return "hf-sampled"
+    return "api" if _API_MODEL.search(model) else "hf"
 
 
 def chat_messages(system: str, user: str, layout: RoleLayout = "system") -> list[ChatMessage]:
@@ -287,6 +370,8 @@ def iter_json_objects(text: str) -> Iterator[dict[str, Any]]:
         except json.JSONDecodeError:
             start = text.find("{", start + 1)
             continue
+        except RecursionError:  # nested past Python's limit: no object can be read from here
+            return
         if isinstance(obj, dict):
             yield obj
         start = text.find("{", end)
@@ -298,4 +383,32 @@ def parse_json_response(text: str, field: str = "response") -> str | None:
         value = obj.get(field)
         if isinstance(value, str) and value.strip():
             return value
+    return None
+
+
+# A JSON string body, possessive (linear time on any reply; a lazy ``.*?`` is cubic).
+_STRING = r'"((?:[^"\\]|\\.)*+)"'
+_BOTH_KEYS = r'\{{\s*"{a}"\s*:\s*{value}\s*,\s*"{b}"\s*:\s*{value}\s*\}}'
+
+
+def parse_json_response_paper(text: str, keys: tuple[str, ...]) -> str | None:
+    """The published reader of a JSON rewrite: ``json.loads`` of the whole reply and its
+    ``response`` (kept as is, even empty); failing that, a regex needing both keys of ``keys``
+    as string fields (either order; the raw string body, escapes not decoded); else None (the
+    caller keeps the earlier text, as published)."""
+    try:
+        whole = json.loads(text)
+    except (ValueError, RecursionError):
+        whole = None
+    if isinstance(whole, dict) and "response" in whole:
+        value = whole["response"]
+        return value if isinstance(value, str) else str(value)
+    if len(keys) != 2 or "response" not in keys:
+        return None
+    a, b = keys
+    for first, second in ((a, b), (b, a)):
+        pattern = _BOTH_KEYS.format(a=re.escape(first), b=re.escape(second), value=_STRING)
+        match = re.search(pattern, text, re.DOTALL)
+        if match:
+            return match.group(1 if first == "response" else 2)
     return None

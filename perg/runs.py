@@ -10,10 +10,11 @@ fault) before anything is published; an unreachable broker raises
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,8 +24,18 @@ from perg.client import Endpoint
 from perg.config import Settings
 from perg.dataset import DATASET_FILE, load_dataset, select_rows, stratified_sample
 from perg.errors import InputError
+from perg.extraction import Extractor, choose_extractor
 from perg.kafka import reaching_kafka
-from perg.protocol import METHODS, SETTINGS, Method, RoleLayout, Setting, load_protocol
+from perg.protocol import (
+    METHODS,
+    SETTINGS,
+    DecodingProfile,
+    Method,
+    Protocol,
+    RoleLayout,
+    Setting,
+    load_protocol,
+)
 from schemas import Decoding, RunContext, RunSpec, WorkItem, partition_key
 from schemas.topics import RUNS, WORK
 
@@ -51,10 +62,32 @@ class RunRequest:
     rows: str | None = None  # "N" (first N) or ids and ranges "0-29,817"
     sample: int | None = None  # stratified by source
     seed: int = 0  # of the sample
-    decoding: Decoding = field(default_factory=Decoding)
+    decoding: Decoding | None = None  # None: the protocol's profile for the model's family
     layout: RoleLayout = "system"
     dataset_path: Path | None = None  # default: <data dir>/pergdata.csv
     skip_invalid: bool = False  # load the valid rows of a dataset with bad rows (reported)
+    decoding_profile: str | None = None  # a perg.protocol.DECODING_PROFILES name; None: auto
+    extractor: Extractor | None = None  # None: llm with an extractor endpoint, else rules
+    extractor_endpoint: Endpoint | None = None  # llm extractor (default: the judge's endpoint)
+    lora_endpoint: Endpoint | None = None
+    repeat_baseline: bool = False  # noise floor: the no-preference baseline twice
+    # Overrides of the profile (recorded as profile "<name>+override" when they change it).
+    temperature: float | None = None
+    decode_seed: int | None = None
+    max_tokens_cap: int | None = None
+
+
+def decoding_from_profile(profile: DecodingProfile, max_tokens_cap: int | None) -> Decoding:
+    """The record form of a decoding profile."""
+    return Decoding(
+        temperature=profile.temperature,
+        seed=profile.seed,
+        max_tokens_cap=max_tokens_cap,
+        profile=profile.name,
+        uncapped=not profile.capped,
+        top_p=profile.top_p,
+        retry_temperature=profile.retry_temperature,
+    )
 
 
 def new_run_id(model: str) -> str:
@@ -88,14 +121,23 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         raise InputError(str(exc)) from exc
     if dataset.skipped:
         selection += f" ({len(dataset.skipped)} invalid rows skipped)"
+    decoding = request.decoding or _decoding(request, protocol)
     context = RunContext(
         run_id=new_run_id(request.model.model),
         model=request.model,
         judge=request.judge,
         protocol=request.protocol,
         protocol_sha256=protocol.sha256,
-        decoding=request.decoding,
+        decoding=decoding,
         layout=request.layout,
+        extractor=choose_extractor(
+            request.extractor,
+            extractor_endpoint=request.extractor_endpoint is not None,
+            lora_endpoint=request.lora_endpoint is not None,
+        ),
+        extractor_endpoint=request.extractor_endpoint,
+        lora_endpoint=request.lora_endpoint,
+        repeat_baseline=request.repeat_baseline,
     )
     spec = RunSpec(
         context=context,
@@ -106,6 +148,7 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         row_ids=[item.row_id for item in items],
         settings=list(request.settings),
         methods=list(request.methods),
+        followed_threshold=protocol.judge_threshold,
     )
     work = [WorkItem(context, item, spec.settings, spec.methods) for item in items]
     return spec, work
@@ -122,11 +165,27 @@ def _check_request(request: RunRequest) -> None:
             )
     if not request.settings or not request.methods:
         raise InputError("a run needs at least one setting and one method")
-    cap = request.decoding.max_tokens_cap
+    decoding = request.decoding
+    cap = request.max_tokens_cap if decoding is None else decoding.max_tokens_cap
     if cap is not None and cap < 1:
         raise InputError(f"max_tokens must be at least 1, got {cap}")
-    if request.decoding.temperature < 0:
-        raise InputError(f"temperature must be at least 0, got {request.decoding.temperature}")
+    temperature = request.temperature if decoding is None else decoding.temperature
+    if temperature is not None and temperature < 0:
+        raise InputError(f"temperature must be at least 0, got {temperature}")
+
+
+def _decoding(request: RunRequest, protocol: Protocol) -> Decoding:
+    """The decoding of the run: the requested (or the model family's) profile, overridden."""
+    if request.decoding_profile is not None:
+        profile = protocol.decoding_profile(request.decoding_profile)
+    else:
+        profile = protocol.default_decoding_profile(request.model.model)
+    temperature = profile.temperature if request.temperature is None else request.temperature
+    seed = profile.seed if request.decode_seed is None else request.decode_seed
+    if (temperature, seed) != (profile.temperature, profile.seed):
+        name = profile.name + "+override"
+        profile = dataclasses.replace(profile, name=name, temperature=temperature, seed=seed)
+    return decoding_from_profile(profile, request.max_tokens_cap)
 
 
 async def publish_run(spec: RunSpec, work: list[WorkItem], settings: Settings) -> None:

@@ -28,7 +28,15 @@ import duckdb
 import pyarrow as pa
 
 from perg.metrics import create_metric_views
-from schemas import BASELINE_METHOD, DeadLetter, Generation, Result, RunSpec, Verdict
+from schemas import (
+    BASELINE_METHOD,
+    BASELINE_REPEAT_METHOD,
+    DeadLetter,
+    Generation,
+    Result,
+    RunSpec,
+    Verdict,
+)
 
 __all__ = [
     "ROW_TYPES",
@@ -60,6 +68,9 @@ class RunRow(TypedDict):
     n_rows: int
     expected_results: int
     spec: str
+    followed_threshold: int | None  # the run's protocol's judge threshold (followed = rating >= it)
+    extractor: str  # rules, llm or lora
+    decoding_profile: str
 
 
 class Usage(TypedDict):
@@ -82,6 +93,8 @@ class BaselineRow(Usage):
     extraction: str
     finish_reason: str | None
     stored_at: datetime
+    extractor: str
+    rules_answer: str | None  # the rules parser's letter, beside the run's extractor's
 
 
 class ResultRow(Usage):
@@ -103,6 +116,21 @@ class ResultRow(Usage):
     parse_failure: bool
     finish_reason: str | None
     model_calls: int
+    stored_at: datetime
+    extractor: str
+    rules_answer: str | None
+
+
+class BaselineRepeatRow(TypedDict):
+    """The second no-preference answer of a run with a noise floor (--repeat-baseline)."""
+
+    run_id: str
+    row_id: int
+    response: str | None
+    answer: str | None
+    extraction: str
+    rules_answer: str | None
+    finish_reason: str | None
     stored_at: datetime
 
 
@@ -135,6 +163,7 @@ ROW_TYPES: dict[str, type] = {
     "runs": RunRow,
     "baselines": BaselineRow,
     "results": ResultRow,
+    "baseline_repeats": BaselineRepeatRow,
     "progress": ProgressRow,
     "dead_letters": DeadLetterRow,
 }
@@ -146,7 +175,8 @@ class RunStatus:
 
     ``expected_*`` come from the run's spec; ``generated``, ``aligned``, ``baselines_stored``
     and ``results_stored`` count what the sink has stored so far; ``retries`` sums the model
-    call retries of the stored answers; ``dead_letters`` counts the run's failed messages.
+    call retries of the stored answers; ``dead_letters`` counts the run's failed messages;
+    ``expected_repeats`` / ``repeats_stored`` count the second baselines of a noise-floor run.
     """
 
     run_id: str
@@ -163,11 +193,17 @@ class RunStatus:
     results_stored: int
     retries: int
     dead_letters: int
+    expected_repeats: int = 0  # repeated baselines of a run with a noise floor
+    repeats_stored: int = 0
 
     @property
     def done(self) -> bool:
         """Every expected result and baseline is stored."""
-        return self.results_stored >= self.expected_results and self.baselines_stored >= self.n_rows
+        return (
+            self.results_stored >= self.expected_results
+            and self.baselines_stored >= self.n_rows
+            and self.repeats_stored >= self.expected_repeats
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """The fields and ``done``, JSON-ready."""
@@ -210,7 +246,23 @@ def _baseline_row(verdict: Verdict, now: datetime) -> BaselineRow:
         extraction=verdict.extraction,
         finish_reason=_finish_reason(g),
         stored_at=now,
+        extractor=verdict.extractor,
+        rules_answer=verdict.rules_answer,
         **usage,
+    )
+
+
+def _repeat_row(verdict: Verdict, now: datetime) -> BaselineRepeatRow:
+    g = verdict.generation
+    return BaselineRepeatRow(
+        run_id=g.context.run_id,
+        row_id=g.item.row_id,
+        response=g.response,
+        answer=verdict.answer,
+        extraction=verdict.extraction,
+        rules_answer=verdict.rules_answer,
+        finish_reason=_finish_reason(g),
+        stored_at=now,
     )
 
 
@@ -237,6 +289,8 @@ def _result_row(verdict: Verdict, now: datetime) -> ResultRow:
         finish_reason=_finish_reason(g),
         model_calls=n_calls,
         stored_at=now,
+        extractor=verdict.extractor,
+        rules_answer=verdict.rules_answer,
         **usage,
     )
 
@@ -288,6 +342,9 @@ class ResultStore:
             n_rows=len(spec.row_ids),
             expected_results=spec.expected_results,
             spec=spec.encode().decode(),
+            followed_threshold=spec.followed_threshold,
+            extractor=ctx.extractor,
+            decoding_profile=ctx.decoding.profile,
         )
         with self._transaction() as con:
             _upsert(con, "runs", [row])
@@ -296,12 +353,16 @@ class ResultStore:
         """Upsert baselines and results in one transaction; return the stored rows."""
         now = _now()
         baselines: list[BaselineRow] = []
+        repeats: list[BaselineRepeatRow] = []
         results: list[ResultRow] = []
         stored: list[Result] = []
         for v in verdicts:
             g, item = v.generation, v.generation.item
             if g.method == BASELINE_METHOD:
                 baselines.append(_baseline_row(v, now))
+            elif g.method == BASELINE_REPEAT_METHOD:
+                repeats.append(_repeat_row(v, now))
+                continue  # not a result row: no change-feed record
             else:
                 results.append(_result_row(v, now))
             stored.append(
@@ -319,6 +380,7 @@ class ResultStore:
         with self._transaction() as con:
             _upsert(con, "baselines", baselines)
             _upsert(con, "results", results)
+            _upsert(con, "baseline_repeats", repeats)
         return stored
 
     def save_progress(self, generations: Sequence[Generation]) -> None:
@@ -396,13 +458,17 @@ SELECT
     r.n_rows + r.n_rows * len(r.settings)
         * len(list_filter(r.methods, lambda m: m <> 'pref_aligner')) AS expected_generations,
     CASE WHEN list_contains(r.methods, 'pref_aligner') THEN r.n_rows * len(r.settings) ELSE 0 END,
-    (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage <> 'aligned'),
+    (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage <> 'aligned'
+        AND p.method <> 'baseline_repeat'),
     (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage = 'aligned'),
     (SELECT count(*) FROM baselines b WHERE b.run_id = r.run_id),
     (SELECT count(*) FROM results s WHERE s.run_id = r.run_id),
     coalesce((SELECT sum(retries) FROM baselines b WHERE b.run_id = r.run_id), 0)
         + coalesce((SELECT sum(retries) FROM results s WHERE s.run_id = r.run_id), 0),
-    (SELECT count(*) FROM dead_letters d WHERE d.run_id = r.run_id)
+    (SELECT count(*) FROM dead_letters d WHERE d.run_id = r.run_id),
+    CASE WHEN coalesce(r.spec->>'$.context.repeat_baseline' = 'true', false)
+        THEN r.n_rows ELSE 0 END,
+    (SELECT count(*) FROM baseline_repeats x WHERE x.run_id = r.run_id)
 FROM runs r
 WHERE ? IS NULL OR r.run_id = ?
 ORDER BY r.created_at

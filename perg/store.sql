@@ -1,6 +1,9 @@
 -- The results store: tables the sink writes (one row per idempotency key, upserted) and the
 -- `outcomes` view that the metric views of metrics.sql read. Safe to run on every start.
 
+-- One row per run: its spec, the judge threshold of its protocol (followed = rating >= it),
+-- its answer extractor (rules, llm or lora; rules_answer columns keep the rules parser's letter
+-- beside it) and its decoding profile.
 CREATE TABLE IF NOT EXISTS runs (
     run_id           VARCHAR PRIMARY KEY,
     created_at       TIMESTAMP,
@@ -17,6 +20,9 @@ CREATE TABLE IF NOT EXISTS runs (
     methods          VARCHAR[],
     n_rows           INTEGER,
     expected_results INTEGER,
+    followed_threshold INTEGER,
+    extractor        VARCHAR,
+    decoding_profile VARCHAR,
     spec             JSON
 );
 
@@ -35,6 +41,8 @@ CREATE TABLE IF NOT EXISTS baselines (
     tokens_out    BIGINT,
     latency_s     DOUBLE,
     retries       INTEGER,
+    extractor     VARCHAR,
+    rules_answer  VARCHAR,
     stored_at     TIMESTAMP,
     PRIMARY KEY (run_id, row_id)
 );
@@ -63,11 +71,34 @@ CREATE TABLE IF NOT EXISTS results (
     latency_s      DOUBLE,
     model_calls    INTEGER,
     retries        INTEGER,
+    extractor      VARCHAR,
+    rules_answer   VARCHAR,
     stored_at      TIMESTAMP,
     PRIMARY KEY (run_id, row_id, setting, method)
 );
 
--- Stage completions seen on the generations topic, for per-stage progress.
+-- The repeated no-preference answer of runs with a noise floor (--repeat-baseline).
+CREATE TABLE IF NOT EXISTS baseline_repeats (
+    run_id        VARCHAR,
+    row_id        INTEGER,
+    response      VARCHAR,
+    answer        VARCHAR,
+    extraction    VARCHAR,
+    rules_answer  VARCHAR,
+    finish_reason VARCHAR,
+    stored_at     TIMESTAMP,
+    PRIMARY KEY (run_id, row_id)
+);
+
+-- Columns added after the first release: stores made before them upgrade in place.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS followed_threshold INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS extractor VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS decoding_profile VARCHAR;
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS extractor VARCHAR;
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS extractor VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
+
 CREATE TABLE IF NOT EXISTS progress (
     run_id   VARCHAR,
     row_id   INTEGER,
@@ -113,6 +144,17 @@ SELECT
     r.extraction AS pref_extraction,
     r.parse_fallback,
     r.parse_failure,
-    r.finish_reason
+    r.finish_reason,
+    -- the run's protocol's threshold; runs stored before it was recorded: the judge's outcome
+    -- (made with that threshold) stands in
+    coalesce(ru.followed_threshold, CASE WHEN r.judge_outcome = 'followed' THEN r.judge_rating
+        WHEN r.judge_rating IS NOT NULL THEN r.judge_rating + 1 END) AS followed_threshold,
+    r.extractor,
+    b.rules_answer AS nopref_rules_answer,
+    r.rules_answer AS pref_rules_answer,
+    x.answer AS nopref_repeat_answer,
+    x.extraction AS nopref_repeat_extraction
 FROM results AS r
-JOIN baselines AS b USING (run_id, row_id);
+JOIN baselines AS b USING (run_id, row_id)
+LEFT JOIN runs AS ru USING (run_id)
+LEFT JOIN baseline_repeats AS x USING (run_id, row_id);

@@ -3,6 +3,7 @@
 from ._codec import Record, SchemaError
 from .records import (
     BASELINE_METHOD,
+    BASELINE_REPEAT_METHOD,
     BASELINE_SETTING,
     CallRecord,
     DeadLetter,
@@ -21,6 +22,7 @@ from .topics import ALL_TOPICS, TopicSpec
 __all__ = [
     "ALL_TOPICS",
     "BASELINE_METHOD",
+    "BASELINE_REPEAT_METHOD",
     "BASELINE_SETTING",
     "CallRecord",
     "DeadLetter",

@@ -20,6 +20,7 @@ from typing import Literal, NamedTuple
 
 from perg.client import Endpoint
 from perg.dataset import Item
+from perg.extraction import ExtractionPath, Extractor
 from perg.protocol import Method, RoleLayout, Setting
 
 from ._codec import Record
@@ -28,8 +29,10 @@ Stage = Literal["work", "baseline", "answer", "critique", "aligned", "verdict"]
 # The no-preference baseline is stored once per (run, row) under this setting and method.
 BASELINE_SETTING: Literal["none"] = "none"
 BASELINE_METHOD: Literal["baseline"] = "baseline"
+# The second no-preference answer of a run with a noise floor (--repeat-baseline).
+BASELINE_REPEAT_METHOD: Literal["baseline_repeat"] = "baseline_repeat"
 SettingOrNone = Setting | Literal["none"]
-MethodOrBaseline = Method | Literal["baseline"]
+MethodOrBaseline = Method | Literal["baseline", "baseline_repeat"]
 
 
 class IdempotencyKey(NamedTuple):
@@ -47,13 +50,22 @@ def partition_key(run_id: str, row_id: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Decoding:
+    """How the model under test is decoded (perg.protocol.DECODING_PROFILES names them)."""
+
     temperature: float = 0.0
     seed: int | None = 42
     # Caps every stage's max_tokens (the protocol sets them per stage); None keeps the protocol's.
     max_tokens_cap: int | None = None
+    profile: str = "custom"
+    uncapped: bool = False  # send no per-stage limit (the paper's API models)
+    top_p: float | None = None
+    retry_temperature: float | None = None  # strict's parse re-asks
 
-    def max_tokens(self, protocol_limit: int) -> int:
-        return min(protocol_limit, self.max_tokens_cap or protocol_limit)
+    def max_tokens(self, protocol_limit: int | None) -> int | None:
+        limit = None if self.uncapped else protocol_limit
+        if limit is None:
+            return self.max_tokens_cap
+        return min(limit, self.max_tokens_cap or limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +79,10 @@ class RunContext:
     protocol_sha256: str
     decoding: Decoding = field(default_factory=Decoding)
     layout: RoleLayout = "system"
+    extractor: Extractor = "rules"
+    extractor_endpoint: Endpoint | None = None  # the llm extractor's; None: the judge's
+    lora_endpoint: Endpoint | None = None  # the lora extractor's completions endpoint
+    repeat_baseline: bool = False  # generate the no-preference baseline twice (noise floor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +109,7 @@ class RunSpec(Record):
     row_ids: list[int]
     settings: list[Setting]
     methods: list[Method]
+    followed_threshold: int | None = None  # the protocol's judge.followed_threshold
 
     @property
     def expected_results(self) -> int:
@@ -147,11 +164,13 @@ class Verdict(Record):
 
     generation: Generation
     answer: str | None
-    extraction: Literal["parsed", "llm", "unresolved"]
+    extraction: ExtractionPath
     judge_rating: int | None
     judge_outcome: Literal["followed", "not_followed", "unparseable", "not_applicable"] | None
     judge_raw: str | None
     calls: list[CallRecord]
+    extractor: Extractor = "rules"
+    rules_answer: str | None = None  # the rules parser's letter, whatever the extractor
 
     @property
     def key(self) -> IdempotencyKey:

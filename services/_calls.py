@@ -1,13 +1,18 @@
 """Model calls shared by the generator, aligner and judge: one call, and a structured rewrite.
 
 A structured rewrite (self-critic pass 2, Pref-Aligner stage 2) asks for a JSON object and
-reads its ``response`` field. When it cannot be parsed, the protocol decides: ``paper`` keeps
-the earlier text as published and records the fallback; ``strict`` asks again (sampling, so
-the answer can differ) up to ``parse_retries`` times, then records a parse failure.
+reads its ``response`` field the protocol's way (``Protocol.read_rewrite``). When it cannot be
+read, the protocol decides: ``paper`` keeps the earlier text as published and records the
+fallback; ``strict`` asks again (sampling, so the answer can differ) up to ``parse_retries``
+times, then records a parse failure.
+
+The model under test is decoded with the run's decoding profile; the judge and extractor
+endpoints always greedily (temperature 0, the run's seed), as the paper's gpt-4o-mini calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,14 +20,14 @@ from functools import cache
 from pathlib import Path
 
 from perg.client import ClientPool, Completion, Endpoint
-from perg.protocol import ChatMessage, Protocol, load_protocol, parse_json_response
+from perg.protocol import STRICT_RETRY_TEMPERATURE, ChatMessage, Protocol, load_protocol
 from schemas import CallRecord, RunContext
 
 from ._runtime import PermanentError
 
 log = logging.getLogger("perg.services")
 
-RETRY_TEMPERATURE = 0.7  # strict-protocol re-asks sample, so a retry can differ from the first try
+JUDGE_SIDE_STAGES = frozenset({"judge", "extraction"})
 
 
 @cache
@@ -53,19 +58,40 @@ class ModelCaller:
         messages: Sequence[ChatMessage],
         *,
         stage: str,
-        max_tokens: int,
+        max_tokens: int | None,
         json_schema: Mapping[str, object] | None = None,
         attempt: int = 0,
     ) -> tuple[Completion, CallRecord]:
         decoding = self.context.decoding
+        under_test = stage not in JUDGE_SIDE_STAGES  # the judge's and extractor's: greedy
+        if attempt:
+            temperature = decoding.retry_temperature or STRICT_RETRY_TEMPERATURE
+        else:
+            temperature = decoding.temperature if under_test else 0.0
+        if not under_test:  # the profile's lifted limits are the tested model's, not the judge's
+            decoding = dataclasses.replace(decoding, uncapped=False)
         completion = await self.pool.get(endpoint).chat(
             [{"role": m["role"], "content": m["content"]} for m in messages],
             max_tokens=decoding.max_tokens(max_tokens),
-            temperature=decoding.temperature if attempt == 0 else RETRY_TEMPERATURE,
+            temperature=temperature,
             seed=None if decoding.seed is None else decoding.seed + attempt,
             json_schema=json_schema,
+            top_p=decoding.top_p if under_test else None,
         )
-        record = CallRecord(
+        return completion, self._record(stage, completion)
+
+    async def complete(
+        self, endpoint: Endpoint, prompt: str, *, stage: str, max_tokens: int
+    ) -> tuple[Completion, CallRecord]:
+        """A greedy raw completion (the LoRA extractor's one token)."""
+        completion = await self.pool.get(endpoint).complete(
+            prompt, max_tokens=max_tokens, temperature=0.0, seed=self.context.decoding.seed
+        )
+        return completion, self._record(stage, completion)
+
+    @staticmethod
+    def _record(stage: str, completion: Completion) -> CallRecord:
+        return CallRecord(
             stage=stage,
             latency_s=completion.latency_s,
             attempts=completion.attempts,
@@ -73,7 +99,6 @@ class ModelCaller:
             tokens_out=completion.tokens_out,
             finish_reason=completion.finish_reason,
         )
-        return completion, record
 
 
 @dataclass(frozen=True)
@@ -90,7 +115,7 @@ async def structured_rewrite(
     messages: Sequence[ChatMessage],
     *,
     stage: str,
-    max_tokens: int,
+    max_tokens: int | None,
     schema: Mapping[str, object],
     earlier_text: str,
     log_key: object,
@@ -108,7 +133,7 @@ async def structured_rewrite(
             attempt=attempt,
         )
         calls.append(record)
-        parsed = parse_json_response(completion.text, "response")
+        parsed = protocol.read_rewrite(completion.text, schema)
         if parsed is not None:
             return Rewrite(parsed, calls, parse_fallback=False, parse_failure=False)
         log.warning("stage=%s %s: unparseable JSON (attempt %d)", stage, log_key, attempt + 1)

@@ -2,7 +2,9 @@
 
 Consumes ``work``; for each (run, row) it makes the no-preference baseline once, publishes it
 (to ``generations`` for judging, and to ``align`` for every Pref-Aligner setting), then the
-preference-conditioned answers of zero_shot, cot, icl and self_critic (both passes).
+preference-conditioned answers of zero_shot, cot, icl and self_critic (both passes). A run with
+a noise floor (``repeat_baseline``) also makes the baseline call a second time, with the same
+messages and decoding, and publishes it for judging as ``baseline_repeat``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,14 @@ import faust
 
 from perg.client import ClientPool
 from perg.protocol import CRITIC_SCHEMA, Method, Setting
-from schemas import BASELINE_METHOD, BASELINE_SETTING, Generation, WorkItem, partition_key
+from schemas import (
+    BASELINE_METHOD,
+    BASELINE_REPEAT_METHOD,
+    BASELINE_SETTING,
+    Generation,
+    WorkItem,
+    partition_key,
+)
 from schemas.topics import ALIGN, GENERATIONS, WORK
 
 from ._calls import ModelCaller, protocol_for, structured_rewrite
@@ -58,6 +67,20 @@ async def generate(work: WorkItem) -> None:
             for setting in work.settings
         ]  # fmt: skip
 
+    async def repeat_baseline() -> None:
+        repeat, repeat_call = await caller.call(
+            ctx.model,
+            protocol.baseline_messages(item, ctx.layout),
+            stage="baseline_repeat",
+            max_tokens=protocol.max_tokens("answer"),
+        )
+        await service.send(
+            GENERATIONS,
+            key,
+            Generation(ctx, item, BASELINE_SETTING, BASELINE_REPEAT_METHOD, "baseline",
+                       repeat.text, baseline.text, [repeat_call]),
+        )  # fmt: skip
+
     async def answer(setting: Setting, method: Method) -> None:
         first, first_call = await caller.call(
             ctx.model,
@@ -85,6 +108,8 @@ async def generate(work: WorkItem) -> None:
             )  # fmt: skip
         await service.send(GENERATIONS, key, generation)
 
+    if ctx.repeat_baseline:
+        publish.append(repeat_baseline())
     await asyncio.gather(
         *publish,
         *(

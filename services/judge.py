@@ -1,9 +1,9 @@
 """Judge: reads every generation on the run's judge endpoint.
 
-Consumes ``generations``; extracts the chosen option (deterministic parser first, then an LLM
-call constrained to the item's letters), rates how well the preference was followed (Likert
-1-5; not asked in the irrelevant setting, where AFR is undefined, nor for the baseline), and
-publishes the ``Verdict`` to ``verdicts``.
+Consumes ``generations``; extracts the chosen option with the run's extractor
+(perg.extraction: rules, llm or lora; the rules letter is recorded beside it), rates how well
+the preference was followed (Likert 1-5, read the protocol's way; not asked where AFR is
+undefined, nor for the baselines), and publishes the ``Verdict`` to ``verdicts``.
 """
 
 from __future__ import annotations
@@ -13,14 +13,21 @@ import logging
 import faust
 
 from perg.client import ClientPool
-from perg.extraction import ExtractionPath, choice_schema, extract_choice, parse_llm_choice
-from perg.judging import JudgeOutcome, judge_outcome, parse_rating
-from perg.protocol import Protocol
-from schemas import BASELINE_METHOD, CallRecord, Generation, Verdict, partition_key
+from perg.extraction import Extraction, choice_schema, extract_answer
+from perg.judging import JudgeOutcome, afr_defined, judge_outcome, read_rating
+from perg.protocol import LORA_EXTRACTION_MAX_TOKENS, ChatMessage, Protocol
+from schemas import (
+    BASELINE_METHOD,
+    BASELINE_REPEAT_METHOD,
+    CallRecord,
+    Generation,
+    Verdict,
+    partition_key,
+)
 from schemas.topics import GENERATIONS, VERDICTS
 
 from ._calls import ModelCaller, protocol_for
-from ._runtime import BatchAgent, Service
+from ._runtime import BatchAgent, PermanentError, Service
 
 log = logging.getLogger("perg.services.judge")
 
@@ -30,31 +37,42 @@ pool = ClientPool()
 
 async def extract(
     caller: ModelCaller, protocol: Protocol, generation: Generation, calls: list[CallRecord]
-) -> tuple[str | None, ExtractionPath]:
-    item, response = generation.item, generation.response
-    if not response:
-        return None, "unresolved"
-    letter = extract_choice(response, item.options)
-    if letter is not None:
-        return letter, "parsed"
-    completion, call = await caller.call(
-        caller.context.judge,
-        protocol.extraction_messages(item, response),
-        stage="extraction",
-        max_tokens=protocol.max_tokens("extraction"),
-        json_schema=choice_schema(item.letters),
+) -> Extraction:
+    ctx, item = caller.context, generation.item
+    schema = choice_schema(item.letters) if protocol.strict else None
+
+    async def chat(messages: list[ChatMessage]) -> str:
+        completion, call = await caller.call(
+            ctx.extractor_endpoint or ctx.judge,
+            messages,
+            stage="extraction",
+            max_tokens=protocol.max_tokens("extraction"),
+            json_schema=schema,
+        )
+        calls.append(call)
+        return completion.text
+
+    async def complete(prompt: str) -> str:
+        if ctx.lora_endpoint is None:
+            raise PermanentError("the run uses the lora extractor but names no lora endpoint")
+        completion, call = await caller.complete(
+            ctx.lora_endpoint, prompt, stage="extraction_lora",
+            max_tokens=LORA_EXTRACTION_MAX_TOKENS,
+        )  # fmt: skip
+        calls.append(call)
+        return completion.text
+
+    return await extract_answer(
+        ctx.extractor, protocol, item, generation.response, chat=chat, complete=complete
     )
-    calls.append(call)
-    letter = parse_llm_choice(completion.text, item.letters)
-    return (letter, "llm") if letter is not None else (None, "unresolved")
 
 
 async def rate(
     caller: ModelCaller, protocol: Protocol, generation: Generation, calls: list[CallRecord]
 ) -> tuple[int | None, JudgeOutcome | None, str | None]:
-    if generation.method == BASELINE_METHOD:
+    if generation.method in (BASELINE_METHOD, BASELINE_REPEAT_METHOD):
         return None, None, None
-    if generation.setting == "irrelevant":
+    if not afr_defined(generation.setting):
         return None, "not_applicable", None
     if generation.response is None:  # strict parse failure: nothing to rate
         return None, "not_followed", None
@@ -72,10 +90,11 @@ async def rate(
         )
         calls.append(call)
         raw = completion.text
-        rating = parse_rating(raw)
+        rating = read_rating(raw, paper=not protocol.strict)
         if rating is not None:
-            return rating, judge_outcome(rating, protocol.judge_threshold), raw
-    return None, judge_outcome(None, protocol.judge_threshold), raw
+            outcome = judge_outcome(rating, protocol.judge_threshold, setting=generation.setting)
+            return rating, outcome, raw
+    return None, judge_outcome(None, protocol.judge_threshold, setting=generation.setting), raw
 
 
 async def judge(generation: Generation) -> None:
@@ -83,13 +102,17 @@ async def judge(generation: Generation) -> None:
     protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, service.settings.data_dir)
     caller = ModelCaller(pool, ctx)
     calls: list[CallRecord] = []
-    answer, path = await extract(caller, protocol, generation, calls)
+    extraction = await extract(caller, protocol, generation, calls)
     rating, outcome, raw = await rate(caller, protocol, generation, calls)
     log.info(
-        "stage=judge run=%s row=%d setting=%s method=%s answer=%s (%s) rating=%s",
-        ctx.run_id, item.row_id, generation.setting, generation.method, answer, path, rating,
+        "stage=judge run=%s row=%d setting=%s method=%s answer=%s (%s; rules %s) rating=%s",
+        ctx.run_id, item.row_id, generation.setting, generation.method, extraction.answer,
+        extraction.path, extraction.rules_answer, rating,
     )  # fmt: skip
-    verdict = Verdict(generation, answer, path, rating, outcome, raw, calls)
+    verdict = Verdict(
+        generation, extraction.answer, extraction.path, rating, outcome, raw, calls,
+        ctx.extractor, extraction.rules_answer,
+    )  # fmt: skip
     await service.send(VERDICTS, partition_key(ctx.run_id, item.row_id), verdict)
 
 

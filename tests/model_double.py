@@ -19,7 +19,9 @@ text read as a big-endian integer, see ``stable_hash``):
 1. ``call_kind(messages)``, first match wins:
    "judge" if a system message contains "Likert scale"; "aligner" if the last user message starts
    with "You are a preference aligner agent"; "critic" if it starts with "Follow the instructions
-   below to review"; "extract" if any message contains both "JSON" and ``"answer"``; "answer" if
+   below to review"; "paper_extract" if a system message contains "map the language model
+   response" (the paper's LLM extractor); "extract" if any message contains both "JSON" and
+   ``"answer"``; "answer" if
    any message contains "Which of the options best answers the question"; else "other".
 2. The question of a call is parsed from the LAST USER message (never the system message, which
    holds ICL examples): the first text after "Question : " up to "\\nOptions: \\n", followed by
@@ -43,7 +45,9 @@ text read as a big-endian integer, see ``stable_hash``):
 5. "judge": ``<explanation>ok</explanation>\\n<answer>N</answer>`` with N = ``judge_rating`` =
    1 + stable_hash(the judge system message) % 5.
 6. "extract": ``{"answer": "X"}`` with X the last "The answer is X." letter found in the last
-   user message (``extract_letter``), else ``{"answer": null}``.
+   user message (``extract_letter``), else ``{"answer": null}``. "paper_extract": the same letter
+   as a Python dict, ``{'answer': 'X'}`` (what gpt-4o-mini replied to the paper's prompt), else
+   ``{'answer': None}``.
 7. "other": "ok".
 """
 
@@ -85,7 +89,7 @@ Script = Callable[[Messages], "str | ScriptedReply"]
 LETTERS = string.ascii_uppercase
 WRONG_PERCENT = 20
 INVALID_JSON_PERCENT = 10
-CallKind = Literal["judge", "aligner", "critic", "extract", "answer", "other"]
+CallKind = Literal["judge", "aligner", "critic", "paper_extract", "extract", "answer", "other"]
 
 _QUESTION = re.compile(r"Question : (.*?)\nOptions: \n((?:[A-Z]\. [^\n]*\n?)*)", re.DOTALL)
 _ANSWER = re.compile(r"The answer is ([A-Z])\.")
@@ -112,6 +116,8 @@ def call_kind(messages: Messages) -> CallKind:
         return "aligner"
     if last_user.startswith("Follow the instructions below to review"):
         return "critic"
+    if any("map the language model response" in text for text in _texts(messages, "system")):
+        return "paper_extract"
     if any("JSON" in text and '"answer"' in text for text in _texts(messages)):
         return "extract"
     if any("Which of the options best answers the question" in t for t in _texts(messages)):
@@ -193,6 +199,8 @@ def make_perg_script(
             return f"<explanation>ok</explanation>\n<answer>{rating}</answer>"
         if kind == "extract":
             return orjson.dumps({"answer": extract_letter(last_user)}).decode()
+        if kind == "paper_extract":
+            return repr({"answer": extract_letter(last_user)})
         if kind == "other":
             return "ok"
         parsed = parse_question(last_user)

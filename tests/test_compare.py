@@ -7,13 +7,14 @@ import math
 from pathlib import Path
 
 import pytest
-from fixtures.live.runs import fails, make_spec, write_run
+from fixtures.live.runs import Rule, fails, item, make_spec, write_run
 from hypothesis import given
 from hypothesis import strategies as st
 
 from perg.cli import main
 from perg.compare import holm, mcnemar_exact
 from perg.store import ResultStore
+from schemas import Generation, RunSpec, Verdict
 
 ROWS = 400
 METHODS = ("zero_shot",)  # one method keeps the fixture quick to write
@@ -116,3 +117,55 @@ def test_compare_text_and_markdown(offline: Path, capsys: pytest.CaptureFixture[
     md = capsys.readouterr().out
     assert md.startswith("## PERG gate: ❌ FAIL")
     assert "| setting | method | source | metric |" in md and "<details>" in md
+
+
+# --- the noise floor -------------------------------------------------------------------------
+
+
+def write_repeats(store: ResultStore, spec: RunSpec, wrong: Rule) -> None:
+    """The repeated no-preference answers of a run (wrong where ``wrong`` says)."""
+    repeats = []
+    for row_id in spec.row_ids:
+        generation = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
+                                "The answer is X.", "The answer is A.", [])  # fmt: skip
+        answer = "B" if wrong(row_id, "", "") else "A"
+        repeats.append(Verdict(generation, answer, "parsed", None, None, None, [], "rules", answer))
+    store.save_verdicts(repeats)
+
+
+@pytest.fixture(scope="module")
+def noisy_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two runs of a model whose own re-run breaks ~15% of its Q* rows; the candidate breaks 8
+    points more than the baseline, significantly by McNemar, but within the noise floor."""
+    path = tmp_path_factory.mktemp("noise") / "perg.duckdb"
+    store = ResultStore(path)
+    rules = {"base_wrong": BASE_WRONG, "unfollowed": fails("follow", 10)}
+    for run_id, pref in (("n-base", 10), ("n-worse", 18)):
+        spec = make_spec(run_id, ROWS, methods=METHODS)
+        write_run(store, spec, pref_wrong=fails("pref", pref), **rules)
+        write_repeats(store, spec, fails("rerun", 15, per_cell=False))
+    store.close()
+    return path
+
+
+def test_a_regression_within_the_noise_floor_is_not_significant(
+    noisy_db: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PERG_DB", str(noisy_db))
+    monkeypatch.setenv("PERG_SINK_URL", "http://127.0.0.1:9")
+    assert main(["gate", "n-base", "n-worse", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    full = {
+        (c["setting"], c["metric"]): c
+        for c in report["cells"]
+        if c["source"] == "full" and c["method"] == "zero_shot"
+    }
+    br = full["relevant", "BR"]
+    assert 10 < br["noise_floor"] < 20 and 5 < br["paired_delta"] < br["noise_floor"]
+    assert br["test_significant"] and br["within_noise"] and not br["significant"]
+    assert full["relevant", "RER"]["within_noise"] and not full["relevant", "RER"]["gate_failed"]
+    assert full["relevant", "AFR"]["noise_floor"] is None  # the noise floor is about answers
+    assert main(["compare", "n-base", "n-worse"]) == 0
+    out = capsys.readouterr().out
+    assert "noise floor" in out and " noise" in out
+    # without repeats the same regression fails the gate (test_gate_flags_a_known_regression)

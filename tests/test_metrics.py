@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from functools import cache
@@ -10,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
+from fixtures.live.runs import item, make_spec, verdicts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,11 +19,15 @@ from perg.errors import InputError
 from perg.metrics import (
     OUTCOME_COLUMNS,
     OUTCOME_TYPES,
+    compute_agreement,
     compute_metrics,
     create_metric_views,
+    format_agreement,
     format_metrics_table,
     load_outcomes_file,
 )
+from perg.store import ResultStore, run_statuses
+from schemas import Generation, Verdict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
 Z = 1.959964
@@ -36,9 +42,12 @@ def wilson(failures: int, n: int) -> tuple[float, float]:
     return 100 * max(0.0, center - half), 100 * min(1.0, center + half)
 
 
-def loaded(path: Path = FIXTURE, run_name: str | None = None) -> duckdb.DuckDBPyConnection:
+def loaded(
+    path: Path = FIXTURE, run_name: str | None = None, threshold: int = 3
+) -> duckdb.DuckDBPyConnection:
+    """``path`` loaded; rows without a followed_threshold get ``threshold``."""
     con = duckdb.connect()
-    load_outcomes_file(con, path, run_name=run_name)
+    load_outcomes_file(con, path, run_name=run_name, followed_threshold=lambda: threshold)
     return con
 
 
@@ -121,6 +130,7 @@ def test_views_have_the_documented_columns() -> None:
     metric_columns = [
         "n_rows", "n_qstar", "n_correct", "n_followed", "n_robust",
         "BR", "BR_lo", "BR_hi", "AFR", "AFR_lo", "AFR_hi", "RER", "RER_lo", "RER_hi", "PVR",
+        "n_noise_qstar", "noise_BR", "noise_BR_lo", "noise_BR_hi",
         "extraction_unresolved_rate", "judge_unparseable_rate", "parse_fallback_rate",
         "parse_failure_rate", "truncation_rate",
     ]  # fmt: skip
@@ -303,7 +313,7 @@ def property_connection() -> duckdb.DuckDBPyConnection:
 def insert_outcomes(rows: list[tuple[str, Outcome]]) -> duckdb.DuckDBPyConnection:
     records = [
         ("run", i, source, "s", "p", setting, "zero_shot", "A", "A" if base else "B", pref, rating,
-         None, None, None, False, False, None)
+         None, None, None, False, False, None, 3, "rules", None, None, None, None)
         for i, (setting, (base, pref, rating, source)) in enumerate(rows)
     ]  # fmt: skip
     table = pa.Table.from_pylist([dict(zip(OUTCOME_COLUMNS, r, strict=True)) for r in records])
@@ -367,3 +377,114 @@ def test_pooled_metrics_match_a_reference(
         assert full["AFR"] == 100 * (len(qstar) - followed) / len(qstar)
         assert full["RER"] == 100 * (len(qstar) - robust) / len(qstar)
     assert full["PVR"] == (100 * (union - correct) / union if union else 0.0)
+
+
+# --- thresholds from the protocol, the noise floor, extractor agreement -------------------
+
+PROTOCOL_FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_protocol.csv"
+
+
+def test_threshold_comes_from_the_run() -> None:
+    """r4 was produced under a protocol with threshold 4 (a 3 is not followed, a 5 is); r3's
+    file rows have none and take the loader's. (A results file holds ratings 1-5 only: the
+    paper's reader keeps a 6, which live SQL counts as followed, but offline files are
+    checked against the scale.)"""
+    rows = keyed(compute_metrics(loaded(PROTOCOL_FIXTURE, threshold=3)), "source")
+    r4 = [r for r in compute_metrics(loaded(PROTOCOL_FIXTURE)) if r["run_id"] == "r4"]
+    relevant = keyed(r4, "source")["relevant", "zero_shot", "full"]
+    expect(relevant, n_rows=5, n_qstar=4, n_correct=3, n_followed=3, n_robust=2)
+    expect(relevant, BR=25.0, AFR=25.0, RER=50.0, PVR=40.0)
+    expect_intervals(relevant, 4, BR=1, AFR=1, RER=2)
+    r3 = compute_metrics(loaded(PROTOCOL_FIXTURE, threshold=3), "r3")[-1]
+    expect(r3, n_qstar=1, n_followed=1, AFR=0.0)
+    r3_strict = compute_metrics(loaded(PROTOCOL_FIXTURE, threshold=5), "r3")[-1]
+    expect(r3_strict, n_followed=0, AFR=100.0)
+    assert rows  # the file loads whatever the default
+
+
+def test_noise_floor_hand_computed() -> None:
+    """Q* of r4 relevant = rows 0, 1, 2, 4; row 4's baseline ran once (not measured); the
+    repeats of rows 1 (C for B) and 2 (unresolved) are wrong: noise BR = 2 / 3."""
+    rows = keyed(compute_metrics(loaded(PROTOCOL_FIXTURE), "r4"), "source")
+    relevant = rows["relevant", "zero_shot", TQA]
+    expect(relevant, n_noise_qstar=3, noise_BR=200 / 3)
+    expect_intervals(relevant, 3, noise_BR=2)
+    irrelevant = rows["irrelevant", "zero_shot", "full"]
+    expect(irrelevant, n_qstar=2, BR=50.0, RER=50.0, AFR=None, n_noise_qstar=2, noise_BR=50.0)
+    r3 = compute_metrics(loaded(PROTOCOL_FIXTURE), "r3")[-1]
+    expect(r3, n_noise_qstar=0, noise_BR=None, noise_BR_lo=None, noise_BR_hi=None)
+    table = format_metrics_table(compute_metrics(loaded(PROTOCOL_FIXTURE), "r4"))
+    assert "noise BR [95% CI]" in table.splitlines()[0]
+    assert f"66.7 [{wilson(2, 3)[0]:.1f}, {wilson(2, 3)[1]:.1f}]" in table
+
+
+def test_row_outcomes_state_the_rules_once() -> None:
+    con = loaded(PROTOCOL_FIXTURE)
+    create_metric_views(con)
+    rows = con.execute(
+        "SELECT setting, row_id, afr_defined, followed, robust FROM perg_row_outcomes "
+        "WHERE run_id = 'r4' ORDER BY setting DESC, row_id"
+    ).fetchall()
+    assert rows == [
+        ("relevant", 0, True, True, True),
+        ("relevant", 1, True, False, False),
+        ("relevant", 2, True, True, False),
+        ("relevant", 3, True, True, True),
+        ("relevant", 4, True, True, True),
+        ("irrelevant", 0, False, None, True),
+        ("irrelevant", 1, False, None, False),
+    ]
+    sql = (Path(__file__).parents[1] / "perg" / "metrics.sql").read_text(encoding="utf-8")
+    assert sql.count("'irrelevant'") == 1 and ">= 3" not in sql
+
+
+def test_extraction_agreement_hand_computed() -> None:
+    con = loaded(PROTOCOL_FIXTURE)
+    (pooled,) = compute_agreement(con)  # r3 used the rules extractor: nothing to compare
+    expect(pooled, run_id="r4", extractor="llm", n_answers=12, n_disagree=2)
+    expect(pooled, n_correctness_differs=2, disagree_rate=100 * 2 / 12)
+    expect_intervals({"d_lo": pooled["disagree_rate_lo"], "d_hi": pooled["disagree_rate_hi"]},
+                     12, d=2)  # fmt: skip
+    by_cell = {
+        (r[0], r[1], r[2]): r[3:]
+        for r in con.execute(
+            "SELECT setting, method, source, n_answers, n_disagree FROM extraction_agreement "
+            "WHERE run_id = 'r4'"
+        ).fetchall()
+    }
+    assert by_cell["relevant", "zero_shot", TQA] == (5, 1)
+    assert by_cell["relevant", "zero_shot", "full"] == (5, 1)
+    assert by_cell["none", "baseline", TQA] == (5, 1)
+    assert by_cell["irrelevant", "zero_shot", "full"] == (2, 0)
+    (line,) = format_agreement([pooled])
+    assert line.startswith("Extraction agreement, run r4: rules vs llm disagree on 2 of 12")
+
+
+def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
+    """Through the sink's store: the spec's threshold decides followed, the rules letters
+    stored beside the llm extractor's feed the agreement view, repeats the noise floor."""
+    spec = make_spec("stored", 8, settings=("relevant",), methods=("zero_shot",))
+    context = dataclasses.replace(spec.context, repeat_baseline=True)
+    spec = dataclasses.replace(spec, context=context, followed_threshold=5)
+    store = ResultStore(tmp_path / "perg.duckdb")
+    store.save_run(spec)
+    rows = []
+    for v in verdicts(spec, spec.row_ids):  # every answer A (gold), every rating 4
+        rules = "B" if v.generation.item.row_id < 2 and v.generation.method != "baseline" else "A"
+        rows.append(dataclasses.replace(v, extractor="llm", rules_answer=rules))
+    store.save_verdicts(rows)
+    (status,) = run_statuses(store.cursor(), "stored")
+    assert (status.expected_repeats, status.repeats_stored, status.done) == (8, 0, False)
+    rows = []
+    for row_id in spec.row_ids:
+        repeat = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
+                            "x", "x", [])  # fmt: skip
+        answer = "C" if row_id % 4 == 0 else "A"
+        rows.append(Verdict(repeat, answer, "llm", None, None, None, [], "llm", answer))
+    store.save_verdicts(rows)
+    assert run_statuses(store.cursor(), "stored")[0].done
+    (full,) = [r for r in compute_metrics(store.cursor(), "stored") if r["source"] == "full"]
+    expect(full, n_qstar=8, n_followed=0, AFR=100.0, n_noise_qstar=8, noise_BR=25.0)
+    (pooled,) = compute_agreement(store.cursor(), "stored")
+    expect(pooled, extractor="llm", n_answers=16, n_disagree=2, n_correctness_differs=2)
+    store.close()

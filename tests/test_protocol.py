@@ -16,14 +16,18 @@ from perg.dataset import Item, load_dataset
 from perg.protocol import (
     ALIGNER_SCHEMA,
     CRITIC_SCHEMA,
+    DECODING_PROFILES,
     MERGE_SEPARATOR,
     METHODS,
     SETTINGS,
+    STRICT_RETRY_TEMPERATURE,
     ChatMessage,
     Protocol,
     chat_messages,
     load_protocol,
+    model_family_profile,
     parse_json_response,
+    parse_json_response_paper,
     render_raw_prompt,
 )
 
@@ -234,7 +238,9 @@ def test_protocol_rules_and_hashes(paper: Protocol, strict: Protocol) -> None:
     assert load_protocol("paper").sha256 == paper.sha256
     assert paper.judge_threshold == 3
     assert [paper.max_tokens(s) for s in ("answer", "critic", "aligner")] == [500, 1024, 1000]
-    assert paper.max_tokens("judge") > 0 and paper.max_tokens("extraction") > 0
+    # the published judge and LLM extractor (gpt-4o-mini) ran uncapped; strict caps them
+    assert paper.max_tokens("judge") is None and paper.max_tokens("extraction") is None
+    assert (strict.max_tokens("judge") or 0) > 0 and (strict.max_tokens("extraction") or 0) > 0
 
 
 def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None:
@@ -243,12 +249,35 @@ def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None
     assert f"**User Preference:**  \n{item.preference}\n" in message["content"]
 
 
-def test_extraction_messages_name_the_letters(paper: Protocol, item: Item) -> None:
-    (message,) = paper.extraction_messages(item, "I pick Nauru")
-    assert message["role"] == "user"
-    assert "I pick Nauru" in message["content"]
-    assert "one of: A, B, C, D." in message["content"]
-    assert paper.user_prompt(item) in message["content"]
+@pytest.mark.parametrize(
+    ("model", "profile"),
+    [
+        ("gpt-4o-mini-2024-07-18", "api"),
+        ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "api"),
+        ("deepseek-ai/DeepSeek-R1-Distill-Llama-70B-free", "api"),
+        ("meta-llama/Llama-3.1-8B-Instruct", "hf-sampled"),
+        ("mistralai/Mistral-7B-Instruct-v0.3", "hf"),
+        ("smollm2-135m-instruct", "hf"),
+    ],
+)
+def test_decoding_profile_per_model_family(model: str, profile: str, paper: Protocol) -> None:
+    assert model_family_profile(model) == profile
+    assert paper.default_decoding_profile(model).name == profile
+
+
+def test_decoding_profiles(paper: Protocol, strict: Protocol) -> None:
+    api = paper.decoding_profile("api")
+    assert (api.capped, api.temperature, api.seed, api.top_p) == (False, 0.0, 42, None)
+    hf = paper.decoding_profile("hf")
+    assert (hf.capped, hf.temperature) == (True, 0.0)
+    sampled = paper.decoding_profile("hf-sampled")
+    assert sampled.capped and sampled.temperature > 0 and sampled.top_p is not None
+    own = strict.default_decoding_profile("gpt-4o-mini")
+    assert own.name == "strict" and own.retry_temperature == STRICT_RETRY_TEMPERATURE
+    assert str(STRICT_RETRY_TEMPERATURE) in own.description
+    assert set(DECODING_PROFILES) == {"api", "hf", "hf-sampled", "strict"}
+    with pytest.raises(ValueError, match="unknown decoding profile 'fast'"):
+        paper.decoding_profile("fast")
 
 
 def test_load_from_path(tmp_path: Path, paper: Protocol, item: Item) -> None:
@@ -325,3 +354,85 @@ def test_cli_renders_the_new_goldens(golden: dict[str, Any]) -> None:
         )  # fmt: skip
         key = "critic_user_msg" if setting == "relevant" else f"critic_user_msg_{setting}"
         assert critic["messages"][1] == {"role": "user", "content": golden[key]}
+
+
+CRITIC_KEYS = ("critic", "response")
+ALIGNER_KEYS = ("response", "thoughts")
+
+
+@pytest.mark.parametrize(
+    ("text", "keys", "expected"),
+    [
+        ('{"critic": "c", "response": "fixed"}', CRITIC_KEYS, "fixed"),
+        ('{"response": "B. Nauru", "thoughts": "ok"}', ALIGNER_KEYS, "B. Nauru"),
+        # an empty response is kept as is (the published runs judged an empty answer)
+        ('{"critic": "c", "response": ""}', CRITIC_KEYS, ""),
+        # json.loads of the whole reply needs only the response key
+        ('{"response": "alone"}', CRITIC_KEYS, "alone"),
+        ('{"response": 3}', CRITIC_KEYS, "3"),
+        # JSON with extra text: json.loads fails, the regex needs both keys
+        ('Sure! {"critic": "c", "response": "fixed"} Hope it helps.', CRITIC_KEYS, "fixed"),
+        ('```json\n{"response": "r", "thoughts": "t"}\n```', ALIGNER_KEYS, "r"),
+        ('Here: {"thoughts": "t", "response": "either order"}', ALIGNER_KEYS, "either order"),
+        ('Here: {"response": "no critic key"}', CRITIC_KEYS, None),
+        ('Here: {"critic": "c", "response": ""} done', CRITIC_KEYS, ""),
+        ("no json at all", CRITIC_KEYS, None),
+        ("", CRITIC_KEYS, None),
+        ('{"critic": "only"}', CRITIC_KEYS, None),
+    ],
+)
+def test_parse_json_response_paper(text: str, keys: tuple[str, ...], expected: str | None) -> None:
+    assert parse_json_response_paper(text, keys) == expected
+
+
+def test_read_rewrite_by_protocol(paper: Protocol, strict: Protocol) -> None:
+    empty = '{"critic": "c", "response": ""}'
+    assert paper.read_rewrite(empty, CRITIC_SCHEMA) == ""
+    assert strict.read_rewrite(empty, CRITIC_SCHEMA) is None
+    chatty = 'Sure: {"response": "r"} and {"thoughts": "t"}'
+    assert paper.read_rewrite(chatty, ALIGNER_SCHEMA) is None
+    assert strict.read_rewrite(chatty, ALIGNER_SCHEMA) == "r"
+
+
+def test_runs_record_profile_threshold_and_extractor() -> None:
+    from perg.client import Endpoint
+    from perg.config import Settings
+    from perg.runs import RunRequest, plan_run
+
+    model = Endpoint("http://127.0.0.1:9/v1", "gpt-4o-mini-2024-07-18")
+    local = Endpoint("http://127.0.0.1:9/v1", "meta-llama/Llama-3.1-8B-Instruct")
+    settings = Settings.load()
+    spec, _ = plan_run(RunRequest(model, model, rows="2"), settings)
+    ctx = spec.context
+    assert (ctx.decoding.profile, ctx.decoding.uncapped, ctx.decoding.seed) == ("api", True, 42)
+    assert ctx.decoding.max_tokens(500) is None and spec.followed_threshold == 3
+    assert (ctx.extractor, ctx.repeat_baseline) == ("rules", False)
+    spec, _ = plan_run(
+        RunRequest(local, model, rows="2", extractor_endpoint=model, repeat_baseline=True),
+        settings,
+    )
+    ctx = spec.context
+    assert (ctx.decoding.profile, ctx.decoding.temperature, ctx.decoding.top_p) == (
+        "hf-sampled", 0.6, 0.9
+    )  # fmt: skip
+    assert ctx.decoding.max_tokens(500) == 500 and ctx.extractor == "llm" and ctx.repeat_baseline
+    spec, _ = plan_run(
+        RunRequest(local, model, rows="2", protocol="strict", temperature=0.2, max_tokens_cap=64),
+        settings,
+    )
+    decoding = spec.context.decoding
+    assert (decoding.profile, decoding.temperature, decoding.max_tokens(500)) == (
+        "strict+override", 0.2, 64
+    )  # fmt: skip
+    assert decoding.retry_temperature == STRICT_RETRY_TEMPERATURE
+
+
+NESTED = '{"a":' * 100_000
+REPEATED = '{"critic": "x", "response": "' * 20_000
+
+
+@pytest.mark.parametrize("text", [NESTED, REPEATED, "{" * 100_000])
+def test_json_readers_survive_hostile_replies(text: str) -> None:
+    """Deep nesting and many unterminated objects: no crash, no super-linear regex."""
+    assert parse_json_response(text) is None
+    assert parse_json_response_paper(text, CRITIC_KEYS) is None

@@ -17,7 +17,7 @@ from perg.config import Settings
 from perg.live.client import SinkClient
 
 COLUMNS = ("setting", "method", "source", "metric", "baseline", "candidate", "Δ",
-           "Δ shared", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
+           "Δ shared", "noise floor", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -114,6 +114,8 @@ def _p(cell: Cell) -> str:
 def _mark(cell: Cell) -> str:
     if cell.gate_failed:
         return "FAIL"
+    if cell.test_significant and cell.within_noise:
+        return "noise"
     if not cell.significant:
         return ""
     return "worse" if (cell.paired_delta or 0) > 0 else "better"
@@ -124,7 +126,7 @@ def _row(cell: Cell) -> list[str]:
     return [
         cell.setting, cell.method, cell.source, cell.metric,
         _num(cell.baseline), _num(cell.candidate), _num(cell.delta, sign=True),
-        _num(cell.paired_delta, sign=True),
+        _num(cell.paired_delta, sign=True), _num(cell.noise_floor),
         str(cell.n_shared) if tested else "-",
         str(cell.worse) if tested else "-",
         str(cell.better) if tested else "-",
@@ -142,6 +144,8 @@ def _method_lines(comparison: Comparison) -> list[str]:
         "(over the pooled 'full' tests, and separately over the per-source tests).",
         "Δ = candidate - baseline, each over its own Q*; Δ shared = the same over the rows in "
         "Q* of both runs (what the test and the gate use). Metrics are percent, lower is better.",
+        "Noise floor = the larger noise BR of the two runs (the BR a preference-free re-run "
+        "shows; runs with --repeat-baseline): a BR/RER change within it is not significant.",
     ]
     if comparison.thresholds:
         gated = [(m, comparison.thresholds.of(m)) for m in ("BR", "AFR", "RER")]

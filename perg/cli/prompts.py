@@ -87,24 +87,26 @@ def render_messages(
 def run(args: argparse.Namespace) -> int:
     try:
         protocol = load_protocol(args.protocol, args.data)
-    except ValueError as exc:  # the protocol file is input: exit 2
+        dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
+        (item,) = select_rows(dataset, f"{args.row}-{args.row}")
+        if args.method == EXTRACTOR_LORA:
+            prompt = protocol.extractor_prompt(item, args.response)
+            out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
+            sys.stdout.write(out + "\n")
+            return 0
+        messages = render_messages(
+            protocol,
+            item,
+            args.method,
+            args.setting,
+            stage=args.stage,
+            response=args.response,
+            layout="merged" if args.layout == "merged" else "system",
+        )
+    except InputError:
+        raise
+    except ValueError as exc:  # the protocol file or a call that does not exist: input
         raise InputError(str(exc)) from exc
-    dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
-    (item,) = select_rows(dataset, f"{args.row}-{args.row}")
-    if args.method == EXTRACTOR_LORA:
-        prompt = protocol.extractor_prompt(item, args.response)
-        out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
-        sys.stdout.write(out + "\n")
-        return 0
-    messages = render_messages(
-        protocol,
-        item,
-        args.method,
-        args.setting,
-        stage=args.stage,
-        response=args.response,
-        layout="merged" if args.layout == "merged" else "system",
-    )
     if args.layout == "inst":
         prompt = render_raw_prompt(messages)
         out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt

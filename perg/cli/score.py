@@ -16,7 +16,14 @@ import orjson
 from perg.config import Settings
 from perg.errors import InputError
 from perg.live.client import SinkClient
-from perg.metrics import compute_metrics, format_metrics_table, load_outcomes_file
+from perg.metrics import (
+    compute_agreement,
+    compute_metrics,
+    format_agreement,
+    format_metrics_table,
+    load_outcomes_file,
+)
+from perg.protocol import load_protocol
 
 JSON_KEYS = (
     "run_id",
@@ -35,7 +42,12 @@ JSON_KEYS = (
     "RER_lo",
     "RER_hi",
     "PVR",
+    "n_noise_qstar",
+    "noise_BR",
+    "noise_BR_lo",
+    "noise_BR_hi",
 )
+AGREEMENT_SQL = "SELECT * FROM extraction_agreement WHERE setting = 'all' AND run_id = '{run}'"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,42 +63,66 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--run", help="score a run of the live sink (or of $PERG_DB) instead")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--run-name", help="run id to report (default: the file's, else offline)")
+    parser.add_argument(
+        "--protocol",
+        default="paper",
+        help="protocol the file's results were produced with: its judge threshold applies to "
+        "rows without a followed_threshold column (default paper)",
+    )
     parser.set_defaults(func=run)
 
 
-def score_file(path: Path, run_name: str | None = None) -> list[dict[str, object]]:
+Scores = tuple[list[dict[str, object]], list[dict[str, object]]]
+
+
+def score_file(
+    path: Path, run_name: str | None = None, protocol: str = "paper"
+) -> list[dict[str, object]]:
     """Metrics by source (and pooled 'full') of an offline results file.
 
     :class:`~perg.errors.InputError` names the file, line and column of the first bad value.
     """
+    return _score_file(path, run_name, protocol)[0]
+
+
+def _score_file(path: Path, run_name: str | None, protocol: str) -> Scores:
+    """Metrics by source (and pooled 'full') and extractor agreement of a results file."""
     with duckdb.connect() as con:
-        load_outcomes_file(con, path, run_name=run_name)
-        return compute_metrics(con)
+        load_outcomes_file(
+            con,
+            path,
+            run_name=run_name,
+            followed_threshold=lambda: load_protocol(protocol).judge_threshold,
+        )
+        return compute_metrics(con), compute_agreement(con)
 
 
-def score_run(run_id: str) -> list[dict[str, object]]:
-    """Metrics of a run, from the same SQL views served by the live sink."""
-    rows = SinkClient(Settings.load()).metrics(run_id)
+def score_run(run_id: str) -> Scores:
+    """Metrics and extractor agreement of a run, from the SQL views served by the live sink."""
+    client = SinkClient(Settings.load())
+    rows = client.metrics(run_id)
     if not rows:
         raise InputError(f"no stored results for run {run_id!r}")
-    return rows
+    agreement = client.sql(AGREEMENT_SQL.format(run=run_id.replace("'", "''")))
+    columns = agreement["columns"]
+    return rows, [dict(zip(columns, row, strict=True)) for row in agreement["rows"]]
 
 
-def _metric_rows(args: argparse.Namespace) -> list[dict[str, object]]:
+def _scores(args: argparse.Namespace) -> Scores:
     if args.run is not None:
         if args.results is not None:
             raise InputError("give a RESULTS file or --run RUN, not both")
         return score_run(args.run)
     if args.results is None:
         raise InputError("give a RESULTS file or --run RUN")
-    return score_file(args.results, args.run_name)
+    return _score_file(args.results, args.run_name, args.protocol)
 
 
 def run(args: argparse.Namespace) -> int:
-    rows = _metric_rows(args)
+    rows, agreement = _scores(args)
     if args.json:
         subset = [{key: row[key] for key in JSON_KEYS} for row in rows]
         sys.stdout.write(orjson.dumps(subset, option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        print(format_metrics_table(rows))
+        print("\n".join([format_metrics_table(rows), *format_agreement(agreement)]))
     return 0

@@ -18,10 +18,10 @@ from urllib.parse import urlsplit
 from perg.client import Backend, Endpoint
 from perg.config import Settings
 from perg.errors import InputError
+from perg.extraction import EXTRACTORS
 from perg.kafka import ensure_topics
-from perg.protocol import METHODS, SETTINGS
+from perg.protocol import DECODING_PROFILES, METHODS, SETTINGS
 from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
-from schemas import Decoding
 
 
 def csv_list(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
@@ -82,6 +82,17 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", required=True)
     parser.add_argument("--judge-backend", default="openai", choices=backends)
     parser.add_argument("--judge-token-env")
+    parser.add_argument("--extractor", choices=EXTRACTORS,
+                        help="answer extractor: rules (no model), llm (the paper's prompt), lora "
+                        "(the paper's 1-token LoRA extractor, llm fallback); default lora with "
+                        "--lora-url, llm with --extractor-url, else rules")  # fmt: skip
+    parser.add_argument("--extractor-url", help="llm extractor base URL (default: the judge's)")
+    parser.add_argument("--extractor-model", help="llm extractor model name")
+    parser.add_argument("--extractor-backend", default="openai", choices=backends)
+    parser.add_argument("--extractor-token-env")
+    parser.add_argument("--lora-url", help="completions endpoint serving the LoRA extractor")
+    parser.add_argument("--lora-model", help="its model name (e.g. the LoRA adapter's)")
+    parser.add_argument("--lora-token-env")
     parser.add_argument(
         "--max-in-flight", type=at_least(1), default=64, help="concurrent calls per endpoint"
     )
@@ -99,9 +110,22 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--layout", choices=("system", "merged"), default="system",
                         help="merged: the model's chat template has no system role")  # fmt: skip
-    parser.add_argument("--temperature", type=non_negative_float, default=0.0)
-    parser.add_argument("--decode-seed", type=int, default=42)
+    parser.add_argument(
+        "--decoding-profile",
+        choices=tuple(DECODING_PROFILES),
+        help="decoding of the model under test (default: paper picks the profile of the "
+        "model's family, strict its own); recorded on the run",
+    )
+    parser.add_argument(
+        "--temperature", type=non_negative_float, help="override the profile's temperature"
+    )
+    parser.add_argument("--decode-seed", type=int, help="override the profile's seed")
     parser.add_argument("--max-tokens", type=at_least(1), help="cap every stage's max_tokens")
+    parser.add_argument(
+        "--repeat-baseline",
+        action="store_true",
+        help="generate the no-preference baseline twice: the noise floor",
+    )
     parser.add_argument("--dataset", type=Path, help="PERGData CSV/JSONL (default: data dir)")
     parser.add_argument(
         "--skip-invalid", action="store_true", help="evaluate the valid rows; report the bad ones"
@@ -131,6 +155,17 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
             raise InputError(f"--{role}-token-env names {token_env}, which is not set here")
         return Endpoint(url.rstrip("/"), model, backend, token_env, args.max_in_flight)
 
+    extractor = lora = None
+    if args.extractor_url or args.extractor_model:
+        if not (args.extractor_url and args.extractor_model):
+            raise InputError("give --extractor-url and --extractor-model together")
+        extractor = endpoint("extractor", args.extractor_url, args.extractor_model,
+                             args.extractor_backend, args.extractor_token_env)  # fmt: skip
+    if args.lora_url or args.lora_model:
+        if not (args.lora_url and args.lora_model):
+            raise InputError("give --lora-url and --lora-model together")
+        lora = endpoint("lora", args.lora_url, args.lora_model, "openai", args.lora_token_env)
+
     return RunRequest(
         model=endpoint(
             "model", args.model_url, args.model, args.model_backend, args.model_token_env
@@ -144,7 +179,14 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         rows=args.rows,
         sample=args.sample,
         seed=args.seed,
-        decoding=Decoding(args.temperature, args.decode_seed, args.max_tokens),
+        decoding_profile=args.decoding_profile,
+        temperature=args.temperature,
+        decode_seed=args.decode_seed,
+        max_tokens_cap=args.max_tokens,
+        extractor=args.extractor,
+        extractor_endpoint=extractor,
+        lora_endpoint=lora,
+        repeat_baseline=args.repeat_baseline,
         layout=args.layout,
         dataset_path=args.dataset,
         skip_invalid=args.skip_invalid,

@@ -114,6 +114,7 @@ class ModelClient:
     ) -> None:
         self.endpoint = endpoint
         self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
+        self._completions_url = endpoint.base_url.rstrip("/") + "/completions"
         if transport is None:
             transport = AiohttpTransport(limit=endpoint.max_in_flight)
         self._transport = transport
@@ -140,58 +141,82 @@ class ModelClient:
         self,
         messages: Sequence[Mapping[str, str]],
         *,
-        max_tokens: int,
+        max_tokens: int | None,
         temperature: float = 0.0,
         seed: int | None = None,
         json_schema: Mapping[str, object] | None = None,
+        top_p: float | None = None,
     ) -> Completion:
+        """A chat completion; ``max_tokens`` None sends no limit, ``top_p`` None the server's."""
         request: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": [dict(m) for m in messages],
+            "temperature": temperature,
+            "stream": False,
+        }
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        if top_p is not None:
+            request["top_p"] = top_p
+        if seed is not None:
+            request["seed"] = seed
+        if json_schema is not None:
+            request["response_format"] = response_format(self.endpoint.backend, json_schema)
+        return await self._post(self._url, request)
+
+    async def complete(
+        self, prompt: str, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
+    ) -> Completion:
+        """A raw text completion (``{base_url}/completions``), e.g. a LoRA extractor's token."""
+        request: dict[str, Any] = {
+            "model": self.endpoint.model,
+            "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": temperature,
             "stream": False,
         }
         if seed is not None:
             request["seed"] = seed
-        if json_schema is not None:
-            request["response_format"] = response_format(self.endpoint.backend, json_schema)
+        return await self._post(self._completions_url, request)
+
+    async def _post(self, url: str, request: Mapping[str, Any]) -> Completion:
         body = orjson.dumps(request)
         started = time.perf_counter()
         retrying = self._retrying.copy()
         try:
-            response: TransportResponse = await retrying(self._attempt, body)
+            response: TransportResponse = await retrying(self._attempt, url, body)
         except _RetryableError as exc:
             raise ModelError(
                 f"{exc} (gave up after {retrying.statistics['attempt_number']} attempts)",
                 status=exc.status,
             ) from exc
         return self._parse(
+            url,
             response.body,
             latency_s=time.perf_counter() - started,
             attempts=retrying.statistics["attempt_number"],
         )
 
-    async def _attempt(self, body: bytes) -> TransportResponse:
+    async def _attempt(self, url: str, body: bytes) -> TransportResponse:
         async with self._slots:
             try:
                 response = await self._transport.post_json(
-                    self._url, body, self._headers, self.endpoint.timeout_s
+                    url, body, self._headers, self.endpoint.timeout_s
                 )
             except TransportError as exc:
-                raise _RetryableError(f"endpoint {self._url}: {exc}", None) from exc
+                raise _RetryableError(f"endpoint {url}: {exc}", None) from exc
         if 200 <= response.status < 300:
             return response
-        message = f"endpoint {self._url}: HTTP {response.status}: {_excerpt(response.body)}"
+        message = f"endpoint {url}: HTTP {response.status}: {_excerpt(response.body)}"
         if response.status in RETRY_STATUSES:
             raise _RetryableError(message, response.status)
         raise ModelError(message, status=response.status)
 
-    def _parse(self, body: bytes, *, latency_s: float, attempts: int) -> Completion:
+    def _parse(self, url: str, body: bytes, *, latency_s: float, attempts: int) -> Completion:
         try:
             data = orjson.loads(body)
             choice = data["choices"][0]
-            text = choice["message"]["content"] or ""
+            text = (choice["message"]["content"] if "message" in choice else choice["text"]) or ""
             usage = data.get("usage") or {}
             if not isinstance(text, str):
                 raise TypeError("message content is not a string")
@@ -205,7 +230,7 @@ class ModelClient:
             )
         except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError) as exc:
             raise ModelError(
-                f"endpoint {self._url}: malformed reply ({exc}): {_excerpt(body)}", status=200
+                f"endpoint {url}: malformed reply ({exc}): {_excerpt(body)}", status=200
             ) from exc
 
     def _log_retry(self, state: RetryCallState) -> None:

@@ -36,11 +36,11 @@ from perg.live.engine import EngineRefused, harden, single_select
 from perg.live.sqlfunctions import ALLOWED_FUNCTIONS
 
 DOCUMENTED_TABLES = frozenset({
-    "runs", "baselines", "results", "progress", "dead_letters", "outcomes",
-    "metrics_by_source", "metrics_by_preference", "metrics_by_subject",
+    "runs", "baselines", "baseline_repeats", "results", "progress", "dead_letters", "outcomes",
+    "metrics_by_source", "metrics_by_preference", "metrics_by_subject", "extraction_agreement",
     # the intermediate views of perg/metrics.sql (perg compare reads them)
-    "perg_outcome_flags", "perg_metric_groups", "perg_metric_counts", "perg_metric_failures",
-    "perg_metric_values",
+    "perg_row_outcomes", "perg_metric_groups", "perg_metric_counts", "perg_metric_failures",
+    "perg_metric_values", "perg_extraction_pairs",
 })  # fmt: skip
 METRIC_MACROS = frozenset({"perg_wilson", "perg_percent"})
 ALLOWED_TABLE_FUNCTIONS = frozenset(
