@@ -14,7 +14,7 @@ RATING_MIN, RATING_MAX = 1, 5
 # ``afr_defined`` of the view ``perg_row_outcomes`` (perg/metrics.sql).
 AFR_UNDEFINED_SETTINGS: frozenset[str] = frozenset({"irrelevant"})
 
-_ANSWER_TAG = re.compile(r"<answer>\s*\[?\s*(\d+)\s*\]?\s*</answer>", re.IGNORECASE)
+_ANSWER_TAG = re.compile(r"<answer>\s*\[?\s*([0-9]{1,9})\s*\]?\s*</answer>", re.IGNORECASE)
 # The published reader: re.search(r"<answer>(\d+)</answer>", text).group(1), no range check.
 PAPER_ANSWER_TAG = re.compile(r"<answer>(\d+)</answer>")
 
@@ -36,7 +36,12 @@ def parse_rating_paper(text: str) -> int | None:
     """The published reading: the first ``<answer>(\\d+)</answer>``, exactly as written (no
     spaces, no brackets), with no range check: a 6 is a 6 and counts as followed."""
     match = PAPER_ANSWER_TAG.search(text)
-    return int(match.group(1)) if match else None
+    if match is None:
+        return None
+    try:
+        return int(match.group(1))
+    except ValueError:  # more digits than int() takes (Python's 4,300-digit limit)
+        return None
 
 
 def read_rating(text: str, *, paper: bool) -> int | None:
@@ -49,7 +54,7 @@ def _json_rating(text: str) -> int | None:
         value = obj.get("rating")
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and re.fullmatch(r"[0-9]{1,9}", value.strip()):
             return int(value)
     return None
 

@@ -89,3 +89,17 @@ def test_no_afr_in_the_irrelevant_setting() -> None:
     assert [afr_defined(s) for s in ("relevant", "mixed", "irrelevant")] == [True, True, False]
     assert judge_outcome(4, 3, setting="irrelevant") == "not_applicable"
     assert judge_outcome(None, 3, setting="irrelevant") == "not_applicable"
+
+
+@pytest.mark.parametrize(
+    ("reply", "paper"),
+    [
+        ('{"rating": "²"}', None),  # str.isdigit() accepts it, int() does not
+        ('{"rating": "' + "9" * 5000 + '"}', None),
+        ("<answer>" + "9" * 5000 + "</answer>", None),  # past int()'s 4,300-digit limit
+        ("<answer>٣</answer>", 3),  # the authors' \d and int() read Arabic-Indic digits
+    ],
+)
+def test_hostile_ratings_are_unparseable_not_crashes(reply: str, paper: int | None) -> None:
+    assert parse_rating(reply) is None
+    assert read_rating(reply, paper=True) == paper
