@@ -194,6 +194,16 @@ async def test_events_stream_a_snapshot(api: TestClient) -> None:
     response.close()
 
 
+async def test_snapshot_carries_noise_floor_and_extractor_agreement(api: TestClient) -> None:
+    """The dashboard's feed: metric rows with their noise BR, and one agreement row per run
+    read by a model extractor (none here: the fixture runs use the rules parser)."""
+    response = await api.get("/api/snapshot")
+    assert response.status == 200
+    body = await response.json()
+    assert body["metrics"] and all("noise_BR" in row for row in body["metrics"])
+    assert body["agreement"] == []
+
+
 def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:
     return dataclasses.replace(
         Settings.load(), sink_url=url, sink_token=token, db=tmp_path / "perg.duckdb"

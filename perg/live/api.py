@@ -265,7 +265,11 @@ async def compare(request: web.Request) -> web.Response:
 
 
 def _snapshot(reader: StoreReader) -> dict[str, Any]:
-    return {"runs": reader.statuses(), "metrics": reader.metrics(None)}
+    return {
+        "runs": reader.statuses(),
+        "metrics": reader.metrics(None),
+        "agreement": reader.agreement(None),
+    }
 
 
 async def snapshot(request: web.Request) -> web.Response:

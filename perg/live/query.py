@@ -23,7 +23,7 @@ from perg.config import setting
 from perg.errors import InputError
 from perg.live.engine import Database, read_only_cursor, single_select
 from perg.live.sqlguard import check_query
-from perg.metrics import Grouping, compute_metrics
+from perg.metrics import Grouping, compute_agreement, compute_metrics
 from perg.store import run_statuses
 
 Format = Literal["json", "csv", "arrow"]
@@ -175,6 +175,11 @@ class StoreReader:
     def metrics(self, run_id: str | None, by: Grouping = "source") -> list[dict[str, Any]]:
         with read_only_cursor(self.db) as con:
             return compute_metrics(con, run_id, by=by)
+
+    def agreement(self, run_id: str | None) -> list[dict[str, Any]]:
+        """How often the rules parser and the run's model extractor disagree, pooled per run."""
+        with read_only_cursor(self.db) as con:
+            return compute_agreement(con, run_id)
 
     def query(self, sql: str) -> QueryResult:
         return run_query(self.db, sql, self.limits)

@@ -4,7 +4,7 @@
 
 const METRICS = ["BR", "AFR", "RER"];
 const SVG = "http://www.w3.org/2000/svg";
-const state = { runs: [], metrics: [], selected: null };
+const state = { runs: [], metrics: [], agreement: [], selected: null };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -80,8 +80,18 @@ function renderMetrics() {
       el("td", {}, row.setting), el("td", {}, row.method), el("td", {}, row.source),
       el("td", { class: "num", "data-metric": "n_rows" }, String(row.n_rows)),
       el("td", { class: "num", "data-metric": "n_qstar" }, String(row.n_qstar)),
-      ...["BR", "AFR", "RER", "PVR"].map((metric) => metricCell(row, metric)))));
+      ...["BR", "noise_BR", "AFR", "RER", "PVR"].map((metric) => metricCell(row, metric)))));
   renderChart(selectedRows().filter((row) => row.source === "full"));
+  renderAgreement();
+}
+
+function renderAgreement() {
+  const run = document.getElementById("metric-run").value;
+  const row = state.agreement.find((a) => a.run_id === run);
+  document.getElementById("agreement").textContent = !row ? ""
+    : `Answer extraction: rules vs ${row.extractor} disagree on ${row.n_disagree} of `
+      + `${row.n_answers} answers (${row.disagree_rate?.toFixed(1) ?? "-"}%); correctness `
+      + `differs on ${row.n_correctness_differs}.`;
 }
 
 function renderChart(rows) {
@@ -136,6 +146,7 @@ function renderChart(rows) {
 function applySnapshot(snapshot) {
   state.runs = snapshot.runs;
   state.metrics = snapshot.metrics;
+  state.agreement = snapshot.agreement ?? [];
   renderRuns();
   renderMetrics();
 }
