@@ -161,7 +161,7 @@ class ResultStore:
         rows = [
             [d.service, d.topic, d.partition, d.offset, d.reason,
              base64.b64decode(d.original_b64), datetime.fromisoformat(d.failed_at), d.run_id,
-             d.row_id, d.setting, d.method, d.stage]
+             d.row_id, d.setting, d.method, d.stage, d.original_size, d.original_sha256]
             for d in letters
         ]  # fmt: skip
         with self._transaction() as con:

@@ -94,6 +94,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     stage      VARCHAR,
     PRIMARY KEY (service, topic, "partition", "offset")
 );
+-- A dead letter keeps at most 64 KiB of its original; size and hash describe the whole.
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS original_size BIGINT;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS original_sha256 VARCHAR;
 
 CREATE OR REPLACE VIEW outcomes AS
 SELECT

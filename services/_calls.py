@@ -4,6 +4,11 @@ A structured rewrite (self-critic pass 2, Pref-Aligner stage 2) asks for a JSON 
 reads its ``response`` field. When it cannot be parsed, the protocol decides: ``paper`` keeps
 the earlier text as published and records the fallback; ``strict`` asks again (sampling, so
 the answer can differ) up to ``parse_retries`` times, then records a parse failure.
+
+Failures: a client that cannot be set up for an endpoint (its token variable unset or
+refused: nothing was sent) and a 4xx reply other than 408/409/429 (the request itself is
+wrong) are :class:`PermanentError`, dead-lettered without retries; everything else (5xx, 429,
+timeouts, resets, after the client's own retries) is retried by the runtime.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from perg.client import ClientPool, Completion, Endpoint
+from perg.client import ClientPool, Completion, Endpoint, ModelClient, ModelError
 from perg.protocol import ChatMessage, Protocol, load_protocol, parse_json_response
 from schemas import CallRecord, RunContext
 
@@ -23,6 +28,7 @@ from ._runtime import PermanentError
 log = logging.getLogger("perg.services")
 
 RETRY_TEMPERATURE = 0.7  # strict-protocol re-asks sample, so a retry can differ from the first try
+RETRYABLE_4XX = frozenset({408, 409, 429})
 
 
 @cache
@@ -40,9 +46,19 @@ def protocol_for(name: str, sha256: str, data_dir: Path) -> Protocol:
     return protocol
 
 
+def client_for(pool: ClientPool, endpoint: Endpoint) -> ModelClient:
+    """The pool's client of ``endpoint``; a configuration error is permanent."""
+    try:
+        return pool.get(endpoint)
+    except Exception as exc:  # raised before any request: retrying cannot help
+        raise PermanentError(
+            f"model client for {endpoint.base_url} cannot be set up: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class ModelCaller:
-    """Calls one endpoint of a run and records every call."""
+    """Calls the endpoints of one run and records every call."""
 
     pool: ClientPool
     context: RunContext
@@ -58,13 +74,20 @@ class ModelCaller:
         attempt: int = 0,
     ) -> tuple[Completion, CallRecord]:
         decoding = self.context.decoding
-        completion = await self.pool.get(endpoint).chat(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            max_tokens=decoding.max_tokens(max_tokens),
-            temperature=decoding.temperature if attempt == 0 else RETRY_TEMPERATURE,
-            seed=None if decoding.seed is None else decoding.seed + attempt,
-            json_schema=json_schema,
-        )
+        client = client_for(self.pool, endpoint)
+        try:
+            completion = await client.chat(
+                [{"role": m["role"], "content": m["content"]} for m in messages],
+                max_tokens=decoding.max_tokens(max_tokens),
+                temperature=decoding.temperature if attempt == 0 else RETRY_TEMPERATURE,
+                seed=None if decoding.seed is None else decoding.seed + attempt,
+                json_schema=json_schema,
+            )
+        except ModelError as exc:
+            status = exc.status
+            if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
+                raise PermanentError(f"stage {stage}: {exc}") from exc
+            raise
         record = CallRecord(
             stage=stage,
             latency_s=completion.latency_s,

@@ -1,8 +1,11 @@
 """Generator: answers every row of a run, without and with the user's preference.
 
-Consumes ``work``; for each (run, row) it makes the no-preference baseline once, publishes it
-(to ``generations`` for judging, and to ``align`` for every Pref-Aligner setting), then the
-preference-conditioned answers of zero_shot, cot, icl and self_critic (both passes).
+Consumes ``work``; for each (run, row) :func:`answer_row` makes the row's baseline (the answer
+without a preference) once and publishes it to ``generations`` for judging, sends an
+``AlignRequest`` to ``align`` for every Pref-Aligner setting, and publishes the
+preference-conditioned answers of zero_shot, cot, icl and self_critic (both passes). The calls
+of one row run in one ``asyncio.TaskGroup``: when one fails for good the others are cancelled,
+so nothing is published for a row after it is dead-lettered.
 """
 
 from __future__ import annotations
@@ -10,96 +13,112 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import faust
-
 from perg.client import ClientPool
-from perg.protocol import CRITIC_SCHEMA, Method, Setting
-from schemas import BASELINE_METHOD, BASELINE_SETTING, Generation, WorkItem, partition_key
+from perg.config import Settings
+from perg.protocol import CRITIC_SCHEMA, Method, Protocol, Setting
+from schemas import (
+    BASELINE_METHOD,
+    BASELINE_SETTING,
+    AlignRequest,
+    CallRecord,
+    Generation,
+    WorkItem,
+    partition_key,
+)
 from schemas.topics import ALIGN, GENERATIONS, WORK
 
 from ._calls import ModelCaller, protocol_for, structured_rewrite
-from ._runtime import BatchAgent, Service
+from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.generator")
 
-service = Service("generator")
-pool = ClientPool()
+# Rows in progress per worker: a row fans out to up to 15 calls after its baseline, so 16 rows
+# keep an endpoint's default 64 slots busy through each row's sequential steps.
+DEFAULT_IN_FLIGHT = 16
 
 
-async def generate(work: WorkItem) -> None:
+async def answer_row(
+    work: WorkItem, caller: ModelCaller, protocol: Protocol, publish: Publish
+) -> None:
+    """Baseline, then every (setting, method) answer of one row, each published when done."""
     ctx, item = work.context, work.item
-    protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, service.settings.data_dir)
-    caller = ModelCaller(pool, ctx)
     key = partition_key(ctx.run_id, item.row_id)
     log.info("stage=baseline run=%s row=%d", ctx.run_id, item.row_id)
-
-    baseline, call = await caller.call(
+    baseline, baseline_call = await caller.call(
         ctx.model,
         protocol.baseline_messages(item, ctx.layout),
         stage="baseline",
         max_tokens=protocol.max_tokens("answer"),
     )
-    publish = [
-        service.send(
-            GENERATIONS,
-            key,
-            Generation(ctx, item, BASELINE_SETTING, BASELINE_METHOD, "baseline",
-                       baseline.text, baseline.text, [call]),
-        )
-    ]  # fmt: skip
-    if "pref_aligner" in work.methods:
-        publish += [
-            service.send(
-                ALIGN,
-                key,
-                Generation(ctx, item, setting, "pref_aligner", "baseline",
-                           baseline.text, baseline.text, [call]),
-            )
-            for setting in work.settings
-        ]  # fmt: skip
-
-    async def answer(setting: Setting, method: Method) -> None:
-        first, first_call = await caller.call(
-            ctx.model,
-            protocol.answer_messages(item, setting, method, ctx.layout),
-            stage="answer",
-            max_tokens=protocol.max_tokens("answer"),
-        )
-        if method != "self_critic":
-            generation = Generation(ctx, item, setting, method, "answer",
-                                    first.text, baseline.text, [first_call])  # fmt: skip
-        else:
-            rewrite = await structured_rewrite(
-                caller,
-                protocol,
-                protocol.critic_messages(item, setting, first.text, ctx.layout),
-                stage="critique",
-                max_tokens=protocol.max_tokens("critic"),
-                schema=CRITIC_SCHEMA,
-                earlier_text=first.text,
-                log_key=(ctx.run_id, item.row_id, setting, method),
-            )
-            generation = Generation(
-                ctx, item, setting, method, "critique", rewrite.response, baseline.text,
-                [first_call, *rewrite.calls], rewrite.parse_fallback, rewrite.parse_failure,
-            )  # fmt: skip
-        await service.send(GENERATIONS, key, generation)
-
-    await asyncio.gather(
-        *publish,
-        *(
-            answer(setting, method)
-            for setting in work.settings
-            for method in work.methods
-            if method != "pref_aligner"
-        ),
-    )
+    async with asyncio.TaskGroup() as group:
+        group.create_task(
+            publish(GENERATIONS, key, Generation(
+                ctx, item, BASELINE_SETTING, BASELINE_METHOD, "baseline",
+                baseline.text, baseline.text, [baseline_call],
+            ))
+        )  # fmt: skip
+        if "pref_aligner" in work.methods:
+            for setting in work.settings:
+                request = AlignRequest(ctx, item, setting, baseline.text)
+                group.create_task(publish(ALIGN, key, request))
+        for setting in work.settings:
+            for method in work.methods:
+                if method != "pref_aligner":
+                    group.create_task(
+                        answer(work, caller, protocol, publish, setting, method, baseline.text)
+                    )
     log.info("stage=answers run=%s row=%d done", ctx.run_id, item.row_id)
 
 
-agent = BatchAgent(service, WorkItem, generate, max_concurrency=8)
+async def answer(
+    work: WorkItem,
+    caller: ModelCaller,
+    protocol: Protocol,
+    publish: Publish,
+    setting: Setting,
+    method: Method,
+    baseline_text: str,
+) -> None:
+    """One preference-conditioned answer (self_critic: answer, then critique and rewrite)."""
+    ctx, item = work.context, work.item
+    first, first_call = await caller.call(
+        ctx.model,
+        protocol.answer_messages(item, setting, method, ctx.layout),
+        stage="answer",
+        max_tokens=protocol.max_tokens("answer"),
+    )
+    calls: list[CallRecord] = [first_call]
+    if method != "self_critic":
+        generation = Generation(
+            ctx, item, setting, method, "answer", first.text, baseline_text, calls
+        )
+    else:
+        rewrite = await structured_rewrite(
+            caller,
+            protocol,
+            protocol.critic_messages(item, setting, first.text, ctx.layout),
+            stage="critique",
+            max_tokens=protocol.max_tokens("critic"),
+            schema=CRITIC_SCHEMA,
+            earlier_text=first.text,
+            log_key=(ctx.run_id, item.row_id, setting, method),
+        )
+        generation = Generation(
+            ctx, item, setting, method, "critique", rewrite.response, baseline_text,
+            [*calls, *rewrite.calls], rewrite.parse_fallback, rewrite.parse_failure,
+        )  # fmt: skip
+    await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), generation)
 
 
-@service.app.agent(service.topic(WORK), concurrency=1)
-async def generator_agent(stream: faust.StreamT[bytes]) -> None:
-    await agent.consume(stream)
+def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
+    """The generator worker: consumes ``work``, publishes generations and align requests."""
+    models = pool or ClientPool()
+    worker = Worker("generator", settings, options, (WORK,), in_flight=DEFAULT_IN_FLIGHT)
+
+    async def handle(work: WorkItem) -> None:
+        ctx = work.context
+        protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, settings.data_dir)
+        await answer_row(work, ModelCaller(models, ctx), protocol, worker.publish)
+
+    worker.serve(WorkItem, handle)
+    return worker

@@ -1,18 +1,19 @@
 """Judge: reads every generation on the run's judge endpoint.
 
-Consumes ``generations``; extracts the chosen option (deterministic parser first, then an LLM
-call constrained to the item's letters), rates how well the preference was followed (Likert
-1-5; not asked in the irrelevant setting, where AFR is undefined, nor for the baseline), and
-publishes the ``Verdict`` to ``verdicts``.
+Consumes ``generations``; :func:`judge_generation` extracts the chosen option (deterministic
+parser first, then an LLM call constrained to the item's letters) and rates how well the
+preference was followed (Likert 1-5; not asked in the irrelevant setting, where AFR is
+undefined, nor for the baseline), both at once in one ``asyncio.TaskGroup``, and publishes the
+``Verdict`` to ``verdicts``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-import faust
-
 from perg.client import ClientPool
+from perg.config import Settings
 from perg.extraction import ExtractionPath, choice_schema, extract_choice, parse_llm_choice
 from perg.judging import JudgeOutcome, judge_outcome, parse_rating
 from perg.protocol import Protocol
@@ -20,23 +21,23 @@ from schemas import BASELINE_METHOD, CallRecord, Generation, Verdict, partition_
 from schemas.topics import GENERATIONS, VERDICTS
 
 from ._calls import ModelCaller, protocol_for
-from ._runtime import BatchAgent, Service
+from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.judge")
 
-service = Service("judge")
-pool = ClientPool()
+DEFAULT_IN_FLIGHT = 64  # at most two calls per generation: the endpoint's default slots
 
 
 async def extract(
-    caller: ModelCaller, protocol: Protocol, generation: Generation, calls: list[CallRecord]
-) -> tuple[str | None, ExtractionPath]:
+    caller: ModelCaller, protocol: Protocol, generation: Generation
+) -> tuple[str | None, ExtractionPath, list[CallRecord]]:
+    """The option letter of the response: parsed, else asked of the judge model."""
     item, response = generation.item, generation.response
     if not response:
-        return None, "unresolved"
+        return None, "unresolved", []
     letter = extract_choice(response, item.options)
     if letter is not None:
-        return letter, "parsed"
+        return letter, "parsed", []
     completion, call = await caller.call(
         caller.context.judge,
         protocol.extraction_messages(item, response),
@@ -44,24 +45,24 @@ async def extract(
         max_tokens=protocol.max_tokens("extraction"),
         json_schema=choice_schema(item.letters),
     )
-    calls.append(call)
     letter = parse_llm_choice(completion.text, item.letters)
-    return (letter, "llm") if letter is not None else (None, "unresolved")
+    return (letter, "llm", [call]) if letter is not None else (None, "unresolved", [call])
 
 
 async def rate(
-    caller: ModelCaller, protocol: Protocol, generation: Generation, calls: list[CallRecord]
-) -> tuple[int | None, JudgeOutcome | None, str | None]:
+    caller: ModelCaller, protocol: Protocol, generation: Generation
+) -> tuple[int | None, JudgeOutcome | None, str | None, list[CallRecord]]:
+    """The judge's Likert rating of how well the response follows the preference."""
     if generation.method == BASELINE_METHOD:
-        return None, None, None
+        return None, None, None, []
     if generation.setting == "irrelevant":
-        return None, "not_applicable", None
+        return None, "not_applicable", None, []
     if generation.response is None:  # strict parse failure: nothing to rate
-        return None, "not_followed", None
+        return None, "not_followed", None, []
     messages = protocol.judge_messages(
         generation.item, generation.baseline_response, generation.response
     )
-    raw = ""
+    raw, calls = "", []
     for attempt in range(protocol.parse_retries + 1):
         completion, call = await caller.call(
             caller.context.judge,
@@ -74,28 +75,39 @@ async def rate(
         raw = completion.text
         rating = parse_rating(raw)
         if rating is not None:
-            return rating, judge_outcome(rating, protocol.judge_threshold), raw
-    return None, judge_outcome(None, protocol.judge_threshold), raw
+            return rating, judge_outcome(rating, protocol.judge_threshold), raw, calls
+    return None, judge_outcome(None, protocol.judge_threshold), raw, calls
 
 
-async def judge(generation: Generation) -> None:
+async def judge_generation(
+    generation: Generation, caller: ModelCaller, protocol: Protocol, publish: Publish
+) -> None:
+    """Extract and rate one generation; publish its verdict."""
     ctx, item = generation.context, generation.item
-    protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, service.settings.data_dir)
-    caller = ModelCaller(pool, ctx)
-    calls: list[CallRecord] = []
-    answer, path = await extract(caller, protocol, generation, calls)
-    rating, outcome, raw = await rate(caller, protocol, generation, calls)
+    async with asyncio.TaskGroup() as group:
+        extracted = group.create_task(extract(caller, protocol, generation))
+        rated = group.create_task(rate(caller, protocol, generation))
+    answer, path, extraction_calls = extracted.result()
+    rating, outcome, raw, rating_calls = rated.result()
     log.info(
-        "stage=judge run=%s row=%d setting=%s method=%s answer=%s (%s) rating=%s",
+        "stage=verdict run=%s row=%d setting=%s method=%s answer=%s (%s) rating=%s",
         ctx.run_id, item.row_id, generation.setting, generation.method, answer, path, rating,
     )  # fmt: skip
-    verdict = Verdict(generation, answer, path, rating, outcome, raw, calls)
-    await service.send(VERDICTS, partition_key(ctx.run_id, item.row_id), verdict)
+    verdict = Verdict(
+        generation, answer, path, rating, outcome, raw, [*extraction_calls, *rating_calls]
+    )
+    await publish(VERDICTS, partition_key(ctx.run_id, item.row_id), verdict)
 
 
-agent = BatchAgent(service, Generation, judge, max_concurrency=32)
+def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
+    """The judge worker: consumes ``generations``, publishes verdicts."""
+    models = pool or ClientPool()
+    worker = Worker("judge", settings, options, (GENERATIONS,), in_flight=DEFAULT_IN_FLIGHT)
 
+    async def handle(generation: Generation) -> None:
+        ctx = generation.context
+        protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, settings.data_dir)
+        await judge_generation(generation, ModelCaller(models, ctx), protocol, worker.publish)
 
-@service.app.agent(service.topic(GENERATIONS), concurrency=1)
-async def judge_agent(stream: faust.StreamT[bytes]) -> None:
-    await agent.consume(stream)
+    worker.serve(Generation, handle)
+    return worker

@@ -12,7 +12,14 @@ from perg.client._transport import (
     TransportRequest,
     TransportResponse,
 )
-from perg.client._types import Backend, Completion, Endpoint, ModelError, TransportError
+from perg.client._types import (
+    Backend,
+    Completion,
+    Endpoint,
+    ModelError,
+    Timeouts,
+    TransportError,
+)
 
 __all__ = [
     "AiohttpTransport",
@@ -23,6 +30,7 @@ __all__ = [
     "MockTransport",
     "ModelClient",
     "ModelError",
+    "Timeouts",
     "Transport",
     "TransportError",
     "TransportRequest",

@@ -21,19 +21,39 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from perg.client._transport import AiohttpTransport, Transport, TransportResponse
-from perg.client._types import Backend, Completion, Endpoint, ModelError, TransportError
+from perg.client._types import Backend, Completion, Endpoint, ModelError, Timeouts, TransportError
 
 logger = logging.getLogger("perg.client")
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_RETRY_WAIT: wait_base = wait_random_exponential(multiplier=0.5, max=20)
+MAX_RETRY_AFTER_S = 120.0  # a server asking for a longer pause is waited for this long at most
+LATENCY_HEADROOM = 4.0  # an attempt may take this many times the slowest recent reply
+LATENCY_DECAY = 0.98  # per reply, how fast the remembered slowest reply fades
 _EXCERPT = 300
 
 
 class _RetryableError(Exception):
-    def __init__(self, message: str, status: int | None) -> None:
+    def __init__(self, message: str, status: int | None, retry_after_s: float | None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class _HonourRetryAfter(wait_base):
+    """The backoff, but never shorter than the server's ``Retry-After`` (capped)."""
+
+    def __init__(self, backoff: wait_base) -> None:
+        self.backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self.backoff(retry_state))
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        asked = getattr(exc, "retry_after_s", None)
+        if isinstance(asked, float):
+            wait = max(wait, min(asked, MAX_RETRY_AFTER_S))
+        return wait
 
 
 def response_format(backend: Backend, schema: Mapping[str, object]) -> dict[str, Any]:
@@ -57,8 +77,15 @@ class ModelClient:
     """Chat calls to one endpoint, at most ``max_in_flight`` at a time, retried on overload.
 
     Retried: 429, 502, 503, 504, connection errors and timeouts, with ``retry_wait`` between
-    attempts (default: random exponential backoff, 0.5 s base, 20 s cap). Any other non-2xx
-    status raises ModelError at once. A slot is held only while a request is on the wire.
+    attempts (default: random exponential backoff, 0.5 s base, 20 s cap), and never sooner
+    than a ``Retry-After`` the server sent (capped at 120 s). Any other non-2xx status raises
+    ModelError at once. A slot is held only while a request is on the wire.
+
+    Every attempt has a deadline (:meth:`timeouts`): ``connect_timeout_s`` to connect, and for
+    the reply ``deadline_base_s + max_tokens / min_tokens_per_s``, at least
+    ``LATENCY_HEADROOM`` times the slowest reply seen recently, doubled on every retry, at most
+    ``timeout_s``. A hung server therefore costs seconds per call, not minutes, while a slow
+    one is still waited for.
     """
 
     def __init__(
@@ -83,9 +110,10 @@ class ModelClient:
                     "(api_key_env) is not set"
                 )
             self._headers["Authorization"] = f"Bearer {token}"
+        self._slowest_reply_s = 0.0
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(endpoint.max_retries + 1),
-            wait=retry_wait,
+            wait=_HonourRetryAfter(retry_wait),
             retry=retry_if_exception_type(_RetryableError),
             before_sleep=self._log_retry,
             reraise=True,
@@ -115,7 +143,7 @@ class ModelClient:
         started = time.perf_counter()
         retrying = self._retrying.copy()
         try:
-            response: TransportResponse = await retrying(self._attempt, body)
+            response: TransportResponse = await retrying(self._attempt, body, max_tokens, retrying)
         except _RetryableError as exc:
             raise ModelError(
                 f"{exc} (gave up after {retrying.statistics['attempt_number']} attempts)",
@@ -127,19 +155,31 @@ class ModelClient:
             attempts=retrying.statistics["attempt_number"],
         )
 
-    async def _attempt(self, body: bytes) -> TransportResponse:
+    def timeouts(self, max_tokens: int, attempt: int = 1) -> Timeouts:
+        """The deadlines of attempt number ``attempt`` (1-based) of a call."""
+        endpoint = self.endpoint
+        sized = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
+        total = max(sized, LATENCY_HEADROOM * self._slowest_reply_s) * 2 ** (attempt - 1)
+        total = min(total, endpoint.timeout_s)
+        return Timeouts(connect_s=min(endpoint.connect_timeout_s, total), total_s=total)
+
+    async def _attempt(
+        self, body: bytes, max_tokens: int, retrying: AsyncRetrying
+    ) -> TransportResponse:
+        timeouts = self.timeouts(max_tokens, retrying.statistics.get("attempt_number", 1))
         async with self._slots:
+            sent = time.perf_counter()
             try:
-                response = await self._transport.post_json(
-                    self._url, body, self._headers, self.endpoint.timeout_s
-                )
+                response = await self._transport.post_json(self._url, body, self._headers, timeouts)
             except TransportError as exc:
-                raise _RetryableError(f"endpoint {self._url}: {exc}", None) from exc
+                raise _RetryableError(f"endpoint {self._url}: {exc}", None, None) from exc
+            reply_s = time.perf_counter() - sent
         if 200 <= response.status < 300:
+            self._slowest_reply_s = max(reply_s, self._slowest_reply_s * LATENCY_DECAY)
             return response
         message = f"endpoint {self._url}: HTTP {response.status}: {_excerpt(response.body)}"
         if response.status in RETRY_STATUSES:
-            raise _RetryableError(message, response.status)
+            raise _RetryableError(message, response.status, response.retry_after_s)
         raise ModelError(message, status=response.status)
 
     def _parse(self, body: bytes, *, latency_s: float, attempts: int) -> Completion:
