@@ -365,7 +365,12 @@ class Worker:
         async def one(message: Message) -> None:
             await RecordHandler(self.name, record, handle, self.publisher)(message)
 
-        self._handle_one = one
+        self.serve_messages(one)
+
+    def serve_messages(self, handle: Callable[[Message], Coroutine[Any, Any, None]]) -> None:
+        """Run ``handle`` on each raw message, up to ``in_flight`` at once; it must not raise
+        (an exception stops the worker without committing)."""
+        self._handle_one = handle
 
     def serve_batches(self, handle: Callable[[list[Message]], Awaitable[None]]) -> None:
         """Handle up to ``in_flight`` messages at a time, in order (the sink)."""
