@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -29,7 +29,8 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_RETRY_WAIT: wait_base = wait_random_exponential(multiplier=0.5, max=20)
 MAX_RETRY_AFTER_S = 120.0  # a server asking for a longer pause is waited for this long at most
 LATENCY_HEADROOM = 4.0  # an attempt may take this many times the slowest recent reply
-LATENCY_DECAY = 0.98  # per reply, how fast the remembered slowest reply fades
+LATENCY_DECAY = 0.99  # per reply, how fast the remembered slowest reply fades
+LEARN_AFTER = 8  # replies of one request size before deadlines follow observed latency
 _EXCERPT = 300
 
 
@@ -82,10 +83,9 @@ class ModelClient:
     ModelError at once. A slot is held only while a request is on the wire.
 
     Every attempt has a deadline (:meth:`timeouts`): ``connect_timeout_s`` to connect, and for
-    the reply ``deadline_base_s + max_tokens / min_tokens_per_s``, at least
-    ``LATENCY_HEADROOM`` times the slowest reply seen recently, doubled on every retry, at most
-    ``timeout_s``. A hung server therefore costs seconds per call, not minutes, while a slow
-    one is still waited for.
+    the reply one sized to the request (its ``max_tokens``), then following the slowest recent
+    replies of that size, doubled on every retry, at most ``timeout_s``. A hung call therefore
+    costs seconds, not minutes, while a slow server is still waited for.
     """
 
     def __init__(
@@ -110,7 +110,8 @@ class ModelClient:
                     "(api_key_env) is not set"
                 )
             self._headers["Authorization"] = f"Bearer {token}"
-        self._slowest_reply_s = 0.0
+        # max_tokens -> (replies seen, slowest recent reply in s): deadlines follow the server
+        self._replies: dict[int, tuple[int, float]] = {}
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(endpoint.max_retries + 1),
             wait=_HonourRetryAfter(retry_wait),
@@ -156,12 +157,25 @@ class ModelClient:
         )
 
     def timeouts(self, max_tokens: int, attempt: int = 1) -> Timeouts:
-        """The deadlines of attempt number ``attempt`` (1-based) of a call."""
+        """The deadlines of attempt number ``attempt`` (1-based) of a call for ``max_tokens``.
+
+        Until ``LEARN_AFTER`` replies to requests of this size were seen, the reply deadline
+        is sized from the endpoint: ``deadline_base_s + max_tokens / min_tokens_per_s``; then
+        it is ``LATENCY_HEADROOM`` times the slowest recent reply (never under
+        ``deadline_base_s``), so it follows the server actually serving. Each retry doubles it;
+        ``timeout_s`` caps it."""
         endpoint = self.endpoint
-        sized = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
-        total = max(sized, LATENCY_HEADROOM * self._slowest_reply_s) * 2 ** (attempt - 1)
-        total = min(total, endpoint.timeout_s)
+        seen, slowest = self._replies.get(max_tokens, (0, 0.0))
+        if seen >= LEARN_AFTER:
+            total = max(endpoint.deadline_base_s, LATENCY_HEADROOM * slowest)
+        else:
+            total = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
+        total = min(total * 2 ** (attempt - 1), endpoint.timeout_s)
         return Timeouts(connect_s=min(endpoint.connect_timeout_s, total), total_s=total)
+
+    def _learn(self, max_tokens: int, reply_s: float) -> None:
+        seen, slowest = self._replies.get(max_tokens, (0, 0.0))
+        self._replies[max_tokens] = (seen + 1, max(reply_s, slowest * LATENCY_DECAY))
 
     async def _attempt(
         self, body: bytes, max_tokens: int, retrying: AsyncRetrying
@@ -175,7 +189,7 @@ class ModelClient:
                 raise _RetryableError(f"endpoint {self._url}: {exc}", None, None) from exc
             reply_s = time.perf_counter() - sent
         if 200 <= response.status < 300:
-            self._slowest_reply_s = max(reply_s, self._slowest_reply_s * LATENCY_DECAY)
+            self._learn(max_tokens, reply_s)
             return response
         message = f"endpoint {self._url}: HTTP {response.status}: {_excerpt(response.body)}"
         if response.status in RETRY_STATUSES:
@@ -232,16 +246,27 @@ class ModelClient:
 
 
 class ClientPool:
-    """One ModelClient per Endpoint, shared by a worker process; created on first ``get``."""
+    """One ModelClient per Endpoint, shared by a worker process; created on first ``get``.
 
-    def __init__(self, *, retry_wait: wait_base = DEFAULT_RETRY_WAIT) -> None:
+    ``transport`` makes each client's transport (default: aiohttp); tests pass a
+    ``MockTransport`` factory to run services in-process."""
+
+    def __init__(
+        self,
+        *,
+        retry_wait: wait_base = DEFAULT_RETRY_WAIT,
+        transport: Callable[[Endpoint], Transport] | None = None,
+    ) -> None:
         self._retry_wait = retry_wait
+        self._transport = transport
         self._clients: dict[Endpoint, ModelClient] = {}
 
     def get(self, endpoint: Endpoint) -> ModelClient:
         client = self._clients.get(endpoint)
         if client is None:
-            client = self._clients[endpoint] = ModelClient(endpoint, retry_wait=self._retry_wait)
+            transport = self._transport(endpoint) if self._transport else None
+            client = ModelClient(endpoint, transport, retry_wait=self._retry_wait)
+            self._clients[endpoint] = client
         return client
 
     async def aclose(self) -> None:

@@ -18,11 +18,11 @@ class Endpoint:
 
     Bounds: at most ``max_in_flight`` requests of one worker process are on the wire at once
     (must be >= 1); a failing call is retried ``max_retries`` times. Each attempt has a
-    deadline sized to the request (see :class:`Timeouts`): ``connect_timeout_s`` to open the
-    connection, then ``deadline_base_s + max_tokens / min_tokens_per_s`` for the reply, never
-    more than ``timeout_s``. The deadline also grows with the slowest reply seen recently and
-    doubles on every retry, so a slow but healthy server is waited for and a hung call is
-    abandoned in seconds.
+    deadline (see ``ModelClient.timeouts``): ``connect_timeout_s`` to open the connection, and
+    for the reply first ``deadline_base_s + max_tokens / min_tokens_per_s``, then four times
+    the slowest recent reply of that size (at least ``deadline_base_s``), doubled on every
+    retry, never more than ``timeout_s``: a slow but healthy server is waited for, a hung call
+    is abandoned in seconds.
     """
 
     base_url: str
