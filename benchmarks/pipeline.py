@@ -126,13 +126,14 @@ def p4_sink(stored: int) -> tuple[float, float]:
         spec = make_spec("bench", rows_per_run)
         store.save_run(spec)
         batch_rows = 2000
-        started = time.perf_counter()
-        written = 0
+        saving_s, written = 0.0, 0
         for first in range(0, rows_per_run, batch_rows):
             batch = verdicts(spec, range(first, min(first + batch_rows, rows_per_run)))
+            started = time.perf_counter()  # the store's time only, not building the records
             store.save_verdicts(batch)
+            saving_s += time.perf_counter() - started
             written += len(batch)
-        upsert_rate = written / (time.perf_counter() - started)
+        upsert_rate = written / saving_s
 
         stop = threading.Event()
 

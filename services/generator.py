@@ -32,9 +32,9 @@ from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.generator")
 
-# Rows in progress per worker: a row fans out to up to 15 calls after its baseline, so 16 rows
+# Rows in progress per worker: a row fans out to up to 15 calls after its baseline, so 32 rows
 # keep an endpoint's default 64 slots busy through each row's sequential steps.
-DEFAULT_IN_FLIGHT = 16
+DEFAULT_IN_FLIGHT = 32
 
 
 async def answer_row(
