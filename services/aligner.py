@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from perg.client import ClientPool
+from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
 from perg.config import Settings
 from perg.protocol import ALIGNER_SCHEMA, Protocol
 from schemas import AlignRequest, Generation, partition_key
@@ -21,7 +21,9 @@ from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.aligner")
 
-DEFAULT_IN_FLIGHT = 64  # one call per request (more on unparseable JSON): the endpoint's slots
+# Requests in progress per worker: twice the endpoint's default slots (one call each, more on
+# unparseable JSON), so a hung call does not leave a slot idle.
+DEFAULT_IN_FLIGHT = 2 * DEFAULT_MAX_IN_FLIGHT
 
 
 async def align(

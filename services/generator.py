@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from perg.client import ClientPool
+from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
 from perg.config import Settings
 from perg.protocol import CRITIC_SCHEMA, Method, Protocol, Setting
 from schemas import (
@@ -32,9 +32,10 @@ from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.generator")
 
-# Rows in progress per worker: a row fans out to up to 15 calls after its baseline, so 32 rows
-# keep an endpoint's default 64 slots busy through each row's sequential steps.
-DEFAULT_IN_FLIGHT = 32
+# Rows in progress per worker: twice the endpoint's default slots, so the slots stay full while
+# rows wait on their sequential steps (baseline, answers, critique) or on a slow or hung call.
+# The endpoint's max_in_flight bounds the calls; this bounds the memory.
+DEFAULT_IN_FLIGHT = 2 * DEFAULT_MAX_IN_FLIGHT
 
 
 async def answer_row(

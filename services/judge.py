@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from perg.client import ClientPool
+from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
 from perg.config import Settings
 from perg.extraction import ExtractionPath, choice_schema, extract_choice, parse_llm_choice
 from perg.judging import JudgeOutcome, judge_outcome, parse_rating
@@ -25,7 +25,9 @@ from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.judge")
 
-DEFAULT_IN_FLIGHT = 64  # at most two calls per generation: the endpoint's default slots
+# Generations in progress per worker: four times the endpoint's default slots (one or two calls
+# each, often none), so the slots stay full while some wait on a slow or hung call.
+DEFAULT_IN_FLIGHT = 4 * DEFAULT_MAX_IN_FLIGHT
 
 
 async def extract(

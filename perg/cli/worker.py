@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--in-flight",
         type=int,
         help="messages in progress at once (default $PERG_WORKER_IN_FLIGHT, else the "
-        "service's: generator 16 rows, aligner and judge 64, sink batches of 1000)",
+        "service's: generator 128 rows, aligner 128, judge 256, sink batches of 1000); the "
+        "model calls are bounded by each endpoint's max_in_flight",
     )
     parser.add_argument(
         "--instance",

@@ -13,6 +13,7 @@ from perg.client._transport import (
     TransportResponse,
 )
 from perg.client._types import (
+    DEFAULT_MAX_IN_FLIGHT,
     Backend,
     Completion,
     Endpoint,
@@ -22,6 +23,7 @@ from perg.client._types import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
     "AiohttpTransport",
     "Backend",
     "ClientPool",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Backend = Literal["tgi", "openai", "llamacpp", "vllm"]
+DEFAULT_MAX_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class Endpoint:
     model: str
     backend: Backend = "openai"
     api_key_env: str | None = None
-    max_in_flight: int = 64
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     timeout_s: float = 300.0
     max_retries: int = 5
     connect_timeout_s: float = 10.0
