@@ -43,6 +43,7 @@ R = TypeVar("R", bound=Record)
 
 DEFAULT_BATCH = 1000
 STORE_ATTEMPTS = 6  # tries of a store write failing for a reason not the record's (backoff)
+FIRST_RETRY_S = 0.5  # then doubling: 0.5 + 1 + 2 + 4 + 8 s in all
 EXIT_LOCKED = 75  # EX_TEMPFAIL: the results file stayed locked by another process
 # Failures that are the record's fault: retrying cannot help, the record is dead-lettered.
 RECORD_ERRORS: tuple[type[Exception], ...] = (
@@ -204,7 +205,7 @@ class Sink:
             return []
 
     async def write(self, save: Callable[[list[R]], Any], records: list[R]) -> Any:
-        delay = 0.5
+        delay = FIRST_RETRY_S
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
                 return await asyncio.to_thread(save, records)

@@ -23,6 +23,7 @@ from perg.client import (
     TransportRequest,
     TransportResponse,
 )
+from perg.client._client import MIN_DEADLINE_S
 
 ENDPOINT = Endpoint("http://model.test/v1", "m", max_retries=3, timeout_s=5.0)
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -243,13 +244,13 @@ async def test_deadline_follows_the_observed_replies() -> None:
         await asyncio.sleep(0.01)
         return ok()
 
-    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=0.2, min_tokens_per_s=1)
+    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=30, min_tokens_per_s=1)
     client = client_for(slowish, endpoint)
-    assert client.timeouts(64).total_s == pytest.approx(64.2)  # sized: nothing seen yet
+    assert client.timeouts(64).total_s == pytest.approx(94)  # sized: nothing seen yet
     for _ in range(8):
         await client.chat(MESSAGES, max_tokens=64)
-    assert client.timeouts(64).total_s == pytest.approx(0.2)  # 4x ~10 ms, floored at the base
-    assert client.timeouts(32).total_s == pytest.approx(32.2)  # another size: still sized
+    assert client.timeouts(64).total_s == pytest.approx(MIN_DEADLINE_S)  # 4x ~10 ms, floored
+    assert client.timeouts(32).total_s == pytest.approx(62)  # another size: still sized
 
 
 async def test_a_hung_call_is_abandoned_at_its_deadline_and_retried() -> None:

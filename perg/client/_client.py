@@ -31,6 +31,7 @@ MAX_RETRY_AFTER_S = 120.0  # a server asking for a longer pause is waited for th
 LATENCY_HEADROOM = 4.0  # an attempt may take this many times the slowest recent reply
 LATENCY_DECAY = 0.99  # per reply, how fast the remembered slowest reply fades
 LEARN_AFTER = 8  # replies of one request size before deadlines follow observed latency
+MIN_DEADLINE_S = 5.0  # a learned deadline is never shorter (scheduling jitter, GC pauses)
 _EXCERPT = 300
 
 
@@ -162,12 +163,12 @@ class ModelClient:
         Until ``LEARN_AFTER`` replies to requests of this size were seen, the reply deadline
         is sized from the endpoint: ``deadline_base_s + max_tokens / min_tokens_per_s``; then
         it is ``LATENCY_HEADROOM`` times the slowest recent reply (never under
-        ``deadline_base_s``), so it follows the server actually serving. Each retry doubles it;
+        ``MIN_DEADLINE_S``), so it follows the server actually serving. Each retry doubles it;
         ``timeout_s`` caps it."""
         endpoint = self.endpoint
         seen, slowest = self._replies.get(max_tokens, (0, 0.0))
         if seen >= LEARN_AFTER:
-            total = max(endpoint.deadline_base_s, LATENCY_HEADROOM * slowest)
+            total = max(MIN_DEADLINE_S, LATENCY_HEADROOM * slowest)
         else:
             total = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
         total = min(total * 2 ** (attempt - 1), endpoint.timeout_s)

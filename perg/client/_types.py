@@ -20,10 +20,10 @@ class Endpoint:
     Bounds: at most ``max_in_flight`` requests of one worker process are on the wire at once
     (must be >= 1); a failing call is retried ``max_retries`` times. Each attempt has a
     deadline (see ``ModelClient.timeouts``): ``connect_timeout_s`` to open the connection, and
-    for the reply first ``deadline_base_s + max_tokens / min_tokens_per_s``, then four times
-    the slowest recent reply of that size (at least ``deadline_base_s``), doubled on every
-    retry, never more than ``timeout_s``: a slow but healthy server is waited for, a hung call
-    is abandoned in seconds.
+    for the reply first ``deadline_base_s + max_tokens / min_tokens_per_s`` (the base covers
+    queueing and prompt processing), then four times the slowest recent reply of that size (at
+    least 5 s), doubled on every retry, never more than ``timeout_s``: a slow but healthy
+    server is waited for, a hung call is abandoned in seconds.
     """
 
     base_url: str
@@ -34,7 +34,7 @@ class Endpoint:
     timeout_s: float = 300.0
     max_retries: int = 5
     connect_timeout_s: float = 10.0
-    deadline_base_s: float = 5.0
+    deadline_base_s: float = 30.0
     min_tokens_per_s: float = 50.0
 
     def __post_init__(self) -> None:
