@@ -14,16 +14,18 @@ timeouts, resets, after the client's own retries) is retried by the runtime.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 from perg.client import ClientPool, Completion, Endpoint, ModelClient, ModelError
+from perg.config import Settings
 from perg.protocol import ChatMessage, Protocol, load_protocol, parse_json_response
-from schemas import CallRecord, RunContext
+from schemas import CallRecord, Record, RunContext, TopicSpec
 
-from ._runtime import PermanentError
+from ._runtime import PermanentError, Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services")
 
@@ -97,6 +99,36 @@ class ModelCaller:
             finish_reason=completion.finish_reason,
         )
         return completion, record
+
+
+M = TypeVar("M", bound=Record)
+Orchestration = Callable[[M, "ModelCaller", Protocol, Publish], Awaitable[None]]
+
+
+def model_worker(
+    name: str,
+    settings: Settings,
+    options: WorkerOptions,
+    source: TopicSpec,
+    record: type[M],
+    orchestrate: Orchestration[M],
+    *,
+    in_flight: int,
+    pool: ClientPool | None = None,
+) -> Worker:
+    """A worker that runs ``orchestrate`` on each ``record`` of ``source`` with the run's
+    protocol, a model caller over ``pool`` (one client per endpoint for the whole process)
+    and the worker's publisher."""
+    models = pool or ClientPool()
+    worker = Worker(name, settings, options, (source,), in_flight=in_flight)
+
+    async def handle(message: M) -> None:
+        context: RunContext = message.context  # type: ignore[attr-defined]
+        protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
+        await orchestrate(message, ModelCaller(models, context), protocol, worker.publish)
+
+    worker.serve(record, handle)
+    return worker
 
 
 @dataclass(frozen=True)

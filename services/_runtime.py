@@ -215,23 +215,16 @@ def _key_fields(raw: bytes) -> dict[str, Any]:
     return fields
 
 
-def _permanent_cause(exc: BaseException) -> PermanentError | None:
-    if isinstance(exc, PermanentError):
+E = TypeVar("E", bound=BaseException)
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` itself or the first ``kind`` inside it (exception groups of a TaskGroup)."""
+    if isinstance(exc, kind):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _permanent_cause(inner)
-            if found is not None:
-                return found
-    return None
-
-
-def _publish_failure(exc: BaseException) -> PublishError | None:
-    if isinstance(exc, PublishError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _publish_failure(inner)
+            found = _cause(inner, kind)
             if found is not None:
                 return found
     return None
@@ -269,11 +262,11 @@ class RecordHandler(Generic[R]):
                 await self.handle(record)
                 return
             except Exception as exc:
-                permanent = _permanent_cause(exc)
+                permanent = _cause(exc, PermanentError)
                 if permanent is not None:
                     await self.dead_letter(message, str(permanent))
                     return
-                if _publish_failure(exc) is not None:  # Kafka away: not the message's fault
+                if _cause(exc, PublishError) is not None:  # Kafka away: not the message's fault
                     attempt -= 1
                     publish_failed_since = publish_failed_since or loop.time()
                     if loop.time() - publish_failed_since > PUBLISH_PATIENCE_S:

@@ -16,7 +16,7 @@ from perg.protocol import ALIGNER_SCHEMA, Protocol
 from schemas import AlignRequest, Generation, partition_key
 from schemas.topics import ALIGN, GENERATIONS
 
-from ._calls import ModelCaller, protocol_for, structured_rewrite
+from ._calls import ModelCaller, model_worker, structured_rewrite
 from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.aligner")
@@ -51,13 +51,13 @@ async def align(
 
 def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
     """The aligner worker: consumes ``align``, publishes aligned generations."""
-    models = pool or ClientPool()
-    worker = Worker("aligner", settings, options, (ALIGN,), in_flight=DEFAULT_IN_FLIGHT)
-
-    async def handle(request: AlignRequest) -> None:
-        ctx = request.context
-        protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, settings.data_dir)
-        await align(request, ModelCaller(models, ctx), protocol, worker.publish)
-
-    worker.serve(AlignRequest, handle)
-    return worker
+    return model_worker(
+        "aligner",
+        settings,
+        options,
+        ALIGN,
+        AlignRequest,
+        align,
+        in_flight=DEFAULT_IN_FLIGHT,
+        pool=pool,
+    )

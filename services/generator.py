@@ -27,7 +27,7 @@ from schemas import (
 )
 from schemas.topics import ALIGN, GENERATIONS, WORK
 
-from ._calls import ModelCaller, protocol_for, structured_rewrite
+from ._calls import ModelCaller, model_worker, structured_rewrite
 from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.generator")
@@ -113,13 +113,13 @@ async def answer(
 
 def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
     """The generator worker: consumes ``work``, publishes generations and align requests."""
-    models = pool or ClientPool()
-    worker = Worker("generator", settings, options, (WORK,), in_flight=DEFAULT_IN_FLIGHT)
-
-    async def handle(work: WorkItem) -> None:
-        ctx = work.context
-        protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, settings.data_dir)
-        await answer_row(work, ModelCaller(models, ctx), protocol, worker.publish)
-
-    worker.serve(WorkItem, handle)
-    return worker
+    return model_worker(
+        "generator",
+        settings,
+        options,
+        WORK,
+        WorkItem,
+        answer_row,
+        in_flight=DEFAULT_IN_FLIGHT,
+        pool=pool,
+    )

@@ -20,7 +20,7 @@ from perg.protocol import Protocol
 from schemas import BASELINE_METHOD, CallRecord, Generation, Verdict, partition_key
 from schemas.topics import GENERATIONS, VERDICTS
 
-from ._calls import ModelCaller, protocol_for
+from ._calls import ModelCaller, model_worker
 from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.judge")
@@ -103,13 +103,13 @@ async def judge_generation(
 
 def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
     """The judge worker: consumes ``generations``, publishes verdicts."""
-    models = pool or ClientPool()
-    worker = Worker("judge", settings, options, (GENERATIONS,), in_flight=DEFAULT_IN_FLIGHT)
-
-    async def handle(generation: Generation) -> None:
-        ctx = generation.context
-        protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, settings.data_dir)
-        await judge_generation(generation, ModelCaller(models, ctx), protocol, worker.publish)
-
-    worker.serve(Generation, handle)
-    return worker
+    return model_worker(
+        "judge",
+        settings,
+        options,
+        GENERATIONS,
+        Generation,
+        judge_generation,
+        in_flight=DEFAULT_IN_FLIGHT,
+        pool=pool,
+    )

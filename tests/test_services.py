@@ -221,3 +221,10 @@ def test_services_build_without_side_effects(tmp_path: Path) -> None:
     for name, module in modules.items():
         worker = module.build_app(settings, WorkerOptions(in_flight=5))
         assert (worker.name, worker.in_flight) == (name, 5)
+
+
+def test_worker_refuses_zero_in_flight(capsys: pytest.CaptureFixture[str]) -> None:
+    from perg.cli import main
+
+    assert main(["worker", "generator", "--in-flight", "0"]) == 2
+    assert "in_flight must be at least 1, got 0" in capsys.readouterr().err
