@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -50,6 +51,12 @@ def _stats(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url.removesuffix("/v1") + "/stats", timeout=10) as response:
         stats: dict[str, Any] = orjson.loads(response.read())
     return stats
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -89,6 +96,8 @@ def _run(pipeline: Pipeline, rows: int) -> dict[str, Any]:
     high = next(s for s in samples if s[1] >= 0.9 * calls)
     steady = (high[1] - low[1]) / (high[0] - low[0]) if high[0] > low[0] else float("nan")
     rss = {name: _peak_rss_mb(p.pid) for name, p in pipeline.workers.procs.items()}
+    processes = {**pipeline.workers.procs, "model-double": pipeline.doubles[0]}
+    cpu = {name: _cpu_s(p.pid) for name, p in processes.items()}
     return {
         "wall_s": wall,
         "calls": calls,
@@ -96,6 +105,7 @@ def _run(pipeline: Pipeline, rows: int) -> dict[str, Any]:
         "steady_calls_per_s": steady,
         "results": status.get("results_stored", 0),
         "rss_mb": rss,
+        "cpu_s": cpu,
     }
 
 
@@ -210,6 +220,9 @@ def main() -> None:
                     f"results/s ({p3['calls_per_s']:.0f} calls/s)")  # fmt: skip
                 rss = ", ".join(f"{n} {v:.0f}" for n, v in sorted(p3["rss_mb"].items()))
                 say(f"P5 peak RSS after P3 (MB): {rss}")
+                per_k = 1000 / max(p3["results"], 1)
+                cpu = ", ".join(f"{n} {v * per_k:.1f}" for n, v in sorted(p3["cpu_s"].items()))
+                say(f"P3 CPU seconds per 1000 stored results: {cpu}")
     if "P4" in only:
         rate, p95_ms = p4_sink(args.stored)
         say(f"P4 sink upsert {rate:.0f} rows/s; live metric query p95 {p95_ms:.1f} ms at "
