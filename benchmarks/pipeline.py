@@ -83,6 +83,7 @@ def _run(pipeline: Pipeline, rows: int) -> dict[str, Any]:
     samples: list[tuple[float, int]] = []
     started = time.monotonic()
     run_id = pipeline.submit("--sample", str(rows), "--seed", "1")
+    submitted = time.monotonic() - started
 
     def done() -> bool:
         samples.append((time.monotonic(), int(_stats(pipeline.model_url).get("calls", 0))))
@@ -100,6 +101,7 @@ def _run(pipeline: Pipeline, rows: int) -> dict[str, Any]:
     cpu = {name: _cpu_s(p.pid) for name, p in processes.items()}
     return {
         "wall_s": wall,
+        "submit_s": submitted,
         "calls": calls,
         "calls_per_s": calls / wall,
         "steady_calls_per_s": steady,
@@ -217,7 +219,8 @@ def main() -> None:
                 p3 = _run(pipeline, args.instant_rows)
                 say(f"P3 instant double, {args.instant_rows} rows: {p3['results']} results in "
                     f"{p3['wall_s']:.1f}s = {p3['results'] / p3['wall_s']:.0f} stored "
-                    f"results/s ({p3['calls_per_s']:.0f} calls/s)")  # fmt: skip
+                    f"results/s ({p3['calls_per_s']:.0f} calls/s; perg submit took "
+                    f"{p3['submit_s']:.1f}s)")  # fmt: skip
                 rss = ", ".join(f"{n} {v:.0f}" for n, v in sorted(p3["rss_mb"].items()))
                 say(f"P5 peak RSS after P3 (MB): {rss}")
                 per_k = 1000 / max(p3["results"], 1)

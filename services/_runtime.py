@@ -155,6 +155,18 @@ class Publisher:
     def topic(self, spec: TopicSpec) -> str:
         return spec.name(self._prefix)
 
+    async def publish_many(self, spec: TopicSpec, records: Sequence[tuple[bytes, Record]]) -> None:
+        """Publish all at once (batched by the producer) and wait for every acknowledgement."""
+        topic = self.topic(spec)
+        try:
+            pending = [
+                await self._producer.send(topic, record.encode(), key=key)
+                for key, record in records
+            ]
+            await asyncio.gather(*pending)
+        except KafkaError as exc:
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+
     async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         try:
             await self._producer.send_and_wait(topic, value, key=key)

@@ -145,8 +145,9 @@ class Sink:
         letters = list(batch.letters)
         await self.save(self.store.save_dead_letters, letters, batch)
         await self.save(self.store.save_dead_letters, batch.letters[len(letters) :], batch)
-        for result in stored:
-            await self.worker.publish(RESULTS, partition_key(result.run_id, result.row_id), result)
+        await self.worker.publisher.publish_many(
+            RESULTS, [(partition_key(r.run_id, r.row_id), r) for r in stored]
+        )
         if batch.verdicts:
             log.info("stage=sink stored %d verdicts", len(batch.verdicts))
 
