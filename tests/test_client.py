@@ -298,3 +298,27 @@ async def test_retry_after_header_is_read_from_a_real_server() -> None:
 def test_max_in_flight_below_one_is_refused(bad: int) -> None:
     with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
         Endpoint("http://model.test/v1", "m", max_in_flight=bad)
+
+
+async def test_a_call_on_the_wire_is_held_to_a_deadline_learned_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("perg.client._client.MIN_DEADLINE_S", 0.3)
+    monkeypatch.setattr("perg.client._client.WATCH_EVERY_S", 0.02)
+    first = True
+
+    async def first_hangs(request: TransportRequest) -> TransportResponse:
+        nonlocal first
+        if first:
+            first = False
+            await asyncio.sleep(3600)
+        return ok()
+
+    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=60, max_retries=0)
+    client = client_for(first_hangs, endpoint)
+    hung = asyncio.create_task(client.chat(MESSAGES, max_tokens=8))
+    await asyncio.sleep(0.05)
+    for _ in range(8):  # fast replies teach the client a short deadline
+        await client.chat(MESSAGES, max_tokens=8)
+    with pytest.raises(ModelError, match="no reply within 0.3s"):
+        await asyncio.wait_for(hung, timeout=5)

@@ -31,6 +31,7 @@ MAX_RETRY_AFTER_S = 120.0  # a server asking for a longer pause is waited for th
 LATENCY_HEADROOM = 4.0  # an attempt may take this many times the slowest recent reply
 LATENCY_DECAY = 0.99  # per reply, how fast the remembered slowest reply fades
 LEARN_AFTER = 8  # replies of one request size before deadlines follow observed latency
+WATCH_EVERY_S = 0.5  # how often a call on the wire re-reads its deadline
 MIN_DEADLINE_S = 5.0  # a learned deadline is never shorter (scheduling jitter, GC pauses)
 _EXCERPT = 300
 
@@ -181,11 +182,11 @@ class ModelClient:
     async def _attempt(
         self, body: bytes, max_tokens: int, retrying: AsyncRetrying
     ) -> TransportResponse:
-        timeouts = self.timeouts(max_tokens, retrying.statistics.get("attempt_number", 1))
+        attempt = retrying.statistics.get("attempt_number", 1)
         async with self._slots:
             sent = time.perf_counter()
             try:
-                response = await self._transport.post_json(self._url, body, self._headers, timeouts)
+                response = await self._post_watched(body, max_tokens, attempt, sent)
             except TransportError as exc:
                 raise _RetryableError(f"endpoint {self._url}: {exc}", None, None) from exc
             reply_s = time.perf_counter() - sent
@@ -196,6 +197,27 @@ class ModelClient:
         if response.status in RETRY_STATUSES:
             raise _RetryableError(message, response.status, response.retry_after_s)
         raise ModelError(message, status=response.status)
+
+    async def _post_watched(
+        self, body: bytes, max_tokens: int, attempt: int, sent: float
+    ) -> TransportResponse:
+        """POST with the attempt's deadline, re-read while waiting: when replies seen in the
+        meantime shorten it (the first calls to a server start with the sized deadline), a
+        call already on the wire is held to the shorter one."""
+        timeouts = self.timeouts(max_tokens, attempt)
+        post = asyncio.ensure_future(
+            self._transport.post_json(self._url, body, self._headers, timeouts)
+        )
+        try:
+            while True:
+                done, _ = await asyncio.wait({post}, timeout=WATCH_EVERY_S)
+                if done:
+                    return post.result()
+                deadline = self.timeouts(max_tokens, attempt).total_s
+                if time.perf_counter() - sent > deadline:
+                    raise TransportError(f"no reply within {deadline:.3g}s")
+        finally:
+            post.cancel()
 
     def _parse(self, body: bytes, *, latency_s: float, attempts: int) -> Completion:
         try:
