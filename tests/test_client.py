@@ -320,5 +320,5 @@ async def test_a_call_on_the_wire_is_held_to_a_deadline_learned_meanwhile(
     await asyncio.sleep(0.05)
     for _ in range(8):  # fast replies teach the client a short deadline
         await client.chat(MESSAGES, max_tokens=8)
-    with pytest.raises(ModelError, match="no reply within 0.3s"):
+    with pytest.raises(ModelError, match=r"no reply within 0\.3s"):
         await asyncio.wait_for(hung, timeout=5)
