@@ -300,9 +300,20 @@ class RecordHandler(Generic[R]):
         letter = dead_letter_for(self.service, message, reason)
         log.error("stage=%s dead-letter %s run=%s row=%s: %s", self.service, _where(message),
                   letter.run_id, letter.row_id, letter.reason)  # fmt: skip
-        await self.publisher.send_raw(
-            self.publisher.topic(DEAD_LETTERS), message.key, letter.encode()
-        )
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            try:
+                await self.publisher.send_raw(
+                    self.publisher.topic(DEAD_LETTERS), message.key, letter.encode()
+                )
+                return
+            except PublishError as exc:  # Kafka away: wait for it, as for any output
+                if loop.time() - since > PUBLISH_PATIENCE_S:
+                    raise
+                log.warning("stage=%s %s: dead letter not taken (%s); retrying",
+                            self.service, _where(message), exc)  # fmt: skip
+                await asyncio.sleep(2.0)
 
 
 def _where(message: Message) -> str:
@@ -513,6 +524,9 @@ class Worker:
         consumer = self._consumer
         if consumer is None:
             return
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._ledgers if tp not in owned]:  # revoked meanwhile
+            del self._ledgers[tp]
         offsets = {
             tp: ledger.committable
             for tp, ledger in self._ledgers.items()
@@ -520,7 +534,6 @@ class Worker:
             and ledger.committable is not None
             and ledger.committable != self._committed.get(tp)
         }
-        offsets = {tp: o for tp, o in offsets.items() if o is not None}
         if not offsets:
             return
         await consumer.commit(offsets)
