@@ -17,7 +17,10 @@ Variables (default in brackets):
                            loopback [unset]
     PERG_SINK_PUBLIC_HOSTS comma-separated host names the sink API answers to besides loopback
                            ones (Host and Origin checks; e.g. perg.example.org) [unset]
-    PERG_SESSION_TIMEOUT_S Kafka consumer session timeout of the workers [30]
+    PERG_SESSION_TIMEOUT_S workers' Kafka session timeout; >= the broker's minimum (6) [6]
+    PERG_WORKER_IN_FLIGHT  messages a worker keeps in progress [per service, see perg worker]
+    PERG_WORKER_INSTANCE   a worker's stable name in its group (static membership) [unset]
+    PERG_DB_LOCK_WAIT_S    how long the sink waits for the results file's write lock [120]
     PERG_SNAPSHOT_EVERY_S  seconds between the sink's Parquet snapshots [30]
     PERG_SQL_TIMEOUT_S     live SQL query timeout [10]
     PERG_SQL_ROW_CAP       live SQL row cap [10000]

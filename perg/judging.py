@@ -9,6 +9,7 @@ from perg.protocol import Setting, iter_json_objects
 
 JudgeOutcome = Literal["followed", "not_followed", "unparseable", "not_applicable"]
 RATING_MIN, RATING_MAX = 1, 5
+_STORABLE_MAX = 2**31 - 1  # the results store keeps ratings in an INTEGER column
 # The one statement of the rule: AFR (and so the judge) is not defined in the irrelevant
 # setting, where no shown preference is meant to be followed. The SQL twin is the column
 # ``afr_defined`` of the view ``perg_row_outcomes`` (perg/metrics.sql).
@@ -39,9 +40,10 @@ def parse_rating_paper(text: str) -> int | None:
     if match is None:
         return None
     try:
-        return int(match.group(1))
+        rating = int(match.group(1))
     except ValueError:  # more digits than int() takes (Python's 4,300-digit limit)
         return None
+    return rating if rating <= _STORABLE_MAX else None  # beyond the store's INTEGER: unreadable
 
 
 def read_rating(text: str, *, paper: bool) -> int | None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from perg.config import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
-SERVICES = ("sink", "generator", "aligner", "judge")
 
 
 def deploy_script(
@@ -68,7 +67,10 @@ def wait_for_http(
 
 
 class WorkerGroup:
-    """The services as local processes, each ``perg worker SERVICE`` with its own log file."""
+    """The services as local processes, each ``perg worker SERVICE`` with its own log file.
+
+    Each worker gets a stable instance name (``generator-0``...), so one restarted under the
+    same name takes its partitions back at once (static group membership)."""
 
     def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
         self.env = dict(env)
@@ -80,7 +82,7 @@ class WorkerGroup:
         name = f"{service}-{index}"
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "perg", "worker", service],
+                [sys.executable, "-m", "perg", "worker", service, "--instance", name],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -106,7 +108,8 @@ class WorkerGroup:
         proc.wait()
 
     def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM every worker (faust shuts down and commits), SIGKILL stragglers."""
+        """SIGTERM every worker (each finishes or gives back its work and commits), SIGKILL
+        stragglers."""
         for proc in self.procs.values():
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -157,6 +157,8 @@ class DeadLetterRow(TypedDict):
     setting: str | None
     method: str | None
     stage: str | None
+    original_size: int | None  # the failed message's size; ``original`` may be truncated
+    original_sha256: str | None
 
 
 ROW_TYPES: dict[str, type] = {
@@ -417,6 +419,8 @@ class ResultStore:
                 setting=d.setting,
                 method=d.method,
                 stage=d.stage,
+                original_size=d.original_size,
+                original_sha256=d.original_sha256,
             )
             for d in letters
         ]

@@ -90,15 +90,6 @@ CREATE TABLE IF NOT EXISTS baseline_repeats (
     PRIMARY KEY (run_id, row_id)
 );
 
--- Columns added after the first release: stores made before them upgrade in place.
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS followed_threshold INTEGER;
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS extractor VARCHAR;
-ALTER TABLE runs ADD COLUMN IF NOT EXISTS decoding_profile VARCHAR;
-ALTER TABLE baselines ADD COLUMN IF NOT EXISTS extractor VARCHAR;
-ALTER TABLE baselines ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
-ALTER TABLE results ADD COLUMN IF NOT EXISTS extractor VARCHAR;
-ALTER TABLE results ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
-
 CREATE TABLE IF NOT EXISTS progress (
     run_id   VARCHAR,
     row_id   INTEGER,
@@ -110,6 +101,7 @@ CREATE TABLE IF NOT EXISTS progress (
     PRIMARY KEY (run_id, row_id, setting, method, stage)
 );
 
+-- Failed messages: `original` keeps at most 64 KiB; size and hash describe the whole one.
 CREATE TABLE IF NOT EXISTS dead_letters (
     service    VARCHAR,
     topic      VARCHAR,
@@ -117,6 +109,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     "offset"   BIGINT,
     reason     VARCHAR,
     original   BLOB,
+    original_size   BIGINT,
+    original_sha256 VARCHAR,
     failed_at  TIMESTAMP,
     run_id     VARCHAR,
     row_id     INTEGER,
@@ -125,6 +119,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     stage      VARCHAR,
     PRIMARY KEY (service, topic, "partition", "offset")
 );
+
+-- Columns added after the first release: stores made before them upgrade in place.
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS followed_threshold INTEGER;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS extractor VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS decoding_profile VARCHAR;
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS extractor VARCHAR;
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS extractor VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS original_size BIGINT;
+ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS original_sha256 VARCHAR;
 
 CREATE OR REPLACE VIEW outcomes AS
 SELECT

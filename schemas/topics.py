@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._codec import Record
-from .records import DeadLetter, Generation, Result, RunSpec, Verdict, WorkItem
+from .records import AlignRequest, DeadLetter, Generation, Result, RunSpec, Verdict, WorkItem
 
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
+    """A topic: ``<prefix>.<suffix>``, carrying ``record``; ``compacted`` keeps the last per key."""
+
     suffix: str
     record: type[Record]
     compacted: bool = False
@@ -20,7 +22,7 @@ class TopicSpec:
 
 RUNS = TopicSpec("runs", RunSpec, compacted=True)
 WORK = TopicSpec("work", WorkItem)
-ALIGN = TopicSpec("align", Generation)
+ALIGN = TopicSpec("align", AlignRequest)
 GENERATIONS = TopicSpec("generations", Generation)
 VERDICTS = TopicSpec("verdicts", Verdict)
 RESULTS = TopicSpec("results", Result)

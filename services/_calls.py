@@ -8,26 +8,35 @@ times, then records a parse failure.
 
 The model under test is decoded with the run's decoding profile; the judge and extractor
 endpoints always greedily (temperature 0, the run's seed), as the paper's gpt-4o-mini calls.
+
+Failures: a client that cannot be set up for an endpoint (its token variable unset or
+refused: nothing was sent) and a 4xx reply other than 408/409/429 (the request itself is
+wrong) are :class:`PermanentError`, dead-lettered without retries; everything else (5xx, 429,
+timeouts, resets, after the client's own retries) is retried by the runtime.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
-from perg.client import ClientPool, Completion, Endpoint
+from perg.client import ClientPool, Completion, Endpoint, ModelClient, ModelError
+from perg.config import Settings
 from perg.protocol import STRICT_RETRY_TEMPERATURE, ChatMessage, Protocol, load_protocol
-from schemas import CallRecord, RunContext
+from schemas import CallRecord, Record, RunContext, TopicSpec
 
-from ._runtime import PermanentError
+from ._runtime import PermanentError, Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services")
 
-JUDGE_SIDE_STAGES = frozenset({"judge", "extraction"})
+JUDGE_SIDE_STAGES = frozenset({"judge", "extraction", "extraction_lora"})
+RETRYABLE_4XX = frozenset({408, 409, 429})
 
 
 @cache
@@ -45,9 +54,19 @@ def protocol_for(name: str, sha256: str, data_dir: Path) -> Protocol:
     return protocol
 
 
+def client_for(pool: ClientPool, endpoint: Endpoint) -> ModelClient:
+    """The pool's client of ``endpoint``; a configuration error is permanent."""
+    try:
+        return pool.get(endpoint)
+    except Exception as exc:  # raised before any request: retrying cannot help
+        raise PermanentError(
+            f"model client for {endpoint.base_url} cannot be set up: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class ModelCaller:
-    """Calls one endpoint of a run and records every call."""
+    """Calls the endpoints of one run and records every call."""
 
     pool: ClientPool
     context: RunContext
@@ -70,35 +89,81 @@ class ModelCaller:
             temperature = decoding.temperature if under_test else 0.0
         if not under_test:  # the profile's lifted limits are the tested model's, not the judge's
             decoding = dataclasses.replace(decoding, uncapped=False)
-        completion = await self.pool.get(endpoint).chat(
-            [{"role": m["role"], "content": m["content"]} for m in messages],
-            max_tokens=decoding.max_tokens(max_tokens),
-            temperature=temperature,
-            seed=None if decoding.seed is None else decoding.seed + attempt,
-            json_schema=json_schema,
-            top_p=decoding.top_p if under_test else None,
-        )
-        return completion, self._record(stage, completion)
+        client = client_for(self.pool, endpoint)
+        with _permanent_client_errors(stage):
+            completion = await client.chat(
+                [{"role": m["role"], "content": m["content"]} for m in messages],
+                max_tokens=decoding.max_tokens(max_tokens),
+                temperature=temperature,
+                seed=None if decoding.seed is None else decoding.seed + attempt,
+                json_schema=json_schema,
+                top_p=decoding.top_p if under_test else None,
+            )
+        return completion, _record(stage, completion)
 
     async def complete(
         self, endpoint: Endpoint, prompt: str, *, stage: str, max_tokens: int
     ) -> tuple[Completion, CallRecord]:
         """A greedy raw completion (the LoRA extractor's one token)."""
-        completion = await self.pool.get(endpoint).complete(
-            prompt, max_tokens=max_tokens, temperature=0.0, seed=self.context.decoding.seed
-        )
-        return completion, self._record(stage, completion)
+        client = client_for(self.pool, endpoint)
+        with _permanent_client_errors(stage):
+            completion = await client.complete(
+                prompt, max_tokens=max_tokens, temperature=0.0, seed=self.context.decoding.seed
+            )
+        return completion, _record(stage, completion)
 
-    @staticmethod
-    def _record(stage: str, completion: Completion) -> CallRecord:
-        return CallRecord(
-            stage=stage,
-            latency_s=completion.latency_s,
-            attempts=completion.attempts,
-            tokens_in=completion.tokens_in,
-            tokens_out=completion.tokens_out,
-            finish_reason=completion.finish_reason,
-        )
+
+@contextmanager
+def _permanent_client_errors(stage: str) -> Iterator[None]:
+    """A 4xx reply other than 408/409/429 means the request itself is wrong: permanent."""
+    try:
+        yield
+    except ModelError as exc:
+        status = exc.status
+        if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
+            raise PermanentError(f"stage {stage}: {exc}") from exc
+        raise
+
+
+def _record(stage: str, completion: Completion) -> CallRecord:
+    return CallRecord(
+        stage=stage,
+        latency_s=completion.latency_s,
+        attempts=completion.attempts,
+        tokens_in=completion.tokens_in,
+        tokens_out=completion.tokens_out,
+        finish_reason=completion.finish_reason,
+    )
+
+
+M = TypeVar("M", bound=Record)
+Orchestration = Callable[[M, "ModelCaller", Protocol, Publish], Awaitable[None]]
+
+
+def model_worker(
+    name: str,
+    settings: Settings,
+    options: WorkerOptions,
+    source: TopicSpec,
+    record: type[M],
+    orchestrate: Orchestration[M],
+    *,
+    in_flight: int,
+    pool: ClientPool | None = None,
+) -> Worker:
+    """A worker that runs ``orchestrate`` on each ``record`` of ``source`` with the run's
+    protocol, a model caller over ``pool`` (one client per endpoint for the whole process)
+    and the worker's publisher."""
+    models = pool or ClientPool()
+    worker = Worker(name, settings, options, (source,), in_flight=in_flight)
+
+    async def handle(message: M) -> None:
+        context: RunContext = message.context  # type: ignore[attr-defined]
+        protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
+        await orchestrate(message, ModelCaller(models, context), protocol, worker.publish)
+
+    worker.serve(record, handle)
+    return worker
 
 
 @dataclass(frozen=True)

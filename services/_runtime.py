@@ -1,29 +1,56 @@
-"""What every service shares: its faust app, its topics, and safe batch processing.
+"""What every service shares: its Kafka consumer and producer, continuous flow with in-order
+commits, retries and dead letters.
 
-Delivery: each agent runs with concurrency 1 and reads ``stream.take_events(n, within=t)``;
-the events of a batch are handled concurrently and faust acks them only after the whole batch
-is done (faust issue 606: agent concurrency > 1 can commit past an unfinished message). A
-handler never lets an exception escape: it is retried, then the message goes to the
-dead-letter topic with the reason and its original bytes, and only then acked. Outputs are
-awaited until the broker confirms them, so an acked input always has its outputs on Kafka.
+Continuous flow. A worker keeps up to ``in_flight`` messages in progress at once and fetches
+the next as soon as one finishes; messages finish in any order. Each partition's committed
+offset is the lowest offset still in progress (one past the last fetched when none is): the
+contiguous finished prefix (:class:`PartitionLedger`). So a crash redelivers every unfinished
+message, and a finished one is redelivered only if it finished after the last commit (its
+outputs are then published again and upserted once by the sink, the last line of defence).
+
+A message is *finished* when its outputs are acknowledged by the broker (``acks=all``) or when
+it has been dead-lettered: a handler is retried ``HANDLER_ATTEMPTS`` times, then the message
+goes to ``dead-letters`` with the reason and a bounded copy of the original; a
+:class:`PermanentError` (unknown protocol, a client that cannot be configured, a 4xx reply, an
+output too large for Kafka) is dead-lettered at once. Kafka being unreachable is not the
+message's fault: publishing is retried, and when Kafka stays away the process stops without
+committing (exit 70), so the restarted worker gets every unfinished message again.
+
+Why aiokafka and not faust agents: faust acks out-of-order completions with an off-by-one that
+commits past a single in-flight message at the head of a partition (faust-streaming issue
+#606; the fix, PR #707, is unmerged), so faust with concurrency loses that message on a crash,
+and faust without concurrency needs batch barriers that idle the model servers. Owning the
+consumer makes the commit rule a dozen lines that tests can pin down, and gives direct control
+of the group settings that bound recovery: ``group.instance.id`` (static membership, so a
+restarted worker takes its partitions back at once, without a rebalance), the session timeout
+(default 6 s, the broker's minimum: how long a dead worker's partitions wait when nobody
+restarts it) and the heartbeat. A worker without an instance name uses dynamic membership and
+leaves the group on a graceful stop. faust is not used at all.
+
+Memory is bounded whatever the queue depth: at most ``in_flight`` messages are taken from the
+consumer, whose prefetch is bounded by ``FETCH_MAX_BYTES``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import signal
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar
 
-import faust
 import orjson
-from faust.streams import Stream
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+from aiokafka.structs import TopicPartition
 
 from perg.config import Settings, setting
 from perg.kafka import ensure_topics
@@ -34,141 +61,148 @@ log = logging.getLogger("perg.services")
 
 R = TypeVar("R", bound=Record)
 
+
+class Message(Protocol):
+    """A consumed Kafka message (aiokafka's ConsumerRecord, as the services use it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
 HANDLER_ATTEMPTS = 3  # tries of a failing handler before its message is dead-lettered
+PUBLISH_PATIENCE_S = 300.0  # how long publishing may fail (Kafka away) before the worker stops
+COMMIT_EVERY_S = 0.2
+FETCH_MAX_BYTES = 8 * 1024 * 1024
+EXIT_UNFINISHED = 70  # stopped without committing: the restarted worker redoes the rest
 
 
 class PermanentError(Exception):
-    """A message that can never succeed (e.g. its protocol is unknown here): no retries."""
+    """A message that can never succeed here: dead-lettered at once, no retries."""
 
 
-class Service:
-    """One PERG microservice: a faust app in its own consumer group."""
+class PublishError(Exception):
+    """Kafka did not take an output (not the message's fault): retried, then the worker stops."""
 
-    def __init__(self, name: str, settings: Settings | None = None) -> None:
-        self.name = name
-        self.settings = settings or Settings.load()
-        # faust keeps no state of ours (no tables): its data dir is scratch space
-        app_id = f"{self.settings.topic_prefix}-{name}"
-        datadir = Path(tempfile.gettempdir()) / "perg-faust" / app_id
-        datadir.mkdir(parents=True, exist_ok=True)
-        self.app = faust.App(
-            app_id,
-            broker=f"kafka://{self.settings.kafka}",
-            key_serializer="raw",
-            value_serializer="raw",
-            web_enabled=False,
-            topic_partitions=self.settings.partitions,
-            topic_allow_declare=False,
-            consumer_auto_offset_reset="earliest",
-            broker_commit_interval=1.0,
-            producer_acks=-1,
-            broker_session_timeout=float(setting("session_timeout_s", "30")),
-            broker_heartbeat_interval=1.0,
-            store="memory://",
-            datadir=str(datadir),
-        )
-        self.dead_letters = self.topic(DEAD_LETTERS)
 
-    def topic(self, spec: TopicSpec) -> faust.TopicT:
-        return self.app.topic(
-            spec.name(self.settings.topic_prefix),
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=self.settings.partitions,
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How one worker process consumes (``perg worker`` flags, or ``PERG_WORKER_*``).
+
+    ``in_flight``: messages in progress at once (None: the service's default). ``instance``: a
+    name unique in the service's group and stable across restarts (static membership).
+    """
+
+    in_flight: int | None = None
+    instance: str | None = None
+    session_timeout_s: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.in_flight is not None and self.in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {self.in_flight}")
+        if self.session_timeout_s < 1:
+            raise ValueError(f"session timeout must be >= 1 s, got {self.session_timeout_s}")
+
+    @classmethod
+    def load(cls) -> WorkerOptions:
+        in_flight = setting("worker_in_flight", "")
+        return cls(
+            in_flight=int(in_flight) if in_flight else None,
+            instance=setting("worker_instance", "") or None,
+            session_timeout_s=float(setting("session_timeout_s", "6")),
         )
 
-    async def send(self, spec: TopicSpec, key: bytes, record: Record) -> None:
-        """Publish and wait for the broker's acknowledgement."""
-        pending = await self.topic(spec).send(key=key, value=record.encode())
-        await pending
 
-    async def dead_letter(self, event: faust.EventT[bytes], reason: str) -> None:
-        message = event.message
-        fields = _key_fields(message.value)
-        letter = DeadLetter(
-            service=self.name,
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            reason=reason,
-            original_b64=base64.b64encode(message.value or b"").decode(),
-            failed_at=datetime.now(UTC).isoformat(),
-            **fields,
-        )
-        log.error(
-            "stage=%s dead-letter topic=%s partition=%d offset=%d run=%s row=%s: %s",
-            self.name, message.topic, message.partition, message.offset,
-            fields.get("run_id"), fields.get("row_id"), reason,
-        )  # fmt: skip
-        pending = await self.dead_letters.send(key=message.key, value=letter.encode())
-        await pending
+class PartitionLedger:
+    """Offsets of one partition in progress; :attr:`committable` is where a restart resumes.
 
+    Offsets are started in increasing order (as fetched) and finished in any order. The
+    committable offset is one past the end of the contiguous finished prefix, so it never
+    passes a message still in progress (the rule faust gets wrong in issue #606)."""
 
-def batches(
-    stream: faust.StreamT[bytes], size: int, within_s: float = 0.5
-) -> AsyncIterator[Sequence[faust.EventT[bytes]]]:
-    """Batches of up to ``size`` events; faust acks a batch when the loop asks for the next."""
-    return cast(Stream[bytes], stream).take_events(size, within=within_s)
+    def __init__(self) -> None:
+        self._started: deque[int] = deque()
+        self._finished: set[int] = set()
+        self.committable: int | None = None
+
+    def start(self, offset: int) -> None:
+        self._started.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self._finished.add(offset)
+        while self._started and self._started[0] in self._finished:
+            done = self._started.popleft()
+            self._finished.discard(done)
+            self.committable = done + 1
+
+    @property
+    def in_progress(self) -> int:
+        return len(self._started) - len(self._finished)
 
 
-@dataclass(frozen=True)
-class BatchAgent(Generic[R]):
-    """Decode, handle and (on failure) dead-letter every event of a batch, concurrently."""
+class Publisher:
+    """Publishes records and waits for the broker's acknowledgement (``acks=all``)."""
 
-    service: Service
-    record: type[R]
-    handle: Callable[[R], Awaitable[None]]
-    max_concurrency: int = 32
+    def __init__(self, producer: AIOKafkaProducer, prefix: str) -> None:
+        self._producer = producer
+        self._prefix = prefix
 
-    async def consume(self, stream: faust.StreamT[bytes]) -> None:
-        async for events in batches(stream, self.max_concurrency):
-            await self.run_batch(events)
+    async def __call__(self, spec: TopicSpec, key: bytes, record: Record) -> None:
+        await self.send_raw(self.topic(spec), key, record.encode())
 
-    async def run_batch(self, events: Sequence[faust.EventT[bytes]]) -> None:
-        limit = asyncio.Semaphore(self.max_concurrency)
+    def topic(self, spec: TopicSpec) -> str:
+        return spec.name(self._prefix)
 
-        async def one(event: faust.EventT[bytes]) -> None:
-            async with limit:
-                await self._process(event)
-
+    async def publish_many(self, spec: TopicSpec, records: Sequence[tuple[bytes, Record]]) -> None:
+        """Publish all at once (batched by the producer) and wait for every acknowledgement."""
+        topic = self.topic(spec)
         try:
-            await asyncio.gather(*(one(e) for e in events))
-        except Exception:
-            # Only dead-lettering itself can fail here (Kafka unreachable). Stop before faust
-            # acks the batch, so every message of it is redelivered to the restarted worker.
-            log.critical("stage=%s batch could not be finished; stopping", self.service.name,
-                         exc_info=True)  # fmt: skip
-            os._exit(70)
+            pending = [
+                await self._producer.send(topic, record.encode(), key=key)
+                for key, record in records
+            ]
+            await asyncio.gather(*pending)
+        except KafkaError as exc:
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _process(self, event: faust.EventT[bytes]) -> None:
+    async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         try:
-            record = self.record.decode(event.message.value)
-        except SchemaError as exc:
-            await self.service.dead_letter(event, f"invalid {self.record.SCHEMA}: {exc}")
-            return
-        for attempt in range(1, HANDLER_ATTEMPTS + 1):
-            try:
-                await self.handle(record)
-                return
-            except PermanentError as exc:
-                await self.service.dead_letter(event, str(exc))
-                return
-            except Exception as exc:
-                if attempt == HANDLER_ATTEMPTS:
-                    reason = f"failed after {attempt} attempts: {type(exc).__name__}: {exc}"
-                    await self.service.dead_letter(event, reason)
-                    return
-                log.warning(
-                    "stage=%s %s attempt %d failed: %s; retrying",
-                    self.service.name, getattr(record, "key", ""), attempt, exc,
-                )  # fmt: skip
-                await asyncio.sleep(0.5 * 2**attempt)
+            await self._producer.send_and_wait(topic, value, key=key)
+        except MessageSizeTooLargeError as exc:
+            raise PermanentError(f"an output of {len(value)} bytes is too large for Kafka") from exc
+        except KafkaError as exc:
+            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _key_fields(raw: bytes | None) -> dict[str, Any]:
+Publish = Callable[[TopicSpec, bytes, Record], Coroutine[Any, Any, None]]
+
+
+def dead_letter_for(service: str, message: Message, reason: str) -> DeadLetter:
+    """A bounded dead letter: the reason, where the message came from, its first
+    ``DeadLetter.MAX_ORIGINAL_BYTES`` and the size and SHA-256 of all of it."""
+    original = message.value or b""
+    if len(reason) > DeadLetter.MAX_REASON_CHARS:
+        reason = reason[: DeadLetter.MAX_REASON_CHARS - 1] + "…"
+    return DeadLetter(
+        service=service,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        reason=reason,
+        original_b64=base64.b64encode(original[: DeadLetter.MAX_ORIGINAL_BYTES]).decode(),
+        failed_at=datetime.now(UTC).isoformat(),
+        original_size=len(original),
+        original_sha256=hashlib.sha256(original).hexdigest(),
+        **_key_fields(original),
+    )
+
+
+def _key_fields(raw: bytes) -> dict[str, Any]:
     """Best-effort idempotency-key fields of a message that may be malformed."""
     try:
-        data = orjson.loads(raw or b"")
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {}
     if not isinstance(data, dict):
@@ -184,17 +218,363 @@ def _key_fields(raw: bytes | None) -> dict[str, Any]:
         "method": data.get("method"),
         "stage": data.get("stage"),
     }
-    return {
-        k: v
-        for k, v in candidates.items()
-        if isinstance(v, int if k == "row_id" else str) and not isinstance(v, bool)
+    fields: dict[str, Any] = {
+        k: v for k, v in candidates.items() if isinstance(v, str) and len(v) <= 200
     }
+    row_id = candidates["row_id"]
+    if isinstance(row_id, int) and not isinstance(row_id, bool) and 0 <= row_id < 2**31:
+        fields["row_id"] = row_id
+    return fields
 
 
-def run_worker(service: Service) -> None:
-    """Run the service's faust worker in this process until SIGTERM/SIGINT."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(service.settings))
-    worker = faust.Worker(service.app, loglevel="INFO", redirect_stdouts=False, loop=loop)
-    worker.execute_from_commandline()
+E = TypeVar("E", bound=BaseException)
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """``exc`` itself or the first ``kind`` inside it (exception groups of a TaskGroup)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _cause(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class RecordHandler(Generic[R]):
+    """Decode a message as ``record``, run ``handle`` on it with retries, dead-letter it when
+    it cannot succeed. Never raises except when Kafka itself stays unreachable."""
+
+    service: str
+    record: type[R]
+    handle: Callable[[R], Awaitable[None]]
+    publisher: Publisher
+    retry_wait_s: float = 0.5
+
+    async def __call__(self, message: Message) -> None:
+        try:
+            record = self.record.decode(message.value)
+        except SchemaError as exc:
+            await self.dead_letter(message, f"invalid {self.record.SCHEMA}: {exc}")
+            return
+        attempt = 0
+        publish_failed_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            attempt += 1
+            try:
+                await self.handle(record)
+                return
+            except Exception as exc:
+                permanent = _cause(exc, PermanentError)
+                if permanent is not None:
+                    await self.dead_letter(message, str(permanent))
+                    return
+                if _cause(exc, PublishError) is not None:  # Kafka away: not the message's fault
+                    attempt -= 1
+                    publish_failed_since = publish_failed_since or loop.time()
+                    if loop.time() - publish_failed_since > PUBLISH_PATIENCE_S:
+                        raise
+                    log.warning("stage=%s %s: Kafka did not take an output (%s); retrying",
+                                self.service, _where(message), _describe(exc))  # fmt: skip
+                    await asyncio.sleep(2.0)
+                    continue
+                if attempt >= HANDLER_ATTEMPTS:
+                    await self.dead_letter(
+                        message, f"failed after {attempt} attempts: {_describe(exc)}"
+                    )
+                    return
+                log.warning("stage=%s %s attempt %d failed: %s; retrying",
+                            self.service, _where(message), attempt, _describe(exc))  # fmt: skip
+                await asyncio.sleep(self.retry_wait_s * 2**attempt)
+
+    async def dead_letter(self, message: Message, reason: str) -> None:
+        letter = dead_letter_for(self.service, message, reason)
+        log.error("stage=%s dead-letter %s run=%s row=%s: %s", self.service, _where(message),
+                  letter.run_id, letter.row_id, letter.reason)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        since = loop.time()
+        while True:
+            try:
+                await self.publisher.send_raw(
+                    self.publisher.topic(DEAD_LETTERS), message.key, letter.encode()
+                )
+                return
+            except PublishError as exc:  # Kafka away: wait for it, as for any output
+                if loop.time() - since > PUBLISH_PATIENCE_S:
+                    raise
+                log.warning("stage=%s %s: dead letter not taken (%s); retrying",
+                            self.service, _where(message), exc)  # fmt: skip
+                await asyncio.sleep(2.0)
+
+
+def _where(message: Message) -> str:
+    return f"{message.topic}[{message.partition}]@{message.offset}"
+
+
+def _exit_unfinished(reason: str) -> None:
+    """Stop at once, committing nothing more: Kafka redelivers the unfinished messages."""
+    log.critical("%s; stopping without committing (exit %d)", reason, EXIT_UNFINISHED)
+    logging.shutdown()
+    os._exit(EXIT_UNFINISHED)
+
+
+Lifespan = Callable[["Worker"], AbstractAsyncContextManager[None]]
+
+
+@contextlib.asynccontextmanager
+async def _no_lifespan(worker: Worker) -> AsyncIterator[None]:
+    yield
+
+
+class Worker:
+    """One service in one process: a consumer in the service's group, a producer, and either a
+    per-message handler run ``in_flight`` at a time (continuous flow) or a batch handler."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        options: WorkerOptions,
+        inputs: Sequence[TopicSpec],
+        *,
+        in_flight: int,
+        lifespan: Lifespan = _no_lifespan,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.options = options
+        self.inputs = tuple(inputs)
+        self.in_flight = options.in_flight or in_flight
+        self.lifespan = lifespan
+        self.on_fatal: Callable[[str], None] = _exit_unfinished
+        self._producer: AIOKafkaProducer | None = None
+        self._publisher: Publisher | None = None
+        self._handle_one: Callable[[Message], Coroutine[Any, Any, None]] | None = None
+        self._handle_batch: Callable[[list[Message]], Awaitable[None]] | None = None
+        self._ledgers: dict[TopicPartition, PartitionLedger] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self.stopping = asyncio.Event()
+
+    @property
+    def publisher(self) -> Publisher:
+        if self._publisher is None:
+            raise RuntimeError("the worker's producer starts with run()")
+        return self._publisher
+
+    async def publish(self, spec: TopicSpec, key: bytes, record: Record) -> None:
+        await self.publisher(spec, key, record)
+
+    def serve(self, record: type[R], handle: Callable[[R], Awaitable[None]]) -> None:
+        """Handle each message as ``record`` with retries and dead letters, concurrently."""
+
+        async def one(message: Message) -> None:
+            await RecordHandler(self.name, record, handle, self.publisher)(message)
+
+        self.serve_messages(one)
+
+    def serve_messages(self, handle: Callable[[Message], Coroutine[Any, Any, None]]) -> None:
+        """Run ``handle`` on each raw message, up to ``in_flight`` at once; it must not raise
+        (an exception stops the worker without committing)."""
+        self._handle_one = handle
+
+    def serve_batches(self, handle: Callable[[list[Message]], Awaitable[None]]) -> None:
+        """Handle up to ``in_flight`` messages at a time, in order (the sink)."""
+        self._handle_batch = handle
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await ensure_topics(self.settings)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka, acks="all", linger_ms=2
+        )
+        await self._producer.start()
+        self._publisher = Publisher(self._producer, self.settings.topic_prefix)
+        try:
+            async with self.lifespan(self):
+                await self._consume()
+        finally:
+            await self._producer.stop()
+
+    async def _consume(self) -> None:
+        options = self.options
+        group = f"{self.settings.topic_prefix}-{self.name}"
+        session_ms = int(options.session_timeout_s * 1000)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka,
+            group_id=group,
+            group_instance_id=f"{group}-{options.instance}" if options.instance else None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(session_ms // 6, 100),
+            rebalance_timeout_ms=max(session_ms, 30_000),
+            max_poll_interval_ms=3_600_000,  # liveness is the heartbeat; handlers have deadlines
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            max_partition_fetch_bytes=FETCH_MAX_BYTES // 4,
+        )
+        self._consumer = consumer
+        consumer.subscribe(
+            topics=[spec.name(self.settings.topic_prefix) for spec in self.inputs],
+            listener=_Rebalance(self),
+        )
+        await consumer.start()
+        log.info("stage=%s consuming %s as %s (in flight %d, instance %s)", self.name,
+                 ", ".join(s.suffix for s in self.inputs), group, self.in_flight,
+                 options.instance or "dynamic")  # fmt: skip
+        committer = asyncio.create_task(self._commit_periodically())
+        try:
+            if self._handle_batch is not None:
+                await self._batch_loop(consumer, self._handle_batch)
+            elif self._handle_one is not None:
+                await self._flow_loop(consumer, self._handle_one)
+            else:
+                raise RuntimeError(f"{self.name}: no handler (call serve or serve_batches)")
+            await self._drain(grace_s=10.0)
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            with contextlib.suppress(KafkaError):
+                await self._commit()
+            await consumer.stop()
+
+    async def _flow_loop(
+        self, consumer: AIOKafkaConsumer, handle: Callable[[Message], Coroutine[Any, Any, None]]
+    ) -> None:
+        while not self.stopping.is_set():
+            free = self.in_flight - len(self._tasks)
+            if free <= 0:
+                await asyncio.wait(
+                    list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED
+                )
+                continue
+            batches = await consumer.getmany(timeout_ms=200, max_records=free)
+            for tp, messages in batches.items():
+                ledger = self._ledgers.setdefault(tp, PartitionLedger())
+                for message in messages:
+                    ledger.start(message.offset)
+                    task = asyncio.create_task(handle(message))
+                    self._tasks[task] = (tp, message.offset)
+                    task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        tp, offset = self._tasks.pop(task)
+        if task.cancelled():  # its partition was revoked: the new owner redoes it
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.on_fatal(f"stage={self.name} {tp.topic}[{tp.partition}]@{offset}: {exc!r}")
+            return
+        ledger = self._ledgers.get(tp)
+        if ledger is not None:
+            ledger.finish(offset)
+
+    async def _batch_loop(
+        self, consumer: AIOKafkaConsumer, handle: Callable[[list[Message]], Awaitable[None]]
+    ) -> None:
+        while not self.stopping.is_set():
+            batches = await consumer.getmany(timeout_ms=200, max_records=self.in_flight)
+            messages = [m for ms in batches.values() for m in ms]
+            if not messages:
+                continue
+            try:
+                await handle(messages)
+            except Exception as exc:
+                self.on_fatal(f"stage={self.name} batch of {len(messages)}: {exc!r}")
+                return
+            for tp, ms in batches.items():
+                ledger = self._ledgers.setdefault(tp, PartitionLedger())
+                for message in ms:
+                    ledger.start(message.offset)
+                    ledger.finish(message.offset)
+            await self._commit()
+
+    async def _drain(self, grace_s: float) -> None:
+        """On a graceful stop: let the messages in progress finish (bounded), then commit."""
+        if self._tasks:
+            log.info("stage=%s stopping: waiting up to %.0fs for %d messages in progress",
+                     self.name, grace_s, len(self._tasks))  # fmt: skip
+            await asyncio.wait(list(self._tasks), timeout=grace_s)
+            for task in list(self._tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _commit_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(COMMIT_EVERY_S)
+            try:
+                await self._commit()
+            except KafkaError as exc:  # rebalancing or broker away: the next round retries
+                log.warning("stage=%s commit deferred: %s", self.name, exc)
+
+    async def _commit(self, partitions: Sequence[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._ledgers if tp not in owned]:  # revoked meanwhile
+            del self._ledgers[tp]
+        offsets = {
+            tp: ledger.committable
+            for tp, ledger in self._ledgers.items()
+            if (partitions is None or tp in partitions)
+            and ledger.committable is not None
+            and ledger.committable != self._committed.get(tp)
+        }
+        if not offsets:
+            return
+        await consumer.commit(offsets)
+        self._committed.update(offsets)
+
+    async def revoked(self, partitions: Sequence[TopicPartition]) -> None:
+        """Commit what finished on ``partitions``, give up the rest (the new owner redoes it)."""
+        with contextlib.suppress(KafkaError):
+            await self._commit(partitions)
+        cancelled = [t for t, (tp, _) in self._tasks.items() if tp in partitions]
+        for task in cancelled:
+            task.cancel()
+        if cancelled:
+            await asyncio.gather(*cancelled, return_exceptions=True)
+            log.info("stage=%s gave up %d messages of revoked partitions",
+                     self.name, len(cancelled))  # fmt: skip
+        for tp in partitions:
+            self._ledgers.pop(tp, None)
+            self._committed.pop(tp, None)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.worker.revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("stage=%s assigned %s", self.worker.name,
+                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))  # fmt: skip
+
+
+def run_worker(worker: Worker) -> None:
+    """Run ``worker`` in this process until SIGTERM/SIGINT (then finish in-flight, commit)."""
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.stopping.set)
+        await worker.run()
+
+    asyncio.run(main())

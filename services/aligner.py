@@ -1,57 +1,63 @@
 """Aligner: Pref-Aligner stage 2, rewriting the model's own baseline for the preference.
 
-Consumes ``align`` (one baseline per setting), asks the run's model for the JSON rewrite and
-publishes the aligned answer to ``generations``. Under ``paper`` the aligner sees the row's
-single relevant preference in every setting, as published; under ``strict``, the setting's.
+Consumes ``align`` (one :class:`AlignRequest` per row and setting), asks the run's model for
+the JSON rewrite (:func:`align`) and publishes the aligned answer to ``generations``. Under
+``paper`` the aligner sees the row's single relevant preference in every setting, as
+published; under ``strict``, the setting's.
 """
 
 from __future__ import annotations
 
 import logging
 
-import faust
-
-from perg.client import ClientPool
-from perg.protocol import ALIGNER_SCHEMA
-from schemas import Generation, partition_key
+from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
+from perg.config import Settings
+from perg.protocol import ALIGNER_SCHEMA, Protocol
+from schemas import AlignRequest, Generation, partition_key
 from schemas.topics import ALIGN, GENERATIONS
 
-from ._calls import ModelCaller, protocol_for, structured_rewrite
-from ._runtime import BatchAgent, PermanentError, Service
+from ._calls import ModelCaller, model_worker, structured_rewrite
+from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.aligner")
 
-service = Service("aligner")
-pool = ClientPool()
+# Requests in progress per worker: twice the endpoint's default slots (one call each, more on
+# unparseable JSON), so a hung call does not leave a slot idle.
+DEFAULT_IN_FLIGHT = 2 * DEFAULT_MAX_IN_FLIGHT
 
 
-async def align(baseline: Generation) -> None:
-    ctx, item = baseline.context, baseline.item
-    if baseline.setting == "none" or baseline.response is None:
-        raise PermanentError("an align request needs a setting and the baseline text")
-    protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, service.settings.data_dir)
-    log.info("stage=aligner run=%s row=%d setting=%s", ctx.run_id, item.row_id, baseline.setting)
+async def align(
+    request: AlignRequest, caller: ModelCaller, protocol: Protocol, publish: Publish
+) -> None:
+    """Rewrite the baseline for the request's setting and publish the aligned generation."""
+    ctx, item = request.context, request.item
+    log.info("stage=aligned run=%s row=%d setting=%s", ctx.run_id, item.row_id, request.setting)
     rewrite = await structured_rewrite(
-        ModelCaller(pool, ctx),
+        caller,
         protocol,
-        protocol.aligner_messages(item, baseline.setting, baseline.response),
+        protocol.aligner_messages(item, request.setting, request.baseline_response),
         stage="aligned",
         max_tokens=protocol.max_tokens("aligner"),
         schema=ALIGNER_SCHEMA,
-        earlier_text=baseline.response,
-        log_key=(ctx.run_id, item.row_id, baseline.setting, "pref_aligner"),
+        earlier_text=request.baseline_response,
+        log_key=(ctx.run_id, item.row_id, request.setting, "pref_aligner"),
     )
     aligned = Generation(
-        ctx, item, baseline.setting, "pref_aligner", "aligned", rewrite.response,
-        baseline.baseline_response, rewrite.calls,
-        rewrite.parse_fallback, rewrite.parse_failure,
+        ctx, item, request.setting, "pref_aligner", "aligned", rewrite.response,
+        request.baseline_response, rewrite.calls, rewrite.parse_fallback, rewrite.parse_failure,
     )  # fmt: skip
-    await service.send(GENERATIONS, partition_key(ctx.run_id, item.row_id), aligned)
+    await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), aligned)
 
 
-agent = BatchAgent(service, Generation, align, max_concurrency=16)
-
-
-@service.app.agent(service.topic(ALIGN), concurrency=1)
-async def aligner_agent(stream: faust.StreamT[bytes]) -> None:
-    await agent.consume(stream)
+def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
+    """The aligner worker: consumes ``align``, publishes aligned generations."""
+    return model_worker(
+        "aligner",
+        settings,
+        options,
+        ALIGN,
+        AlignRequest,
+        align,
+        in_flight=DEFAULT_IN_FLIGHT,
+        pool=pool,
+    )

@@ -1,18 +1,19 @@
 """Judge: reads every generation on the run's judge endpoint.
 
-Consumes ``generations``; extracts the chosen option with the run's extractor
-(perg.extraction: rules, llm or lora; the rules letter is recorded beside it), rates how well
-the preference was followed (Likert 1-5, read the protocol's way; not asked where AFR is
-undefined, nor for the baselines), and publishes the ``Verdict`` to ``verdicts``.
+Consumes ``generations``; :func:`judge_generation` extracts the chosen option with the run's
+extractor (perg.extraction: rules, llm or lora; the rules letter is recorded beside it) and
+rates how well the preference was followed (Likert, read the protocol's way; not asked where
+AFR is undefined, nor for the baselines), both at once in one ``asyncio.TaskGroup``, and
+publishes the ``Verdict`` to ``verdicts``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-import faust
-
-from perg.client import ClientPool
+from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
+from perg.config import Settings
 from perg.extraction import Extraction, choice_schema, extract_answer
 from perg.judging import JudgeOutcome, afr_defined, judge_outcome, read_rating
 from perg.protocol import LORA_EXTRACTION_MAX_TOKENS, ChatMessage, Protocol
@@ -26,20 +27,23 @@ from schemas import (
 )
 from schemas.topics import GENERATIONS, VERDICTS
 
-from ._calls import ModelCaller, protocol_for
-from ._runtime import BatchAgent, PermanentError, Service
+from ._calls import ModelCaller, model_worker
+from ._runtime import PermanentError, Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.judge")
 
-service = Service("judge")
-pool = ClientPool()
+# Generations in progress per worker: four times the endpoint's default slots (one or two calls
+# each, often none), so the slots stay full while some wait on a slow or hung call.
+DEFAULT_IN_FLIGHT = 4 * DEFAULT_MAX_IN_FLIGHT
 
 
 async def extract(
-    caller: ModelCaller, protocol: Protocol, generation: Generation, calls: list[CallRecord]
-) -> Extraction:
+    caller: ModelCaller, protocol: Protocol, generation: Generation
+) -> tuple[Extraction, list[CallRecord]]:
+    """The option letter of the response, by the run's extractor, and the calls it made."""
     ctx, item = caller.context, generation.item
     schema = choice_schema(item.letters) if protocol.strict else None
+    calls: list[CallRecord] = []
 
     async def chat(messages: list[ChatMessage]) -> str:
         completion, call = await caller.call(
@@ -62,24 +66,26 @@ async def extract(
         calls.append(call)
         return completion.text
 
-    return await extract_answer(
+    extraction = await extract_answer(
         ctx.extractor, protocol, item, generation.response, chat=chat, complete=complete
     )
+    return extraction, calls
 
 
 async def rate(
-    caller: ModelCaller, protocol: Protocol, generation: Generation, calls: list[CallRecord]
-) -> tuple[int | None, JudgeOutcome | None, str | None]:
+    caller: ModelCaller, protocol: Protocol, generation: Generation
+) -> tuple[int | None, JudgeOutcome | None, str | None, list[CallRecord]]:
+    """The judge's Likert rating of how well the response follows the preference."""
     if generation.method in (BASELINE_METHOD, BASELINE_REPEAT_METHOD):
-        return None, None, None
+        return None, None, None, []
     if not afr_defined(generation.setting):
-        return None, "not_applicable", None
+        return None, "not_applicable", None, []
     if generation.response is None:  # strict parse failure: nothing to rate
-        return None, "not_followed", None
+        return None, "not_followed", None, []
     messages = protocol.judge_messages(
         generation.item, generation.baseline_response, generation.response
     )
-    raw = ""
+    raw, calls = "", []
     for attempt in range(protocol.parse_retries + 1):
         completion, call = await caller.call(
             caller.context.judge,
@@ -93,32 +99,42 @@ async def rate(
         rating = read_rating(raw, paper=not protocol.strict)
         if rating is not None:
             outcome = judge_outcome(rating, protocol.judge_threshold, setting=generation.setting)
-            return rating, outcome, raw
-    return None, judge_outcome(None, protocol.judge_threshold, setting=generation.setting), raw
+            return rating, outcome, raw, calls
+    outcome = judge_outcome(None, protocol.judge_threshold, setting=generation.setting)
+    return None, outcome, raw, calls
 
 
-async def judge(generation: Generation) -> None:
+async def judge_generation(
+    generation: Generation, caller: ModelCaller, protocol: Protocol, publish: Publish
+) -> None:
+    """Extract and rate one generation; publish its verdict."""
     ctx, item = generation.context, generation.item
-    protocol = protocol_for(ctx.protocol, ctx.protocol_sha256, service.settings.data_dir)
-    caller = ModelCaller(pool, ctx)
-    calls: list[CallRecord] = []
-    extraction = await extract(caller, protocol, generation, calls)
-    rating, outcome, raw = await rate(caller, protocol, generation, calls)
+    async with asyncio.TaskGroup() as group:
+        extracted = group.create_task(extract(caller, protocol, generation))
+        rated = group.create_task(rate(caller, protocol, generation))
+    extraction, extraction_calls = extracted.result()
+    rating, outcome, raw, rating_calls = rated.result()
     log.info(
-        "stage=judge run=%s row=%d setting=%s method=%s answer=%s (%s; rules %s) rating=%s",
+        "stage=verdict run=%s row=%d setting=%s method=%s answer=%s (%s; rules %s) rating=%s",
         ctx.run_id, item.row_id, generation.setting, generation.method, extraction.answer,
         extraction.path, extraction.rules_answer, rating,
     )  # fmt: skip
     verdict = Verdict(
-        generation, extraction.answer, extraction.path, rating, outcome, raw, calls,
-        ctx.extractor, extraction.rules_answer,
+        generation, extraction.answer, extraction.path, rating, outcome, raw,
+        [*extraction_calls, *rating_calls], ctx.extractor, extraction.rules_answer,
     )  # fmt: skip
-    await service.send(VERDICTS, partition_key(ctx.run_id, item.row_id), verdict)
+    await publish(VERDICTS, partition_key(ctx.run_id, item.row_id), verdict)
 
 
-agent = BatchAgent(service, Generation, judge, max_concurrency=32)
-
-
-@service.app.agent(service.topic(GENERATIONS), concurrency=1)
-async def judge_agent(stream: faust.StreamT[bytes]) -> None:
-    await agent.consume(stream)
+def build_app(settings: Settings, options: WorkerOptions, pool: ClientPool | None = None) -> Worker:
+    """The judge worker: consumes ``generations``, publishes verdicts."""
+    return model_worker(
+        "judge",
+        settings,
+        options,
+        GENERATIONS,
+        Generation,
+        judge_generation,
+        in_flight=DEFAULT_IN_FLIGHT,
+        pool=pool,
+    )

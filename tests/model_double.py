@@ -13,6 +13,17 @@ then ``Endpoint(server.base_url, ...)``) or as a process::
 which prints its base URL (``http://127.0.0.1:PORT/v1``) on one stdout line once listening and
 serves until SIGTERM/SIGINT. Scripts: ``perg-default`` (below) and ``ok`` (always "ok").
 
+Two server-wide behaviours, for the chaos suite and the pipeline benchmark (``ServerShape``):
+
+* capacity: ``--slots K --service-s T`` serves at most K calls at once, each holding its slot T
+  seconds (a GPU server's shape: capacity K/T calls/s); callers beyond K queue.
+* faults: ``--fault-percent P --faults 503,429,reset,hang --hang-s S`` answers P% of calls
+  (drawn with ``--fault-seed``) with one of the listed faults instead of the script's reply:
+  an HTTP 503 or 429 with ``Retry-After: 1``, a connection closed without a reply, or a reply
+  that comes only after S seconds. Faults never change what a successful call answers.
+
+``GET /stats`` reports calls served, faults injected by kind, and the slot-seconds busy.
+
 Decision rules of ``perg_script`` (pure functions of the messages; all hashes are sha256 of UTF-8
 text read as a big-endian integer, see ``stable_hash``):
 
@@ -58,9 +69,11 @@ import ast
 import asyncio
 import csv
 import hashlib
+import random
 import re
 import signal
 import string
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -82,6 +95,21 @@ class ScriptedReply:
     status: int = 200
     times: int | None = None
 
+
+@dataclass(frozen=True, slots=True)
+class ServerShape:
+    """Capacity (``slots`` at once, ``service_s`` each; 0 slots: unlimited) and injected faults
+    (``fault_percent`` of calls, kinds from ``faults``) of a ScriptedModelServer."""
+
+    slots: int = 0
+    service_s: float = 0.0
+    fault_percent: float = 0.0
+    faults: tuple[str, ...] = ("503", "429", "reset", "hang")
+    hang_s: float = 30.0
+    fault_seed: int = 0
+
+
+FAULT_KINDS = ("503", "429", "reset", "hang")
 
 Messages = list[dict[str, Any]]
 Script = Callable[[Messages], "str | ScriptedReply"]
@@ -239,11 +267,24 @@ class ScriptedModelServer:
     """A real HTTP server answering chat completions from ``script``; see the module docstring."""
 
     def __init__(
-        self, script: Script, *, host: str = "127.0.0.1", port: int = 0, model: str = "scripted"
+        self,
+        script: Script,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        model: str = "scripted",
+        shape: ServerShape = ServerShape(),
+        keep_requests: bool = True,
     ) -> None:
         self.script = script
         self.model = model
+        self.shape = shape
+        self.keep_requests = keep_requests
         self.requests: list[dict[str, Any]] = []
+        self.stats: Counter[str] = Counter()
+        self.busy_s = 0.0
+        self._slots = asyncio.Semaphore(shape.slots) if shape.slots > 0 else None
+        self._faults = random.Random(shape.fault_seed)
         self._host, self._port = host, port
         self._calls: Counter[bytes] = Counter()
         self._runner: web.AppRunner | None = None
@@ -254,6 +295,7 @@ class ScriptedModelServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/stats", self._stats)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self._host, self._port).start()
@@ -286,7 +328,28 @@ class ScriptedModelServer:
                 raise TypeError("messages must be a list")
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             return _error(400, f"Input validation error: {exc}")
-        self.requests.append(body)
+        shape = self.shape
+        if shape.fault_percent and self._faults.random() * 100 < shape.fault_percent:
+            fault = self._faults.choice(shape.faults)
+            self.stats[f"fault_{fault}"] += 1
+            if fault in ("503", "429"):
+                return _error(int(fault), _ERRORS[int(fault)], retry_after="1")
+            if fault == "reset":
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=500)
+            await asyncio.sleep(shape.hang_s)  # "hang": the reply comes late (or never)
+        if self._slots is not None:
+            async with self._slots:
+                started = time.perf_counter()
+                await asyncio.sleep(shape.service_s)
+                self.busy_s += time.perf_counter() - started
+        return await self._reply(body, messages)
+
+    async def _reply(self, body: dict[str, Any], messages: Messages) -> web.Response:
+        self.stats["calls"] += 1
+        if self.keep_requests:
+            self.requests.append(body)
         reply = self.script(messages)
         if isinstance(reply, str):
             reply = ScriptedReply(reply)
@@ -330,20 +393,28 @@ class ScriptedModelServer:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {**self.stats, "busy_slot_s": self.busy_s, "slots": self.shape.slots}
+        )
 
-def _error(status: int, message: str) -> web.Response:
+
+def _error(status: int, message: str, retry_after: str | None = None) -> web.Response:
     return web.Response(
         status=status,
         body=orjson.dumps({"error": {"message": message, "code": status}}),
         content_type="application/json",
+        headers={"Retry-After": retry_after} if retry_after else None,
     )
 
 
 # -- as a process -------------------------------------------------------------------------------
 
 
-async def _serve(script: Script, host: str, port: int) -> None:
-    async with ScriptedModelServer(script, host=host, port=port) as server:
+async def _serve(script: Script, host: str, port: int, shape: ServerShape) -> None:
+    async with ScriptedModelServer(
+        script, host=host, port=port, shape=shape, keep_requests=False
+    ) as server:
         print(server.base_url, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -367,13 +438,25 @@ def main(argv: list[str] | None = None) -> None:
         help="wrong preference-conditioned answers, percent (Variant)",
     )
     parser.add_argument("--salt", default="", help="reshuffle which rows are wrong (Variant)")
+    parser.add_argument("--slots", type=int, default=0, help="calls served at once (0: no limit)")
+    parser.add_argument("--service-s", type=float, default=0.0, help="seconds a call holds a slot")
+    parser.add_argument("--fault-percent", type=float, default=0.0, help="calls given a fault")
+    parser.add_argument("--faults", default=",".join(FAULT_KINDS), help="fault kinds to draw")
+    parser.add_argument("--hang-s", type=float, default=30.0, help="delay of a 'hang' fault")
+    parser.add_argument("--fault-seed", type=int, default=0)
     args = parser.parse_args(argv)
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    if not set(faults) <= set(FAULT_KINDS):
+        parser.error(f"--faults: choose from {','.join(FAULT_KINDS)}")
+    shape = ServerShape(
+        args.slots, args.service_s, args.fault_percent, faults, args.hang_s, args.fault_seed
+    )
     if args.script == "ok":
         script: Script = ok_script
     else:
         answer_key = load_answer_key(args.answers) if args.answers else None
         script = make_perg_script(answer_key, Variant(args.pref_wrong_percent, args.salt))
-    asyncio.run(_serve(script, args.host, args.port))
+    asyncio.run(_serve(script, args.host, args.port, shape))
 
 
 if __name__ == "__main__":

@@ -118,6 +118,20 @@ class Pipeline:
         assert run_id and "\n" not in run_id, proc.stdout
         return run_id
 
+    def perg_background(self, *args: str) -> subprocess.Popen[str]:
+        """``perg ARGS`` running alongside (e.g. a ``status --wait`` poller)."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "perg", *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def http_get(self, url: str) -> Any:
+        return urllib.request.urlopen(url, timeout=10)
+
     def status(self, run_id: str) -> dict[str, Any] | None:
         url = f"{self.env['PERG_SINK_URL']}/api/runs/{run_id}/status"
         try:

@@ -8,19 +8,22 @@ from typing import Any
 
 import orjson
 import pytest
-from model_double import ScriptedModelServer, ScriptedReply
+from model_double import ScriptedModelServer, ScriptedReply, ServerShape
 from tenacity import wait_none
 
 from perg.client import (
+    AiohttpTransport,
     ClientPool,
     Endpoint,
     MockTransport,
     ModelClient,
     ModelError,
+    Timeouts,
     TransportError,
     TransportRequest,
     TransportResponse,
 )
+from perg.client._client import MIN_DEADLINE_S
 
 ENDPOINT = Endpoint("http://model.test/v1", "m", max_retries=3, timeout_s=5.0)
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -222,3 +225,102 @@ async def test_real_429_then_ok_against_the_double() -> None:
         client = pool.get(Endpoint(server.base_url, "scripted"))
         result = await client.chat(MESSAGES, max_tokens=8)
     assert result.text == "fine" and result.attempts == 3 and len(server.requests) == 3
+
+
+# -- deadlines, Retry-After, bounds -------------------------------------------------------------
+
+
+def test_deadline_is_sized_to_the_request_and_doubles_per_retry() -> None:
+    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=5, min_tokens_per_s=50)
+    client = ModelClient(endpoint, MockTransport(lambda r: ok()))
+    assert client.timeouts(100).total_s == pytest.approx(7.0)
+    assert client.timeouts(1000).total_s == pytest.approx(25.0)
+    assert client.timeouts(100, attempt=3).total_s == pytest.approx(28.0)
+    assert client.timeouts(100).connect_s == 7.0  # never longer than the whole attempt
+    assert client.timeouts(1000).connect_s == endpoint.connect_timeout_s
+    assert client.timeouts(10_000, attempt=6).total_s == endpoint.timeout_s  # the cap
+
+
+async def test_deadline_follows_the_observed_replies() -> None:
+    async def slowish(request: TransportRequest) -> TransportResponse:
+        await asyncio.sleep(0.01)
+        return ok()
+
+    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=30, min_tokens_per_s=1)
+    client = client_for(slowish, endpoint)
+    assert client.timeouts(64).total_s == pytest.approx(94)  # sized: nothing seen yet
+    for _ in range(8):
+        await client.chat(MESSAGES, max_tokens=64)
+    assert client.timeouts(64).total_s == pytest.approx(MIN_DEADLINE_S)  # 4x ~10 ms, floored
+    assert client.timeouts(32).total_s == pytest.approx(62)  # another size: still sized
+
+
+async def test_a_hung_call_is_abandoned_at_its_deadline_and_retried() -> None:
+    calls = 0
+
+    async def hangs_once(request: TransportRequest) -> TransportResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(3600)
+        return ok()
+
+    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=0.05, min_tokens_per_s=1e6)
+    started = asyncio.get_running_loop().time()
+    result = await client_for(hangs_once, endpoint).chat(MESSAGES, max_tokens=16)
+    assert result.attempts == 2
+    assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_retry_after_is_honoured() -> None:
+    seen, handler = scripted(TransportResponse(429, b"slow down", retry_after_s=0.3), ok())
+    started = asyncio.get_running_loop().time()
+    result = await client_for(handler).chat(MESSAGES, max_tokens=4)
+    assert result.attempts == 2 and len(seen) == 2
+    assert asyncio.get_running_loop().time() - started >= 0.3
+
+
+async def test_retry_after_header_is_read_from_a_real_server() -> None:
+    shape = ServerShape(fault_percent=100, faults=("429",))
+    async with ScriptedModelServer(lambda m: "ok", shape=shape) as server:
+        transport = AiohttpTransport()
+        try:
+            response = await transport.post_json(
+                f"{server.base_url}/chat/completions",
+                orjson.dumps({"messages": MESSAGES}),
+                {"Content-Type": "application/json"},
+                Timeouts(connect_s=5, total_s=5),
+            )
+        finally:
+            await transport.aclose()
+    assert (response.status, response.retry_after_s) == (429, 1.0)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_in_flight_below_one_is_refused(bad: int) -> None:
+    with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
+        Endpoint("http://model.test/v1", "m", max_in_flight=bad)
+
+
+async def test_a_call_on_the_wire_is_held_to_a_deadline_learned_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("perg.client._client.MIN_DEADLINE_S", 0.3)
+    monkeypatch.setattr("perg.client._client.WATCH_EVERY_S", 0.02)
+    first = True
+
+    async def first_hangs(request: TransportRequest) -> TransportResponse:
+        nonlocal first
+        if first:
+            first = False
+            await asyncio.sleep(3600)
+        return ok()
+
+    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=60, max_retries=0)
+    client = client_for(first_hangs, endpoint)
+    hung = asyncio.create_task(client.chat(MESSAGES, max_tokens=8))
+    await asyncio.sleep(0.05)
+    for _ in range(8):  # fast replies teach the client a short deadline
+        await client.chat(MESSAGES, max_tokens=8)
+    with pytest.raises(ModelError, match=r"no reply within 0\.3s"):
+        await asyncio.wait_for(hung, timeout=5)

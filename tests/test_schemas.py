@@ -12,6 +12,7 @@ from perg.config import Settings
 from perg.dataset import DatasetError, Item
 from perg.runs import RunRequest, plan_run
 from schemas import (
+    AlignRequest,
     CallRecord,
     DeadLetter,
     Generation,
@@ -94,3 +95,72 @@ def test_plan_run_pins_dataset_and_protocol_and_rejects_bad_rows(tmp_path: Path)
 def test_plan_run_refuses_rows_and_sample_together() -> None:
     with pytest.raises(ValueError, match="either rows or a sample"):
         plan_run(RunRequest(ENDPOINT, ENDPOINT, rows="3", sample=3), Settings.load())
+
+
+# -- what the store needs, checked at the contract ----------------------------------------------
+
+
+def _with(record_json: bytes, path: list[str], value: object) -> bytes:
+    data = orjson.loads(record_json)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return orjson.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        (["item", "row_id"], 2**31, r"item\.row_id: 2147483648 is outside"),
+        (["item", "row_id"], -1, r"item\.row_id: -1 is outside"),
+        (["calls", 0, "attempts"], 0, r"calls\[0\]\.attempts: 0 is outside"),
+        (["calls", 0, "tokens_in"], 2**40, r"tokens_in: .* is outside"),
+        (["stage"], "baseline", "do not belong together"),
+    ],
+)
+def test_generation_values_the_store_cannot_hold_are_refused(
+    path: list[str], value: object, message: str
+) -> None:
+    raw = _with(generation().encode(), path, value)  # type: ignore[arg-type]
+    with pytest.raises(SchemaError, match=message):
+        Generation.decode(raw)
+
+
+def test_verdict_rating_must_fit_the_store() -> None:
+    """The paper's reader keeps whatever integer the judge's tag holds (a 6 counts as
+    followed), so the contract takes any rating the store's INTEGER can hold, no more."""
+    verdict = Verdict(generation(), "A", "parsed", 4, "followed", "<answer>4</answer>", [])
+    assert Verdict.decode(_with(verdict.encode(), ["judge_rating"], 6)).judge_rating == 6
+    with pytest.raises(SchemaError, match=r"judge_rating: -1 is outside \[0, 2147483647\]"):
+        Verdict.decode(_with(verdict.encode(), ["judge_rating"], -1))
+    with pytest.raises(SchemaError, match=r"judge_rating: 2147483648 is outside"):
+        Verdict.decode(_with(verdict.encode(), ["judge_rating"], 2**31))
+
+
+def _letter(**changes: object) -> bytes:
+    letter = DeadLetter("judge", "p.generations", 0, 5, "boom", "aGVsbG8=", "2026-01-01T00:00:00")
+    return _with(letter.encode(), list(changes)[:1], next(iter(changes.values())))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"failed_at": "yesterday"}, "failed_at: 'yesterday' is not an ISO 8601 timestamp"),
+        ({"original_b64": "not base64!"}, "original_b64: not valid base64"),
+        ({"offset": -3}, r"offset: -3 is outside"),
+        ({"row_id": 2**40}, r"row_id: .* is outside"),
+        ({"original_b64": "QUFB" * 30_000}, "over 65536 bytes"),
+    ],
+)
+def test_dead_letter_fields_are_checked(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(SchemaError, match=message):
+        DeadLetter.decode(_letter(**changes))
+
+
+def test_align_request_round_trips_with_its_key() -> None:
+    request = AlignRequest(CONTEXT, ITEM, "relevant", "The answer is A.")
+    assert AlignRequest.decode(request.encode()) == request
+    assert request.key == ("run-1", 7, "relevant", "pref_aligner", "align")
+    with pytest.raises(SchemaError, match=r"declares schema 'perg\.generation'"):
+        AlignRequest.decode(generation().encode())

@@ -5,19 +5,36 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 
-SERVICES = ("generator", "aligner", "judge", "sink")
+from services import SERVICES
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "worker",
-        help="run a service (faust worker); start several to share a consumer group",
-        description="Run one PERG Stream service as a faust worker in this process.",
+        help="run a service; start several of one service to share its consumer group",
+        description=(
+            "Run one PERG Stream service in this process until SIGTERM/SIGINT (then it "
+            "finishes or gives back the messages in progress and commits)."
+        ),
     )
     parser.add_argument("service", choices=SERVICES)
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default $PERG_KAFKA)")
     parser.add_argument("--db", help="DuckDB results file, sink only (default $PERG_DB)")
+    parser.add_argument(
+        "--in-flight",
+        type=int,
+        help="messages in progress at once (default $PERG_WORKER_IN_FLIGHT, else the "
+        "service's: generator 128 rows, aligner 128, judge 256, sink batches of 1000); the "
+        "model calls are bounded by each endpoint's max_in_flight",
+    )
+    parser.add_argument(
+        "--instance",
+        help="a name unique within the service and stable across restarts (default "
+        "$PERG_WORKER_INSTANCE): static group membership, so a restarted worker resumes its "
+        "partitions at once",
+    )
     parser.set_defaults(func=run)
 
 
@@ -27,8 +44,20 @@ def run(args: argparse.Namespace) -> int:
         os.environ["PERG_KAFKA"] = args.bootstrap
     if args.db:
         os.environ["PERG_DB"] = args.db
-    from services._runtime import run_worker
+    from dataclasses import replace
 
+    from perg.config import Settings
+    from services._runtime import WorkerOptions, run_worker
+
+    try:
+        options = WorkerOptions.load()
+        if args.in_flight is not None:
+            options = replace(options, in_flight=args.in_flight)
+        if args.instance:
+            options = replace(options, instance=args.instance)
+    except ValueError as exc:
+        print(f"perg worker {args.service}: {exc}", file=sys.stderr)
+        return 2
     module = importlib.import_module(f"services.{args.service}")
-    run_worker(module.service)
+    run_worker(module.build_app(Settings.load(), options))
     return 0

@@ -18,9 +18,18 @@ from perg.client._transport import (
     TransportRequest,
     TransportResponse,
 )
-from perg.client._types import Backend, Completion, Endpoint, ModelError, TransportError
+from perg.client._types import (
+    DEFAULT_MAX_IN_FLIGHT,
+    Backend,
+    Completion,
+    Endpoint,
+    ModelError,
+    Timeouts,
+    TransportError,
+)
 
 __all__ = [
+    "DEFAULT_MAX_IN_FLIGHT",
     "AiohttpTransport",
     "Backend",
     "ClientPool",
@@ -29,6 +38,7 @@ __all__ = [
     "MockTransport",
     "ModelClient",
     "ModelError",
+    "Timeouts",
     "TokenNotAllowed",
     "Transport",
     "TransportError",

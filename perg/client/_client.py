@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -22,7 +22,7 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from perg.client._transport import AiohttpTransport, Transport, TransportResponse
-from perg.client._types import Backend, Completion, Endpoint, ModelError, TransportError
+from perg.client._types import Backend, Completion, Endpoint, ModelError, Timeouts, TransportError
 from perg.config import setting
 
 logger = logging.getLogger("perg.client")
@@ -30,12 +30,36 @@ logger = logging.getLogger("perg.client")
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 DEFAULT_RETRY_WAIT: wait_base = wait_random_exponential(multiplier=0.5, max=20)
 _EXCERPT = 300
+MAX_RETRY_AFTER_S = 120.0  # a server asking for a longer pause is waited for this long at most
+LATENCY_HEADROOM = 4.0  # an attempt may take this many times the slowest recent reply
+LATENCY_DECAY = 0.99  # per reply, how fast the remembered slowest reply fades
+LEARN_AFTER = 8  # replies of one request size before deadlines follow observed latency
+WATCH_EVERY_S = 0.5  # how often a call on the wire re-reads its deadline
+MIN_DEADLINE_S = 5.0  # a learned deadline is never shorter (scheduling jitter, GC pauses)
+UNCAPPED_SIZE_TOKENS = 4096  # sizes the deadline of a call sent without max_tokens
 
 
 class _RetryableError(Exception):
-    def __init__(self, message: str, status: int | None) -> None:
+    def __init__(self, message: str, status: int | None, retry_after_s: float | None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class _HonourRetryAfter(wait_base):
+    """The backoff, but never shorter than the server's ``Retry-After`` (capped)."""
+
+    def __init__(self, backoff: wait_base) -> None:
+        self.backoff = backoff
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = float(self.backoff(retry_state))
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        asked = getattr(exc, "retry_after_s", None)
+        if isinstance(asked, float):
+            wait = max(wait, min(asked, MAX_RETRY_AFTER_S))
+        return wait
 
 
 def response_format(backend: Backend, schema: Mapping[str, object]) -> dict[str, Any]:
@@ -101,8 +125,14 @@ class ModelClient:
     """Chat calls to one endpoint, at most ``max_in_flight`` at a time, retried on overload.
 
     Retried: 429, 502, 503, 504, connection errors and timeouts, with ``retry_wait`` between
-    attempts (default: random exponential backoff, 0.5 s base, 20 s cap). Any other non-2xx
-    status raises ModelError at once. A slot is held only while a request is on the wire.
+    attempts (default: random exponential backoff, 0.5 s base, 20 s cap), and never sooner
+    than a ``Retry-After`` the server sent (capped at 120 s). Any other non-2xx status raises
+    ModelError at once. A slot is held only while a request is on the wire.
+
+    Every attempt has a deadline (:meth:`timeouts`): ``connect_timeout_s`` to connect, and for
+    the reply one sized to the request (its ``max_tokens``), then following the slowest recent
+    replies of that size, doubled on every retry, at most ``timeout_s``. A hung call therefore
+    costs seconds, not minutes, while a slow server is still waited for.
     """
 
     def __init__(
@@ -129,9 +159,11 @@ class ModelClient:
                     "(api_key_env) is not set"
                 )
             self._headers["Authorization"] = f"Bearer {token}"
+        # max_tokens -> (replies seen, slowest recent reply in s): deadlines follow the server
+        self._replies: dict[int, tuple[int, float]] = {}
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(endpoint.max_retries + 1),
-            wait=retry_wait,
+            wait=_HonourRetryAfter(retry_wait),
             retry=retry_if_exception_type(_RetryableError),
             before_sleep=self._log_retry,
             reraise=True,
@@ -162,7 +194,7 @@ class ModelClient:
             request["seed"] = seed
         if json_schema is not None:
             request["response_format"] = response_format(self.endpoint.backend, json_schema)
-        return await self._post(self._url, request)
+        return await self._post(self._url, request, max_tokens or UNCAPPED_SIZE_TOKENS)
 
     async def complete(
         self, prompt: str, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
@@ -177,14 +209,17 @@ class ModelClient:
         }
         if seed is not None:
             request["seed"] = seed
-        return await self._post(self._completions_url, request)
+        return await self._post(self._completions_url, request, max_tokens)
 
-    async def _post(self, url: str, request: Mapping[str, Any]) -> Completion:
+    async def _post(self, url: str, request: Mapping[str, Any], size_tokens: int) -> Completion:
+        """POST ``request`` with retries; ``size_tokens`` sizes its deadline (see timeouts)."""
         body = orjson.dumps(request)
         started = time.perf_counter()
         retrying = self._retrying.copy()
         try:
-            response: TransportResponse = await retrying(self._attempt, url, body)
+            response: TransportResponse = await retrying(
+                self._attempt, url, body, size_tokens, retrying
+            )
         except _RetryableError as exc:
             raise ModelError(
                 f"{exc} (gave up after {retrying.statistics['attempt_number']} attempts)",
@@ -197,20 +232,64 @@ class ModelClient:
             attempts=retrying.statistics["attempt_number"],
         )
 
-    async def _attempt(self, url: str, body: bytes) -> TransportResponse:
+    def timeouts(self, max_tokens: int, attempt: int = 1) -> Timeouts:
+        """The deadlines of attempt number ``attempt`` (1-based) of a call for ``max_tokens``.
+
+        Until ``LEARN_AFTER`` replies to requests of this size were seen, the reply deadline
+        is sized from the endpoint: ``deadline_base_s + max_tokens / min_tokens_per_s``; then
+        it is ``LATENCY_HEADROOM`` times the slowest recent reply (never under
+        ``MIN_DEADLINE_S``), so it follows the server actually serving. Each retry doubles it;
+        ``timeout_s`` caps it."""
+        endpoint = self.endpoint
+        seen, slowest = self._replies.get(max_tokens, (0, 0.0))
+        if seen >= LEARN_AFTER:
+            total = max(MIN_DEADLINE_S, LATENCY_HEADROOM * slowest)
+        else:
+            total = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
+        total = min(total * 2 ** (attempt - 1), endpoint.timeout_s)
+        return Timeouts(connect_s=min(endpoint.connect_timeout_s, total), total_s=total)
+
+    def _learn(self, max_tokens: int, reply_s: float) -> None:
+        seen, slowest = self._replies.get(max_tokens, (0, 0.0))
+        self._replies[max_tokens] = (seen + 1, max(reply_s, slowest * LATENCY_DECAY))
+
+    async def _attempt(
+        self, url: str, body: bytes, max_tokens: int, retrying: AsyncRetrying
+    ) -> TransportResponse:
+        attempt = retrying.statistics.get("attempt_number", 1)
         async with self._slots:
+            sent = time.perf_counter()
             try:
-                response = await self._transport.post_json(
-                    url, body, self._headers, self.endpoint.timeout_s
-                )
+                response = await self._post_watched(url, body, max_tokens, attempt, sent)
             except TransportError as exc:
-                raise _RetryableError(f"endpoint {url}: {exc}", None) from exc
+                raise _RetryableError(f"endpoint {url}: {exc}", None, None) from exc
+            reply_s = time.perf_counter() - sent
         if 200 <= response.status < 300:
+            self._learn(max_tokens, reply_s)
             return response
         message = f"endpoint {url}: HTTP {response.status}: {_excerpt(response.body)}"
         if response.status in RETRY_STATUSES:
-            raise _RetryableError(message, response.status)
+            raise _RetryableError(message, response.status, response.retry_after_s)
         raise ModelError(message, status=response.status)
+
+    async def _post_watched(
+        self, url: str, body: bytes, max_tokens: int, attempt: int, sent: float
+    ) -> TransportResponse:
+        """POST with the attempt's deadline, re-read while waiting: when replies seen in the
+        meantime shorten it (the first calls to a server start with the sized deadline), a
+        call already on the wire is held to the shorter one."""
+        timeouts = self.timeouts(max_tokens, attempt)
+        post = asyncio.ensure_future(self._transport.post_json(url, body, self._headers, timeouts))
+        try:
+            while True:
+                done, _ = await asyncio.wait({post}, timeout=WATCH_EVERY_S)
+                if done:
+                    return post.result()
+                deadline = self.timeouts(max_tokens, attempt).total_s
+                if time.perf_counter() - sent > deadline:
+                    raise TransportError(f"no reply within {deadline:.3g}s")
+        finally:
+            post.cancel()
 
     def _parse(self, url: str, body: bytes, *, latency_s: float, attempts: int) -> Completion:
         try:
@@ -262,16 +341,27 @@ class ModelClient:
 
 
 class ClientPool:
-    """One ModelClient per Endpoint, shared by a worker process; created on first ``get``."""
+    """One ModelClient per Endpoint, shared by a worker process; created on first ``get``.
 
-    def __init__(self, *, retry_wait: wait_base = DEFAULT_RETRY_WAIT) -> None:
+    ``transport`` makes each client's transport (default: aiohttp); tests pass a
+    ``MockTransport`` factory to run services in-process."""
+
+    def __init__(
+        self,
+        *,
+        retry_wait: wait_base = DEFAULT_RETRY_WAIT,
+        transport: Callable[[Endpoint], Transport] | None = None,
+    ) -> None:
         self._retry_wait = retry_wait
+        self._transport = transport
         self._clients: dict[Endpoint, ModelClient] = {}
 
     def get(self, endpoint: Endpoint) -> ModelClient:
         client = self._clients.get(endpoint)
         if client is None:
-            client = self._clients[endpoint] = ModelClient(endpoint, retry_wait=self._retry_wait)
+            transport = self._transport(endpoint) if self._transport else None
+            client = ModelClient(endpoint, transport, retry_wait=self._retry_wait)
+            self._clients[endpoint] = client
         return client
 
     async def aclose(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from perg.client._types import TransportError
+from perg.client._types import Timeouts, TransportError
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,7 +19,11 @@ class TransportRequest:
     url: str
     body: bytes
     headers: Mapping[str, str]
-    timeout_s: float
+    timeouts: Timeouts
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeouts.total_s
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -29,13 +33,25 @@ class TransportRequest:
 class TransportResponse:
     status: int
     body: bytes
+    retry_after_s: float | None = None  # the server's Retry-After, in seconds
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form; HTTP dates are ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 86_400 else None
 
 
 class Transport(Protocol):
     """POSTs a JSON body; raises TransportError on connection failure or timeout."""
 
     async def post_json(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+        self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
     ) -> TransportResponse: ...
 
     async def aclose(self) -> None: ...
@@ -49,17 +65,26 @@ class AiohttpTransport:
         self._session: aiohttp.ClientSession | None = None
 
     async def post_json(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+        self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
     ) -> TransportResponse:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
             )
         try:
+            timeout = aiohttp.ClientTimeout(
+                total=timeouts.total_s,
+                sock_connect=timeouts.connect_s,
+                sock_read=timeouts.total_s,
+            )
             async with self._session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout_s)
+                url, data=body, headers=headers, timeout=timeout
             ) as response:
-                return TransportResponse(response.status, await response.read())
+                return TransportResponse(
+                    response.status,
+                    await response.read(),
+                    parse_retry_after(response.headers.get("Retry-After")),
+                )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -76,23 +101,23 @@ class MockTransport:
     """Answers every request with ``handler(request)`` (sync or async), like httpx.MockTransport.
 
     The handler may raise TransportError to simulate a connection failure; a handler running past
-    the request's timeout is reported as a TransportError too.
+    the request's total deadline is reported as a TransportError too.
     """
 
     def __init__(self, handler: Handler) -> None:
         self._handler = handler
 
     async def post_json(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout_s: float
+        self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts
     ) -> TransportResponse:
-        result = self._handler(TransportRequest(url, body, dict(headers), timeout_s))
+        result = self._handler(TransportRequest(url, body, dict(headers), timeouts))
         if not inspect.isawaitable(result):
             return result
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeouts.total_s):
                 return await result
         except TimeoutError as exc:
-            raise TransportError(f"timed out after {timeout_s}s") from exc
+            raise TransportError(f"timed out after {timeouts.total_s:.3g}s") from exc
 
     async def aclose(self) -> None:
         return None
