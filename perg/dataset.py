@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from perg._text import bracket_depth
 from perg.config import default_data_dir
 from perg.errors import InputError
 
@@ -252,7 +253,7 @@ def _parse_options(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         if len(value) > MAX_FIELD_CHARS:
             raise ValueError(f"{len(value)} characters, over the limit of {MAX_FIELD_CHARS}")
-        if _bracket_depth(value) > MAX_NESTING:
+        if bracket_depth(value) > MAX_NESTING:
             raise ValueError(f"brackets nested over {MAX_NESTING} deep: " + _clip(value))
         try:
             parsed = ast.literal_eval(value.strip())
@@ -268,18 +269,6 @@ def _parse_options(value: object) -> tuple[str, ...]:
     if not all(isinstance(o, str) for o in parsed):
         raise ValueError("every option must be a string")
     return tuple(parsed)
-
-
-def _bracket_depth(text: str) -> int:
-    """The deepest nesting of ``([{`` in ``text``, counting brackets inside strings too."""
-    depth = deepest = 0
-    for char in text:
-        if char in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in ")]}":
-            depth -= 1
-    return deepest
 
 
 def _field_problem(value: str) -> str | None:

@@ -31,6 +31,7 @@ from typing import Any
 import duckdb
 import orjson
 
+from perg._text import bracket_depth
 from perg.errors import InputError
 from perg.live.engine import EngineRefused, harden, single_select
 from perg.live.sqlfunctions import ALLOWED_FUNCTIONS
@@ -158,14 +159,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _check_nesting(sql: str) -> None:
-    depth = deepest = 0
-    for char in sql:
-        if char in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in ")]}":
-            depth -= 1
-    if deepest > MAX_NESTING:
+    if bracket_depth(sql) > MAX_NESTING:
         raise QueryRefused(f"the query nests brackets more than {MAX_NESTING} levels deep")
 
 
