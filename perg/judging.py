@@ -10,6 +10,13 @@ from perg.protocol import iter_json_objects
 JudgeOutcome = Literal["followed", "not_followed", "unparseable", "not_applicable"]
 RATING_MIN, RATING_MAX = 1, 5
 
+# Structured output of a constrained judge (Endpoint.constrain_rating): a JSON string that
+# can only be one of the five tags, so the reply parses by the paper's rule (first
+# <answer>(\d+)</answer>) and by parse_rating.
+RATING_SCHEMA: dict[str, object] = {
+    "enum": [f"<answer>{n}</answer>" for n in range(RATING_MIN, RATING_MAX + 1)]
+}
+
 _ANSWER_TAG = re.compile(r"<answer>\s*\[?\s*(\d+)\s*\]?\s*</answer>", re.IGNORECASE)
 
 

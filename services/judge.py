@@ -14,7 +14,7 @@ import faust
 
 from perg.client import ClientPool
 from perg.extraction import ExtractionPath, choice_schema, extract_choice, parse_llm_choice
-from perg.judging import JudgeOutcome, judge_outcome, parse_rating
+from perg.judging import RATING_SCHEMA, JudgeOutcome, judge_outcome, parse_rating
 from perg.protocol import Protocol
 from schemas import BASELINE_METHOD, CallRecord, Generation, Verdict, partition_key
 from schemas.topics import GENERATIONS, VERDICTS
@@ -69,6 +69,7 @@ async def rate(
             stage="judge",
             max_tokens=protocol.max_tokens("judge"),
             attempt=attempt,
+            json_schema=RATING_SCHEMA if caller.context.judge.constrain_rating else None,
         )
         calls.append(call)
         raw = completion.text

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
@@ -43,6 +44,8 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", required=True)
     parser.add_argument("--judge-backend", default="openai", choices=backends)
     parser.add_argument("--judge-token-env")
+    constrain = "the judge may reply only <answer>N</answer> (structured output)"
+    parser.add_argument("--constrain-judge", action="store_true", help=constrain)
     parser.add_argument("--max-in-flight", type=int, default=64, help="per endpoint")
 
 
@@ -81,7 +84,10 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
 
     return RunRequest(
         model=endpoint(args.model_url, args.model, args.model_backend, args.model_token_env),
-        judge=endpoint(args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env),
+        judge=replace(
+            endpoint(args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env),
+            constrain_rating=args.constrain_judge,
+        ),
         protocol=args.protocol,
         settings=args.settings,
         methods=args.methods,

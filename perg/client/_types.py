@@ -14,7 +14,10 @@ class Endpoint:
 
     ``api_key_env`` is the *name* of an environment variable holding the bearer token, so an
     Endpoint can travel on Kafka without carrying a secret. ``backend`` decides the structured
-    output form of ``response_format``.
+    output form of ``response_format``. ``constrain_rating``: when this endpoint is the judge,
+    its Likert rating call asks for structured output that can only be ``"<answer>N</answer>"``
+    (N in 1..5), still read by the paper's rule; for small judges that otherwise never emit the
+    tag (the demo's). Off by default: the paper's judge reasons before it rates.
     """
 
     base_url: str
@@ -24,6 +27,7 @@ class Endpoint:
     max_in_flight: int = 64
     timeout_s: float = 300.0
     max_retries: int = 5
+    constrain_rating: bool = False
 
 
 @dataclass(frozen=True, slots=True)
