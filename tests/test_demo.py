@@ -82,10 +82,11 @@ def test_table_is_pooled_compact_and_readable() -> None:
 def test_headline_says_what_pref_aligner_changed_and_whether_intervals_overlap() -> None:
     words = headline([ZERO, ALIGNER])
     assert words is not None
-    assert "from 58% (zero-shot) to 0% on 12 questions" in words
-    assert "do not overlap" in words
+    assert "on the 12 questions" in words
+    assert "BR from 50% to 0% (95% intervals do not overlap)" in words
+    assert "RER from 58% to 0% (95% intervals do not overlap)" in words
     close = {**ALIGNER, "RER": 50.0, "RER_lo": 25.0, "RER_hi": 75.0}
-    assert "intervals overlap" in (headline([ZERO, close]) or "")
+    assert "RER from 58% to 50% (95% intervals overlap)" in (headline([ZERO, close]) or "")
     assert headline([ZERO]) is None  # nothing to compare
     assert headline([metric_row("relevant", "zero_shot"), ALIGNER]) is None  # empty Q*
 
