@@ -127,7 +127,7 @@ def test_demo_runs_a_real_evaluation_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "BR % [95% CI]" in proc.stdout and "RER % [95% CI]" in proc.stdout
     assert "zero-shot" in proc.stdout and "Pref-Aligner" in proc.stdout
-    parse = re.search(r"Judge parse rate: (\d+)% \((\d+) of (\d+) replies", proc.stdout)
+    parse = re.search(r"Judge parse rate: (\d+)%\s+\((\d+)\s+of\s+(\d+)\s+replies", proc.stdout)
     assert parse is not None, proc.stdout[-3000:]
     assert parse[3] == "4" and int(parse[2]) >= 4  # constrained: every reply gives a rating
     assert str(workdir / "perg.duckdb") in proc.stdout.replace("\n", "")
