@@ -16,8 +16,9 @@ Configurations (each skipped when its build is missing):
                  venv $PERG_HOME/llama-venv): one sequence at a time
   server-portable-1  llama.cpp's llama-server, portable (AVX2) build, 1 slot, no prompt cache
   server-native-1    the same, native build (-march=native: AVX-512/VNNI/AMX here)
-  server-native-N    native, --concurrency slots, prompt cache on (what deploy/llama-server.sh runs)
-  server-portable-N  portable, the same slots and cache (what an image runs)
+  server-native-N    native, --concurrency slots, prompt cache on
+  server-portable-N  portable, the same slots and cache (what deploy/llama-server.sh and the
+                     image run by default)
 
 Ratios are to the first configuration measured. The machine may be shared: the load average
 before and after is printed; compare only figures from one run.
