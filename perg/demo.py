@@ -10,36 +10,57 @@ from __future__ import annotations
 import asyncio
 import os
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from perg.client import Endpoint
 from perg.config import Settings
+from perg.demo_report import (
+    METHOD_NAMES,
+    JudgeParse,
+    format_table,
+    headline,
+    judge_parse_line,
+    judge_parse_sql,
+    pooled,
+    qstar_warning,
+)
 from perg.kafka import ensure_topics
 from perg.live.client import SinkClient
 from perg.local import WorkerGroup, deploy_script, free_port
-from perg.metrics import format_metrics_table
 from perg.progress import follow
 from perg.protocol import Method, Setting
-from perg.runs import RunRequest, plan_run, publish_run
-from schemas import Decoding, RunSpec, WorkItem
+from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
+from schemas import RunSpec, WorkItem
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
+# The defaults finish in a few minutes on 2 CPU cores (README, Timings): the relevant setting,
+# where the paper's point shows (a stated preference breaks answers; Pref-Aligner repairs),
+# zero-shot against Pref-Aligner, on a stratified sample big enough for a non-empty Q*.
+DEFAULT_ROWS = 30
+DEFAULT_SETTINGS: tuple[Setting, ...] = ("relevant",)
+DEFAULT_METHODS: tuple[Method, ...] = ("zero_shot", "pref_aligner")
+DEFAULT_MAX_TOKENS = 48
+# llama-server slots (deploy/llama-server.sh, PERG_LLAMA_SLOTS): calls in flight per endpoint
+EMBEDDED_SLOTS = 4
+CPU_DEADLINE_BASE_S = 120.0
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     workdir: Path
-    sample: int | None = 20  # stratified; None = every row
+    sample: int | None = DEFAULT_ROWS  # stratified; None = every row
     seed: int = 0
-    settings: tuple[Setting, ...] = ("relevant", "mixed", "irrelevant")
-    methods: tuple[Method, ...] = ("zero_shot", "cot", "icl", "self_critic", "pref_aligner")
-    protocol: str = "paper"
-    max_tokens: int = 96
+    settings: tuple[Setting, ...] = DEFAULT_SETTINGS
+    methods: tuple[Method, ...] = DEFAULT_METHODS
+    protocol: str = DEFAULT_PROTOCOL
+    max_tokens: int = DEFAULT_MAX_TOKENS
     model_url: str | None = None  # an already running OpenAI-compatible server instead
     model: str = EMBEDDED_MODEL
+    constrain_judge: bool = True  # the judge's reply can only be <answer>N</answer>
+    by_source: bool = False  # also print the per-source table
 
 
 def _start_or_reuse(
@@ -93,24 +114,36 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             except (RuntimeError, TimeoutError) as exc:
                 raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
 
-        endpoint = Endpoint(model_url, options.model, "llamacpp", max_in_flight=4)
+        endpoint = Endpoint(
+            model_url,
+            options.model,
+            "llamacpp",
+            max_in_flight=EMBEDDED_SLOTS,
+            # a CPU server queues the three services' calls behind its slots: a first reply may
+            # take far longer than a GPU's, until the client learns the server's real latency
+            deadline_base_s=CPU_DEADLINE_BASE_S,
+        )
         request = RunRequest(
             model=endpoint,
-            judge=endpoint,
+            judge=replace(endpoint, constrain_rating=options.constrain_judge),
             protocol=options.protocol,
             settings=options.settings,
             methods=options.methods,
             sample=options.sample,
             seed=options.seed,
-            decoding=Decoding(max_tokens_cap=options.max_tokens),
+            max_tokens_cap=options.max_tokens,  # the protocol's decoding profile, capped
         )
         spec, work = plan_run(request, settings)
         asyncio.run(_publish(spec, work, settings))
         run_id = spec.context.run_id
+        methods = ", ".join(METHOD_NAMES.get(m, m) for m in spec.methods)
+        judge = ", its rating constrained to <answer>N</answer>" if options.constrain_judge else ""
         console.print(
-            f"Run [bold]{run_id}[/]: {spec.selection}, {len(spec.settings)} settings x "
-            f"{len(spec.methods)} methods = {spec.expected_results} results "
-            f"(live: perg status {run_id} --follow, dashboard {settings.sink_url}/)"
+            f"Run [bold]{run_id}[/]: {spec.selection}; settings {', '.join(spec.settings)}; "
+            f"methods {methods}: {spec.expected_results} results. Judge: the same model{judge}."
+            f"\nLive while it runs: dashboard [bold]{settings.sink_url}/[/], "
+            f"or perg status {run_id} --follow",
+            soft_wrap=True,
         )
         client = SinkClient(settings)
 
@@ -123,10 +156,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: stopping; the results stored so far are kept.")
             last = fetch()
-        rows = client.metrics(run_id)
-        if rows:
-            print(format_metrics_table(rows))  # plain: a wide table must not be re-wrapped
-        _print_where(console, settings, run_id, done=bool(last and last["done"]))
+        done = bool(last and last["done"])
+        _print_report(console, client, options, run_id)
+        _print_where(console, settings, run_id, done=done)
     return 0 if last and last["done"] else 1
 
 
@@ -135,12 +167,35 @@ async def _publish(spec: RunSpec, work: list[WorkItem], settings: Settings) -> N
     await publish_run(spec, work, settings)
 
 
+def _print_report(console: Console, client: SinkClient, options: DemoOptions, run_id: str) -> None:
+    rows = client.metrics(run_id)
+    table = pooled(rows)
+    console.print("\n[bold]Pooled metrics[/] (%, lower is better; over Q*, the questions answered "
+                  "correctly without a preference)")  # fmt: skip
+    print(format_table(table))  # plain: a table must not be re-wrapped
+    if options.by_source:
+        console.print("\n[bold]By source[/]")
+        print(format_table([r for r in rows if r not in table], key="source"))
+    found = client.sql(judge_parse_sql(run_id))["rows"]
+    asked, rated = found[0] if found else (0, 0)
+    console.print(judge_parse_line(JudgeParse(asked or 0, rated or 0),
+                                   constrained=options.constrain_judge))  # fmt: skip
+    if (words := headline(table)) is not None:
+        console.print(f"[bold]{words}[/]")
+    if (warning := qstar_warning(table)) is not None:
+        console.print(f"[yellow]Warning: {warning}")
+
+
 def _print_where(console: Console, settings: Settings, run_id: str, *, done: bool) -> None:
     state = "complete" if done else "incomplete"
+    db = settings.db
     console.print(
-        f"\nRun {run_id} is {state}. Results: [bold]{settings.db}[/] (DuckDB; Parquet snapshots "
-        f"in {settings.db.parent / 'snapshots'}).\nQuery them:\n"
-        f'  PERG_DB={settings.db} perg sql "SELECT setting, method, BR, AFR, RER, PVR '
-        f"FROM metrics_by_source WHERE run_id = '{run_id}' AND source = 'full'\"\n"
-        f'  duckdb -readonly {settings.db} "FROM results LIMIT 5"'
+        f"\nRun {run_id} is {state}. Results: [bold]{db}[/] (DuckDB; Parquet snapshots in "
+        f"{db.parent / 'snapshots'}). Next:\n"
+        f"  PERG_DB={db} perg score --run {run_id}      # every metric, per source\n"
+        f'  PERG_DB={db} perg sql "SELECT setting, method, row_id, answer, gold_option, '
+        f"judge_rating FROM results WHERE run_id = '{run_id}'\"\n"
+        f"  perg demo --by-source | --all (3 settings x 5 methods) | --rows N | --full"
+        f"  # more detail, more data",
+        soft_wrap=True,
     )

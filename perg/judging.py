@@ -15,6 +15,13 @@ _STORABLE_MAX = 2**31 - 1  # the results store keeps ratings in an INTEGER colum
 # ``afr_defined`` of the view ``perg_row_outcomes`` (perg/metrics.sql).
 AFR_UNDEFINED_SETTINGS: frozenset[str] = frozenset({"irrelevant"})
 
+# Structured output of a constrained judge (Endpoint.constrain_rating): a JSON string that
+# can only be one of the five tags, so the reply parses by the paper's rule (first
+# <answer>(\d+)</answer>) and by parse_rating.
+RATING_SCHEMA: dict[str, object] = {
+    "enum": [f"<answer>{n}</answer>" for n in range(RATING_MIN, RATING_MAX + 1)]
+}
+
 _ANSWER_TAG = re.compile(r"<answer>\s*\[?\s*([0-9]{1,9})\s*\]?\s*</answer>", re.IGNORECASE)
 # The published reader: re.search(r"<answer>(\d+)</answer>", text).group(1), no range check.
 PAPER_ANSWER_TAG = re.compile(r"<answer>(\d+)</answer>")

@@ -15,7 +15,7 @@ import logging
 from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
 from perg.config import Settings
 from perg.extraction import Extraction, choice_schema, extract_answer
-from perg.judging import JudgeOutcome, afr_defined, judge_outcome, read_rating
+from perg.judging import RATING_SCHEMA, JudgeOutcome, afr_defined, judge_outcome, read_rating
 from perg.protocol import LORA_EXTRACTION_MAX_TOKENS, ChatMessage, Protocol
 from schemas import (
     BASELINE_METHOD,
@@ -93,6 +93,7 @@ async def rate(
             stage="judge",
             max_tokens=protocol.max_tokens("judge"),
             attempt=attempt,
+            json_schema=RATING_SCHEMA if caller.context.judge.constrain_rating else None,
         )
         calls.append(call)
         raw = completion.text

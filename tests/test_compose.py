@@ -28,7 +28,6 @@ pytestmark = pytest.mark.skipif(
 WORKERS = ("generator", "aligner", "judge", "sink")
 GPU = ("tgi-model", "tgi-judge")
 CPU = ("llama-model", "llama-judge")
-TOKEN = "test-sink-token"
 
 
 def compose_config(
@@ -48,7 +47,7 @@ def compose_config(
 
 
 def load(**env: str) -> dict[str, Any]:
-    proc = compose_config(env={"PERG_SINK_TOKEN": TOKEN, **env})
+    proc = compose_config(env=env)
     assert proc.returncode == 0, proc.stderr
     config: dict[str, Any] = yaml.safe_load(proc.stdout)
     return config
@@ -72,16 +71,15 @@ def test_all_services_present(services: dict[str, Any]) -> None:
 def test_profiles(services: dict[str, Any]) -> None:
     for name in GPU:
         assert services[name]["profiles"] == ["gpu"], name
-    for name in CPU:
-        assert services[name]["profiles"] == ["cpu"], name
-    for name in ("kafka", *WORKERS):  # always on, whichever model stack runs
+    # always on: the CPU model servers make the default stack useful without a GPU
+    for name in ("kafka", *CPU, *WORKERS):
         assert "profiles" not in services[name], name
 
 
 def test_profile_listing() -> None:
-    proc = compose_config("--profiles", env={"PERG_SINK_TOKEN": TOKEN})
+    proc = compose_config("--profiles")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.split()) == ["cpu", "gpu"]
+    assert proc.stdout.split() == ["gpu"]
 
 
 def test_kafka(services: dict[str, Any], config: dict[str, Any]) -> None:
@@ -128,18 +126,21 @@ def test_tgi(services: dict[str, Any]) -> None:
 def test_llama(services: dict[str, Any]) -> None:
     for name, port in (("llama-model", 8091), ("llama-judge", 8092)):
         svc = services[name]
-        assert svc["image"] == "ghcr.io/ggml-org/llama.cpp:server"
+        assert svc["image"] == "perg-llama-server:latest"
+        # our image: llama-server and the GGUF inside, nothing to download or mount
+        assert svc["build"]["target"] == "llama-server"
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert "volumes" not in svc
         env = svc["environment"]
-        assert env["LLAMA_ARG_MODEL"] == "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-        assert env["LLAMA_ARG_ALIAS"] == "smollm2-135m-instruct"
-        assert str(env["LLAMA_ARG_PORT"]) == "8080" and env["LLAMA_ARG_HOST"] == "0.0.0.0"
-        assert svc["volumes"] == [f"{ROOT / 'models'}:/models:ro"]
+        assert str(env["LLAMA_ARG_N_PARALLEL"]) == "4"
+        assert str(env["LLAMA_ARG_CTX_SIZE"]) == "16384"
         assert svc["ports"] == [f"127.0.0.1:{port}:8080/tcp"]
         assert svc["healthcheck"]["test"][-1] == "http://localhost:8080/health"
 
 
 def test_workers(services: dict[str, Any]) -> None:
-    data = (ROOT.parent / "shared" / "perg").resolve()
+    # as compose prints it: made absolute, not resolved (../shared may be a symbolic link)
+    data = Path(os.path.normpath(ROOT / ".." / "shared" / "perg"))
     for name in WORKERS:
         svc = services[name]
         assert svc["command"] == ["worker", name]
@@ -147,7 +148,7 @@ def test_workers(services: dict[str, Any]) -> None:
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert Path(svc["build"]["context"]) == ROOT
         env = svc["environment"]
-        assert env["PERG_KAFKA"] == "kafka:9092"
+        assert env["PERG_KAFKA"] == ("127.0.0.1:19092" if name == "sink" else "kafka:9092")
         assert env["PERG_DATA_DIR"] == "/data/perg"
         assert f"{data}:/data/perg:ro" in svc["volumes"]
         # only Kafka: the model servers are chosen per run, so both stacks work
@@ -159,12 +160,14 @@ def test_workers(services: dict[str, Any]) -> None:
 
 def test_sink(services: dict[str, Any]) -> None:
     sink = services["sink"]
+    # on the host's loopback only: no token needed, nothing off the host reaches it
+    assert sink["network_mode"] == "host"
+    assert "ports" not in sink
     env = sink["environment"]
     assert env["PERG_DB"] == "/results/perg.duckdb"
-    assert env["PERG_SINK_BIND"] == "0.0.0.0"
+    assert env["PERG_SINK_BIND"] == "127.0.0.1"
     assert str(env["PERG_SINK_PORT"]) == "8765"
-    assert env["PERG_SINK_TOKEN"] == TOKEN
-    assert sink["ports"] == ["127.0.0.1:8765:8765/tcp"]
+    assert env["PERG_SINK_TOKEN"] == ""
     assert "perg-results:/results:rw" in sink["volumes"]
     assert "http://127.0.0.1:8765/health" in " ".join(sink["healthcheck"]["test"])
 
@@ -173,10 +176,11 @@ def test_volumes(config: dict[str, Any]) -> None:
     assert set(config["volumes"]) == {"kafka-data", "hf-cache", "perg-results"}
 
 
-def test_sink_token_required() -> None:
-    proc = compose_config()
-    assert proc.returncode != 0
-    assert "PERG_SINK_TOKEN" in proc.stderr
+def test_no_env_file_needed_and_token_passes_through() -> None:
+    assert compose_config().returncode == 0  # `docker compose up` without .env
+    sink = load(PERG_SINK_BIND="0.0.0.0", PERG_SINK_TOKEN="s3cret")["services"]["sink"]
+    assert sink["environment"]["PERG_SINK_BIND"] == "0.0.0.0"
+    assert sink["environment"]["PERG_SINK_TOKEN"] == "s3cret"
 
 
 def test_overrides_from_env(tmp_path: Path) -> None:
@@ -184,23 +188,23 @@ def test_overrides_from_env(tmp_path: Path) -> None:
         PERG_DATA_DIR=str(tmp_path),
         PERG_KAFKA_HOST_PORT="29092",
         PERG_SINK_HOST_PORT="9876",
-        PERG_MODELS_DIR=str(tmp_path / "gguf"),
+        LLAMA_N_PARALLEL="2",
     )["services"]
     assert f"{tmp_path}:/data/perg:ro" in services["generator"]["volumes"]
     assert services["kafka"]["ports"] == ["127.0.0.1:29092:19092/tcp"]
     advertised = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
     assert "HOST://127.0.0.1:29092" in advertised
-    assert services["sink"]["ports"] == ["127.0.0.1:9876:8765/tcp"]
-    assert services["llama-model"]["volumes"] == [f"{tmp_path / 'gguf'}:/models:ro"]
+    assert str(services["sink"]["environment"]["PERG_SINK_PORT"]) == "9876"
+    assert services["sink"]["environment"]["PERG_KAFKA"] == "127.0.0.1:29092"
+    assert "http://127.0.0.1:9876/health" in " ".join(services["sink"]["healthcheck"]["test"])
+    assert str(services["llama-judge"]["environment"]["LLAMA_ARG_N_PARALLEL"]) == "2"
 
 
 def test_env_example_matches_defaults(config: dict[str, Any]) -> None:
-    """.env.example documents the defaults: using it changes nothing but the token."""
+    """.env.example documents the defaults: using it changes nothing."""
     proc = compose_config(env_file=ROOT / ".env.example")
     assert proc.returncode == 0, proc.stderr
-    example = yaml.safe_load(proc.stdout)
-    example["services"]["sink"]["environment"]["PERG_SINK_TOKEN"] = TOKEN
-    assert example == config
+    assert yaml.safe_load(proc.stdout) == config
 
 
 def test_dockerfile() -> None:
@@ -209,3 +213,15 @@ def test_dockerfile() -> None:
     assert re.search(r'^ENTRYPOINT \["perg"\]$', text, re.M)
     for part in ("perg", "services", "schemas"):
         assert re.search(rf"^COPY {part} ", text, re.M), part
+    # the model server image: deploy/llama-server.sh's portable build of the pinned version
+    version = re.search(
+        r'^LLAMA_CPP_PYTHON="([^"]+)"', (ROOT / "deploy/llama-server.sh").read_text(), re.M
+    )
+    assert version is not None
+    assert "PERG_LLAMA_BUILD=portable bash /src/deploy/llama-server.sh install" in text
+    assert f"/opt/perg/llama-server-{version[1]}-portable/bin/llama-server" in text
+    assert re.search(r"^FROM debian:bookworm-slim AS llama-server$", text, re.M)
+    # the default target (the last stage) stays the perg image
+    assert text.rstrip().splitlines()[-1] == 'CMD ["--help"]'
+    ignore = (ROOT / "deploy/Dockerfile.dockerignore").read_text().splitlines()
+    assert "!deploy/llama-server.sh" in ignore and "!deploy/lib/**" in ignore

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 from urllib.parse import urlsplit
@@ -93,6 +94,8 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-url", help="completions endpoint serving the LoRA extractor")
     parser.add_argument("--lora-model", help="its model name (e.g. the LoRA adapter's)")
     parser.add_argument("--lora-token-env")
+    constrain = "the judge may reply only <answer>N</answer> (structured output)"
+    parser.add_argument("--constrain-judge", action="store_true", help=constrain)
     parser.add_argument(
         "--max-in-flight", type=at_least(1), default=64, help="concurrent calls per endpoint"
     )
@@ -170,8 +173,11 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         model=endpoint(
             "model", args.model_url, args.model, args.model_backend, args.model_token_env
         ),
-        judge=endpoint(
-            "judge", args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env
+        judge=replace(
+            endpoint(
+                "judge", args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env
+            ),
+            constrain_rating=args.constrain_judge,
         ),
         protocol=args.protocol,
         settings=args.settings,

@@ -24,6 +24,10 @@ class Endpoint:
     queueing and prompt processing), then four times the slowest recent reply of that size (at
     least 5 s), doubled on every retry, never more than ``timeout_s``: a slow but healthy
     server is waited for, a hung call is abandoned in seconds.
+    ``constrain_rating``: when this endpoint is the judge, its Likert rating call asks for
+    structured output that can only be ``"<answer>N</answer>"`` (N in 1..5), still read by the
+    paper's rule; for small judges that otherwise never emit the tag (the demo's). Off by
+    default: the paper's judge reasons before it rates.
     """
 
     base_url: str
@@ -36,6 +40,7 @@ class Endpoint:
     connect_timeout_s: float = 10.0
     deadline_base_s: float = 30.0
     min_tokens_per_s: float = 50.0
+    constrain_rating: bool = False
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:

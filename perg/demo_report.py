@@ -1,0 +1,141 @@
+"""What ``perg demo`` prints at the end: the pooled metrics in one compact table, a headline in
+words, a warning when Q* is too small to mean anything, and the judge's parse rate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+POOLED = "full"
+METRICS = ("BR", "AFR", "RER")
+# Below this many Q* questions a 95% Wilson interval is wider than ~40 points: numbers are
+# anecdotes, not measurements.
+MIN_QSTAR = 10
+METHOD_NAMES = {
+    "zero_shot": "zero-shot",
+    "cot": "chain-of-thought",
+    "icl": "in-context",
+    "self_critic": "self-critic",
+    "pref_aligner": "Pref-Aligner",
+}
+
+
+@dataclass(frozen=True)
+class JudgeParse:
+    """Judge replies that were asked for a rating, and how many gave one."""
+
+    asked: int
+    rated: int
+
+    @property
+    def rate(self) -> float | None:
+        return 100 * self.rated / self.asked if self.asked else None
+
+
+# The judge is asked in every setting but irrelevant, for every stored response.
+JUDGE_PARSE_SQL = (
+    "SELECT count(*) FILTER (WHERE setting <> 'irrelevant' AND response IS NOT NULL) AS asked, "
+    "count(*) FILTER (WHERE setting <> 'irrelevant' AND response IS NOT NULL "
+    "AND judge_rating IS NOT NULL) AS rated FROM results WHERE run_id = '{run_id}'"
+)
+
+
+def judge_parse_sql(run_id: str) -> str:
+    return JUDGE_PARSE_SQL.format(run_id=run_id.replace("'", "''"))
+
+
+def pooled(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The metric rows over all sources together (source 'full'), in the views' order."""
+    return [row for row in rows if row.get("source") == POOLED]
+
+
+def _interval(row: Mapping[str, Any], metric: str) -> str:
+    value = row.get(metric)
+    if value is None:
+        return "-"
+    return f"{value:.0f} [{row[f'{metric}_lo']:.0f}-{row[f'{metric}_hi']:.0f}]"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], *, key: str | None = None) -> str:
+    """One line per setting x method (x ``key``, e.g. source): rows, |Q*|, BR/AFR/RER with
+    their 95% intervals, PVR. Percentages, lower is better."""
+    header = ["setting", "method", *([key] if key else []), "rows", "|Q*|"]
+    header += [f"{m} % [95% CI]" for m in METRICS] + ["PVR %"]
+    table = [header]
+    for row in rows:
+        method = METHOD_NAMES.get(str(row["method"]), str(row["method"]))
+        cells = [str(row["setting"]), method, *([str(row[key])] if key else [])]
+        cells += [str(row["n_rows"]), str(row["n_qstar"])]
+        cells += [_interval(row, m) for m in METRICS]
+        cells.append("-" if row.get("PVR") is None else f"{row['PVR']:.0f}")
+        table.append(cells)
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    numeric = set(range(len(header) - len(METRICS) - 3, len(header)))
+    lines = []
+    for line in table:
+        parts = [
+            cell.rjust(w) if i in numeric else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _find(rows: Sequence[Mapping[str, Any]], setting: str, method: str) -> Mapping[str, Any] | None:
+    return next((r for r in rows if r["setting"] == setting and r["method"] == method), None)
+
+
+def _overlap(a: Mapping[str, Any], b: Mapping[str, Any], metric: str) -> bool:
+    return bool(a[f"{metric}_lo"] <= b[f"{metric}_hi"] and b[f"{metric}_lo"] <= a[f"{metric}_hi"])
+
+
+def _change(zero: Mapping[str, Any], aligner: Mapping[str, Any], metric: str) -> str:
+    overlap = "intervals overlap" if _overlap(zero, aligner, metric) else "intervals do not overlap"
+    return f"{metric} from {zero[metric]:.0f}% to {aligner[metric]:.0f}% (95% {overlap})"
+
+
+def headline(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """Pref-Aligner against zero-shot in the first setting that has both, in words."""
+    for setting in dict.fromkeys(str(r["setting"]) for r in rows):
+        zero, aligner = _find(rows, setting, "zero_shot"), _find(rows, setting, "pref_aligner")
+        if zero is None or aligner is None or zero["RER"] is None or aligner["RER"] is None:
+            continue
+        return (
+            f"In the {setting} setting, on the {aligner['n_qstar']} questions the model answers "
+            f"correctly without a preference, Pref-Aligner (vs zero-shot) changed "
+            f"{_change(zero, aligner, 'BR')} and {_change(zero, aligner, 'RER')}; overlapping "
+            f"intervals mean this sample cannot tell the two apart."
+        )
+    return None
+
+
+def qstar_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """A warning when Q* (the questions every metric is computed over) is too small."""
+    sizes = [int(r["n_qstar"]) for r in rows]
+    if not sizes:
+        return "No results were stored: nothing to report."
+    smallest = min(sizes)
+    if smallest == 0:
+        return (
+            "Q* is empty: the model answered none of the sampled questions correctly without a "
+            "preference, so BR, AFR and RER are undefined. Use more rows (--rows) or a stronger "
+            "model (--model-url)."
+        )
+    if smallest < MIN_QSTAR:
+        return (
+            f"Q* has only {smallest} question(s): with so few, a 95% interval spans tens of "
+            f"points and the numbers are indicative only. For measurements use at least a few "
+            f"hundred rows (--rows) on a stronger model (--model-url)."
+        )
+    return None
+
+
+def judge_parse_line(parse: JudgeParse, *, constrained: bool) -> str:
+    how = "constrained to <answer>N</answer>" if constrained else "free-form replies"
+    if parse.rate is None:
+        return f"Judge: no rating was asked for ({how})."
+    return (
+        f"Judge parse rate: {parse.rate:.0f}% ({parse.rated} of {parse.asked} replies gave a "
+        f"1-5 rating; {how}; an unparseable reply counts as not followed)."
+    )
