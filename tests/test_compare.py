@@ -79,7 +79,7 @@ def test_gate_flags_a_known_regression(offline: Path, capsys: pytest.CaptureFixt
     assert failed == {("relevant", "zero_shot", "RER"), ("irrelevant", "zero_shot", "RER")}
     for cell in report["cells"]:
         if cell["source"] == "full" and cell["metric"] == "BR":
-            # the candidate breaks a superset of the baseline's rows: ~8 points, never better
+            # the candidate breaks a superset of the reference run's rows: ~8 points, never better
             assert cell["better"] == 0 and 5 < cell["paired_delta"] < 11
         if cell["metric"] == "AFR" and cell["p_value"] is not None:
             assert cell["worse"] == cell["better"] == 0  # judge outcomes identical
@@ -136,7 +136,7 @@ def write_repeats(store: ResultStore, spec: RunSpec, wrong: Rule) -> None:
 @pytest.fixture(scope="module")
 def noisy_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two runs of a model whose own re-run breaks ~15% of its Q* rows; the candidate breaks 8
-    points more than the baseline, significantly by McNemar, but within the noise floor."""
+    points more than the reference run, significantly by McNemar, but within the noise floor."""
     path = tmp_path_factory.mktemp("noise") / "perg.duckdb"
     store = ResultStore(path)
     rules = {"base_wrong": BASE_WRONG, "unfollowed": fails("follow", 10)}
