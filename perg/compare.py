@@ -1,5 +1,7 @@
 """Run-to-run comparison and the regression gate.
 
+A comparison sets a candidate run against a reference run (the accepted run it must not be
+worse than; not to be confused with the no-preference baseline answer inside each run).
 For every setting x method x source (and the pooled 'full'), each metric of both runs (from the
 ``metrics_by_source`` view, each over its own Q*), the difference, and a paired test on the rows
 both runs share: McNemar's exact two-sided test on the per-row failure (broken, not followed,
@@ -80,15 +82,17 @@ class Thresholds:
 
 @dataclass(slots=True)
 class Cell:
+    """One metric of one setting x method x source in both runs, with its paired test."""
+
     setting: str
     method: str
     source: str
     metric: str
-    baseline: float | None
+    reference: float | None
     candidate: float | None
     n_shared: int = 0
     worse: int = 0  # shared Q* rows that fail in the candidate only
-    better: int = 0  # shared Q* rows that fail in the baseline only
+    better: int = 0  # shared Q* rows that fail in the reference run only
     p_value: float | None = None
     p_adjusted: float | None = None
     noise_floor: float | None = None  # points; the larger noise_BR of the two runs
@@ -106,13 +110,13 @@ class Cell:
 
     @property
     def delta(self) -> float | None:
-        if self.baseline is None or self.candidate is None:
+        if self.reference is None or self.candidate is None:
             return None
-        return self.candidate - self.baseline
+        return self.candidate - self.reference
 
     @property
     def paired_delta(self) -> float | None:
-        """Candidate minus baseline failure rate over the shared rows, in points."""
+        """Candidate minus reference failure rate over the shared rows, in points."""
         return 100 * (self.worse - self.better) / self.n_shared if self.n_shared else None
 
     def as_dict(self) -> dict[str, Any]:
@@ -126,7 +130,9 @@ class Cell:
 
 @dataclass
 class Comparison:
-    baseline: dict[str, Any]
+    """Two runs compared: each run's description, the cells and the test's parameters."""
+
+    reference: dict[str, Any]
     candidate: dict[str, Any]
     cells: list[Cell]
     alpha: float
@@ -140,7 +146,7 @@ class Comparison:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "baseline": self.baseline,
+            "reference": self.reference,
             "candidate": self.candidate,
             "test": TEST_NAME,
             "alpha": self.alpha,
@@ -194,17 +200,17 @@ def _rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def load_runs(
-    source: ResultSource, baseline: str, candidate: str, *, allow_mismatch: bool
+    source: ResultSource, reference: str, candidate: str, *, allow_mismatch: bool
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Both runs' descriptions and any mismatch warnings; raise on bad input."""
     found = {
         r["run_id"]: r
-        for r in _rows(source.sql(_RUNS_SQL.format(a=_literal(baseline), b=_literal(candidate))))
+        for r in _rows(source.sql(_RUNS_SQL.format(a=_literal(reference), b=_literal(candidate))))
     }
-    missing = [r for r in (baseline, candidate) if r not in found]
+    missing = [r for r in (reference, candidate) if r not in found]
     if missing:
         raise CompareInputError(f"unknown run(s): {', '.join(missing)}")
-    a, b = found[baseline], found[candidate]
+    a, b = found[reference], found[candidate]
     warnings = [
         f"the runs differ in {what} ({a[column][:12]} vs {b[column][:12]})"
         for what, column in (("dataset", "dataset_sha256"), ("protocol", "protocol_sha256"))
@@ -217,7 +223,7 @@ def load_runs(
 
 def compare_runs(
     source: ResultSource,
-    baseline: str,
+    reference: str,
     candidate: str,
     *,
     alpha: float = 0.05,
@@ -226,12 +232,12 @@ def compare_runs(
     allow_mismatch: bool = False,
 ) -> Comparison:
     """Compare two runs; with ``thresholds``, also decide the gate."""
-    a, b, warnings = load_runs(source, baseline, candidate, allow_mismatch=allow_mismatch)
+    a, b, warnings = load_runs(source, reference, candidate, allow_mismatch=allow_mismatch)
     values: dict[Key, dict[str, Mapping[str, Any]]] = {}
-    for role, run_id in (("baseline", baseline), ("candidate", candidate)):
+    for role, run_id in (("reference", reference), ("candidate", candidate)):
         for row in source.metrics(run_id):
             values.setdefault((row["setting"], row["method"], row["source"]), {})[role] = row
-    sql = _PAIRED_SQL.format(a=_literal(baseline), b=_literal(candidate))
+    sql = _PAIRED_SQL.format(a=_literal(reference), b=_literal(candidate))
     paired = {(r["setting"], r["method"], r["source"]): r for r in _rows(source.sql(sql))}
     if not paired:
         raise CompareInputError("the runs share no rows in Q*: nothing to compare")
@@ -248,12 +254,12 @@ def compare_runs(
 def _cell(
     key: Key, metric: str, rows: Mapping[str, Mapping[str, Any]], paired: Mapping[str, Any] | None
 ) -> Cell:
-    base, cand = rows.get("baseline", {}), rows.get("candidate", {})
-    cell = Cell(*key, metric=metric, baseline=base.get(metric), candidate=cand.get(metric))
+    ref, cand = rows.get("reference", {}), rows.get("candidate", {})
+    cell = Cell(*key, metric=metric, reference=ref.get(metric), candidate=cand.get(metric))
     if metric in NOISE_METRICS:
-        floors = [r.get("noise_BR") for r in (base, cand)]
+        floors = [r.get("noise_BR") for r in (ref, cand)]
         cell.noise_floor = max((f for f in floors if f is not None), default=None)
-    if paired and metric in TESTED_METRICS and cell.baseline is not None:
+    if paired and metric in TESTED_METRICS and cell.reference is not None:
         cell.n_shared = int(paired["n"])
         cell.worse = int(paired[f"{metric.lower()}_worse"])
         cell.better = int(paired[f"{metric.lower()}_better"])

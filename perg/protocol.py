@@ -19,7 +19,8 @@ SETTINGS: tuple[Setting, ...] = get_args(Setting)
 Method = Literal["zero_shot", "cot", "icl", "self_critic", "pref_aligner"]
 METHODS: tuple[Method, ...] = get_args(Method)
 RoleLayout = Literal["system", "merged"]
-Stage = Literal["answer", "critic", "aligner", "judge", "extraction"]
+# the kinds of prompt a run sends, each with its own generation limit (Protocol.max_tokens).
+PromptKind = Literal["answer", "critic", "aligner", "judge", "extraction"]
 
 PROTOCOL_FILE = "paper_protocol.json"
 MERGE_SEPARATOR = "\n\n\n"
@@ -206,19 +207,19 @@ class Protocol:
         user = spec["llm_user"].format(response=response, reference=self.extractor_references(item))
         return chat_messages(spec["llm_system"], user, layout)
 
-    def max_tokens(self, stage: Stage) -> int | None:
-        """Generation limit of a stage, None for no limit: the answering model's stages have the
-        protocol's limits (a decoding profile may lift them); paper's judge and LLM extractor
-        ran uncapped, strict caps them."""
+    def max_tokens(self, kind: PromptKind) -> int | None:
+        """Generation limit of a kind of prompt, None for no limit: the answering model's prompts
+        have the protocol's limits (a decoding profile may lift them); paper's judge and LLM
+        extractor ran uncapped, strict caps them."""
         limits = self.spec["decoding"]["max_new_tokens"]
-        by_stage: dict[Stage, int | None] = {
+        by_kind: dict[PromptKind, int | None] = {
             "answer": limits["answer"],
             "critic": limits["self_critic_second_pass"],
             "aligner": limits["aligner"],
             "judge": STRICT_JUDGE_MAX_TOKENS if self.strict else None,
             "extraction": STRICT_EXTRACTION_MAX_TOKENS if self.strict else None,
         }
-        limit = by_stage[stage]
+        limit = by_kind[kind]
         return None if limit is None else int(limit)
 
     def read_rewrite(self, text: str, schema: Mapping[str, object]) -> str | None:

@@ -187,18 +187,22 @@ class Record:
     """Base of every topic record: versioned, orjson-encoded, validated on decode."""
 
     SCHEMA: ClassVar[str]
+    """The record type's name, carried in every message (``"perg.verdict"``...)."""
     VERSION: ClassVar[int] = 1
+    """The contract's version, carried in every message; decode refuses any other."""
 
     def check(self) -> None:
         """Constraints that annotations cannot state (fields of nested types from elsewhere);
         raise SchemaError naming the field. Called by :meth:`decode`."""
 
     def encode(self) -> bytes:
+        """The record as JSON bytes, with its ``schema`` name and ``version``."""
         body = dataclasses.asdict(self)  # type: ignore[call-overload]
         return orjson.dumps({"schema": self.SCHEMA, "version": self.VERSION, **body})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Self:
+        """Read a record from a message body; raise SchemaError naming the field at fault."""
         if not raw:
             raise SchemaError(f"{cls.SCHEMA}: empty message")
         try:

@@ -84,15 +84,23 @@ class Decoding:
     """How the model under test is decoded (perg.protocol.DECODING_PROFILES names them)."""
 
     temperature: float = 0.0
+    """Sampling temperature of every call to the model under test."""
     seed: int | None = 42
-    # Caps every stage's max_tokens (the protocol sets them per stage); None keeps the protocol's.
+    """Sampling seed sent with every call; None sends none."""
     max_tokens_cap: int | None = None
+    """Caps every prompt's max_tokens (the protocol sets them per prompt kind); None keeps the
+    protocol's."""
     profile: str = "custom"
-    uncapped: bool = False  # send no per-stage limit (the paper's API models)
+    """The decoding profile's name (``perg submit --decoding``), or ``"custom"``."""
+    uncapped: bool = False
+    """Send no per-prompt limit (the paper's API models)."""
     top_p: float | None = None
-    retry_temperature: float | None = None  # strict's parse re-asks
+    """Nucleus sampling; None leaves the server's default."""
+    retry_temperature: float | None = None
+    """Temperature of strict's parse re-asks; None keeps the protocol's."""
 
     def max_tokens(self, protocol_limit: int | None) -> int | None:
+        """The max_tokens to send for a prompt whose protocol limit is ``protocol_limit``."""
         limit = None if self.uncapped else protocol_limit
         if limit is None:
             return self.max_tokens_cap
@@ -104,16 +112,27 @@ class RunContext:
     """What every service needs to know about the run a record belongs to."""
 
     run_id: str
+    """The run's id (``perg submit`` prints it)."""
     model: Endpoint
+    """The model under test."""
     judge: Endpoint
+    """The judge model rating whether a response follows the preference."""
     protocol: str
+    """The protocol's name (``paper``, ``strict``...)."""
     protocol_sha256: str
+    """SHA-256 of the protocol file the run was planned from."""
     decoding: Decoding = field(default_factory=Decoding)
+    """How the model under test is decoded."""
     layout: RoleLayout = "system"
+    """Where the system prompt goes: a system message, or merged into the user message."""
     extractor: Extractor = "rules"
-    extractor_endpoint: Endpoint | None = None  # the llm extractor's; None: the judge's
-    lora_endpoint: Endpoint | None = None  # the lora extractor's completions endpoint
-    repeat_baseline: bool = False  # generate the no-preference baseline twice (noise floor)
+    """How the option letter is read from a response: rules, an LLM, or a LoRA model."""
+    extractor_endpoint: Endpoint | None = None
+    """The llm extractor's endpoint; None uses the judge's."""
+    lora_endpoint: Endpoint | None = None
+    """The lora extractor's completions endpoint."""
+    repeat_baseline: bool = False
+    """Generate the no-preference baseline twice (the noise floor)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +141,18 @@ class CallRecord:
     number of attempts (1 + retries), token usage as the server reported it, finish reason."""
 
     stage: str
+    """What the call was for (``baseline``, ``answer``, ``critique``, ``aligned``, ``judge``,
+    ``extraction``...)."""
     latency_s: Seconds
+    """Wall time of the call, retries included, in seconds."""
     attempts: Annotated[int, IntRange(1, 1000)]
+    """1 + the number of retries."""
     tokens_in: Count | None = None
+    """Prompt tokens as the server reported them."""
     tokens_out: Count | None = None
+    """Generated tokens as the server reported them."""
     finish_reason: str | None = None
+    """Why generation stopped (``stop``, ``length``...), as the server reported it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,14 +163,23 @@ class RunSpec(Record):
     SCHEMA = "perg.run_spec"
 
     context: RunContext
+    """The run's endpoints, protocol and decoding."""
     created_at: Timestamp
+    """When the run was submitted (ISO 8601, UTC)."""
     dataset_path: str
+    """The dataset file the rows were read from."""
     dataset_sha256: str
+    """SHA-256 of that file."""
     selection: str
+    """How the rows were chosen, in words (e.g. ``stratified sample of 500, seed 0``)."""
     row_ids: list[RowId]
+    """The dataset rows of the run."""
     settings: list[Setting]
+    """The preference settings evaluated."""
     methods: list[Method]
-    followed_threshold: int | None = None  # the protocol's judge.followed_threshold
+    """The prompting methods evaluated."""
+    followed_threshold: int | None = None
+    """The protocol's ``judge.followed_threshold``: the lowest rating that counts as followed."""
 
     def check(self) -> None:
         if len(self.row_ids) * len(self.settings) * len(self.methods) > INT32_MAX:
@@ -152,6 +187,7 @@ class RunSpec(Record):
 
     @property
     def expected_results(self) -> int:
+        """Results the run stores when complete: rows x settings x methods."""
         return len(self.row_ids) * len(self.settings) * len(self.methods)
 
 
@@ -162,15 +198,20 @@ class WorkItem(Record):
     SCHEMA = "perg.work_item"
 
     context: RunContext
+    """The run the row belongs to."""
     item: Item
+    """The dataset row: question, options, gold answer and preferences."""
     settings: list[Setting]
+    """The preference settings to answer."""
     methods: list[Method]
+    """The prompting methods to answer with."""
 
     def check(self) -> None:
         _check_item(self.item, f"{self.SCHEMA}.item")
 
     @property
     def key(self) -> IdempotencyKey:
+        """The record's idempotency key (setting and method ``"*"``: the whole row)."""
         return IdempotencyKey(self.context.run_id, self.item.row_id, "*", "*", "work")
 
 
@@ -182,15 +223,20 @@ class AlignRequest(Record):
     SCHEMA = "perg.align_request"
 
     context: RunContext
+    """The run the row belongs to."""
     item: Item
+    """The dataset row."""
     setting: Setting
+    """The preference setting whose preference the rewrite follows."""
     baseline_response: str
+    """The row's no-preference answer, to be rewritten."""
 
     def check(self) -> None:
         _check_item(self.item, f"{self.SCHEMA}.item")
 
     @property
     def key(self) -> IdempotencyKey:
+        """The record's idempotency key (method ``pref_aligner``, stage ``align``)."""
         return IdempotencyKey(
             self.context.run_id, self.item.row_id, self.setting, "pref_aligner", "align"
         )
@@ -211,15 +257,25 @@ class Generation(Record):
     SCHEMA = "perg.generation"
 
     context: RunContext
+    """The run the row belongs to."""
     item: Item
+    """The dataset row."""
     setting: SettingOrNone
+    """The preference setting, ``"none"`` for the baseline."""
     method: MethodOrBaseline
+    """The prompting method, ``"baseline"`` / ``"baseline_repeat"`` for the baseline."""
     stage: GenerationStage
+    """Which text this is: the baseline, an answer, a self-critique or an aligned rewrite."""
     response: str | None
+    """The final text; None when a strict structured rewrite never parsed."""
     baseline_response: str
+    """The row's no-preference answer, which the judge compares against."""
     calls: list[CallRecord]
+    """The model calls that made this text."""
     parse_fallback: bool = False
+    """A rewrite did not parse and the earlier text was kept (paper protocol)."""
     parse_failure: bool = False
+    """A rewrite never parsed and ``response`` is None (strict protocol)."""
 
     def check(self) -> None:
         _check_item(self.item, f"{self.SCHEMA}.item")
@@ -246,21 +302,32 @@ class Verdict(Record):
     SCHEMA = "perg.verdict"
 
     generation: Generation
-    answer: str | None  # the option letter extracted from the response
+    """The generation judged."""
+    answer: str | None
+    """The option letter extracted from the response; None when none could be read."""
     extraction: ExtractionPath
-    # the protocol's reading: strict keeps 1-5, paper any integer of the judge's tag (a 6 is 6)
+    """How the letter was read: parsed by the rules, by the LoRA or LLM extractor, or
+    unresolved."""
     judge_rating: Annotated[int, IntRange(0, INT32_MAX)] | None
+    """The judge's preference rating as the protocol reads it: strict keeps 1-5, paper any
+    integer of the judge's tag (a 6 is 6); None when not rated or unreadable."""
     judge_outcome: Literal["followed", "not_followed", "unparseable", "not_applicable"] | None
-    judge_raw: str | None  # the judge's reply, as sent
+    """The rating's reading against the followed threshold; None for the baseline."""
+    judge_raw: str | None
+    """The judge's reply, as sent."""
     calls: list[CallRecord]
+    """The judge and extractor calls made for this verdict."""
     extractor: Extractor = "rules"
-    rules_answer: str | None = None  # the rules parser's letter, whatever the extractor
+    """The extractor that read ``answer``."""
+    rules_answer: str | None = None
+    """The rules parser's letter, whatever the extractor (for extractor agreement)."""
 
     def check(self) -> None:
         self.generation.check()
 
     @property
     def key(self) -> IdempotencyKey:
+        """The generation's key with stage ``verdict``."""
         g = self.generation
         return IdempotencyKey(g.context.run_id, g.item.row_id, g.setting, g.method, "verdict")
 
@@ -272,16 +339,25 @@ class Result(Record):
     SCHEMA = "perg.result"
 
     run_id: str
+    """The run."""
     row_id: RowId
+    """The dataset row."""
     setting: SettingOrNone
+    """The preference setting, ``"none"`` for the baseline."""
     method: MethodOrBaseline
+    """The prompting method, ``"baseline"`` for the baseline."""
     answer: str | None
+    """The extracted option letter."""
     correct: bool
+    """The letter is the gold option."""
     judge_outcome: str | None
+    """``followed``, ``not_followed``, ``unparseable`` or ``not_applicable``."""
     stored_at: Timestamp
+    """When the sink stored the row (ISO 8601, UTC)."""
 
     @property
     def key(self) -> IdempotencyKey:
+        """The record's idempotency key (stage ``result``)."""
         return IdempotencyKey(self.run_id, self.row_id, self.setting, self.method, "result")
 
 
@@ -300,19 +376,33 @@ class DeadLetter(Record):
     MAX_REASON_CHARS: ClassVar[int] = 4000
 
     service: str
+    """The service that gave up on the message."""
     topic: str
+    """The topic the message was read from."""
     partition: Annotated[int, IntRange(0, INT32_MAX)]
+    """Its partition."""
     offset: Annotated[int, IntRange(0, INT64_MAX)]
+    """Its offset."""
     reason: str
+    """Why it could not be processed (at most ``MAX_REASON_CHARS``)."""
     original_b64: Annotated[str, Base64Text()]
+    """The first ``MAX_ORIGINAL_BYTES`` of the original message, base64."""
     failed_at: Timestamp
+    """When it failed (ISO 8601, UTC)."""
     run_id: str | None = None
+    """The original's run, if it could be read."""
     row_id: RowId | None = None
+    """The original's row, if it could be read."""
     setting: str | None = None
+    """The original's setting, if it could be read."""
     method: str | None = None
+    """The original's method, if it could be read."""
     stage: str | None = None
+    """The original's stage, if it could be read."""
     original_size: Annotated[int, IntRange(0, INT64_MAX)] | None = None
+    """Size of the whole original message, in bytes."""
     original_sha256: str | None = None
+    """SHA-256 of the whole original message."""
 
     def check(self) -> None:
         if len(self.original_b64) > 4 * (self.MAX_ORIGINAL_BYTES // 3 + 1):

@@ -75,11 +75,14 @@ def test_gate_flags_a_known_regression(offline: Path, capsys: pytest.CaptureFixt
     assert main(["gate", "base", "worse", "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["passed"] and report["test"].startswith("McNemar exact")
+    # the run compared against is the reference run (the baseline is the no-preference answer)
+    assert (report["reference"]["run_id"], report["candidate"]["run_id"]) == ("base", "worse")
+    assert all("reference" in c and "baseline" not in c for c in report["cells"])
     failed = {(c["setting"], c["method"], c["metric"]) for c in report["cells"] if c["gate_failed"]}
     assert failed == {("relevant", "zero_shot", "RER"), ("irrelevant", "zero_shot", "RER")}
     for cell in report["cells"]:
         if cell["source"] == "full" and cell["metric"] == "BR":
-            # the candidate breaks a superset of the baseline's rows: ~8 points, never better
+            # the candidate breaks a superset of the reference run's rows: ~8 points, never better
             assert cell["better"] == 0 and 5 < cell["paired_delta"] < 11
         if cell["metric"] == "AFR" and cell["p_value"] is not None:
             assert cell["worse"] == cell["better"] == 0  # judge outcomes identical
@@ -113,9 +116,11 @@ def test_compare_text_and_markdown(offline: Path, capsys: pytest.CaptureFixture[
     assert main(["compare", "base", "worse"]) == 0  # a report, not a gate
     out = capsys.readouterr().out
     assert "relevant" in out and "cais/mmlu" in out and "worse" in out and "FAIL" not in out
+    assert "Reference: base " in out and "Candidate: worse " in out
     assert main(["gate", "base", "worse", "--markdown"]) == 1
     md = capsys.readouterr().out
     assert md.startswith("## PERG gate: ❌ FAIL")
+    assert "Reference `base`" in md and "candidate `worse`" in md
     assert "| setting | method | source | metric |" in md and "<details>" in md
 
 
@@ -136,7 +141,7 @@ def write_repeats(store: ResultStore, spec: RunSpec, wrong: Rule) -> None:
 @pytest.fixture(scope="module")
 def noisy_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two runs of a model whose own re-run breaks ~15% of its Q* rows; the candidate breaks 8
-    points more than the baseline, significantly by McNemar, but within the noise floor."""
+    points more than the reference run, significantly by McNemar, but within the noise floor."""
     path = tmp_path_factory.mktemp("noise") / "perg.duckdb"
     store = ResultStore(path)
     rules = {"base_wrong": BASE_WRONG, "unfollowed": fails("follow", 10)}

@@ -122,7 +122,7 @@ async def test_dashboard_shows_live_numbers(
                 pref_wrong=fails("a", 60),
             )  # fmt: skip
             await expect(page.locator("#compare-candidate option")).to_have_count(2)
-            await page.select_option("#compare-baseline", "r1")
+            await page.select_option("#compare-reference", "r1")
             await page.select_option("#compare-candidate", "r2")
             await page.click("#compare-form button")
             compared = page.locator('#compare tr[data-setting="relevant"][data-metric="BR"]')

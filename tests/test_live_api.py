@@ -180,11 +180,21 @@ def test_check_bind_allows_loopback(bind: str) -> None:
 
 async def test_compare_endpoint(store: ResultStore, api: TestClient) -> None:
     write_run(store, make_spec("cand", 30), pref_wrong=fails("a", 40), unfollowed=fails("f", 10))
-    body = await (await api.get("/api/compare?baseline=base&candidate=cand")).json()
+    body = await (await api.get("/api/compare?reference=base&candidate=cand")).json()
     assert body["test"].startswith("McNemar")
+    assert body["reference"]["run_id"] == "base" and body["candidate"]["run_id"] == "cand"
     assert {c["metric"] for c in body["cells"]} == {"BR", "AFR", "RER", "PVR"}
-    response = await api.get("/api/compare?baseline=base&candidate=nope")
+    assert all("reference" in c and "baseline" not in c for c in body["cells"])
+    response = await api.get("/api/compare?reference=base&candidate=nope")
     assert response.status == 400 and "unknown run" in (await response.json())["error"]
+    # baseline= is the deprecated alias of reference=: same answer, never both at once
+    alias = await (await api.get("/api/compare?baseline=base&candidate=cand")).json()
+    assert alias == body
+    response = await api.get("/api/compare?reference=base&baseline=base&candidate=cand")
+    assert response.status == 400 and "reference=" in (await response.json())["error"]
+    response = await api.get("/api/compare?candidate=cand")
+    assert response.status == 400
+    assert "?reference=RUN&candidate=RUN" in (await response.json())["error"]
 
 
 async def test_events_stream_a_snapshot(api: TestClient) -> None:

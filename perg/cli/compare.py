@@ -1,4 +1,4 @@
-"""``perg compare BASELINE CANDIDATE`` and ``perg gate BASELINE CANDIDATE``.
+"""``perg compare REFERENCE CANDIDATE`` and ``perg gate REFERENCE CANDIDATE``.
 
 compare prints, per setting x method and per source, each metric of both runs, the difference
 and a paired significance test; gate adds thresholds and exits 1 when the candidate is
@@ -16,7 +16,7 @@ from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
 from perg.config import Settings
 from perg.live.client import SinkClient
 
-COLUMNS = ("setting", "method", "source", "metric", "baseline", "candidate", "Δ",
+COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
            "Δ shared", "noise floor", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
 
 
@@ -30,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "gate",
         help="regression gate: exit 1 if the candidate run is significantly worse",
         description="Exit 1 when, for the pooled source 'full' of any setting x method, a gated "
-        "metric of the candidate is higher than the baseline's by more than its threshold on the "
-        "rows both runs share in Q*, and McNemar's test is significant; 0 otherwise; 2 on bad "
-        "input (unknown run, different dataset or protocol).",
+        "metric of the candidate is higher than the reference run's by more than its threshold "
+        "on the rows both runs share in Q*, and McNemar's test is significant; 0 otherwise; 2 on "
+        "bad input (unknown run, different dataset or protocol).",
     )
     _common(gate)
     gate.add_argument(
@@ -58,7 +58,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("baseline", help="run id of the baseline")
+    parser.add_argument(
+        "reference", help="run id of the reference run (the accepted one to compare against)"
+    )
     parser.add_argument("candidate", help="run id of the candidate")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
     parser.add_argument("--correction", choices=("holm", "none"), default="holm",
@@ -84,7 +86,7 @@ def run_gate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
     comparison = compare_runs(
         SinkClient(Settings.load()),
-        args.baseline,
+        args.reference,
         args.candidate,
         alpha=args.alpha,
         thresholds=thresholds,
@@ -125,7 +127,7 @@ def _row(cell: Cell) -> list[str]:
     tested = cell.p_value is not None
     return [
         cell.setting, cell.method, cell.source, cell.metric,
-        _num(cell.baseline), _num(cell.candidate), _num(cell.delta, sign=True),
+        _num(cell.reference), _num(cell.candidate), _num(cell.delta, sign=True),
         _num(cell.paired_delta, sign=True), _num(cell.noise_floor),
         str(cell.n_shared) if tested else "-",
         str(cell.worse) if tested else "-",
@@ -142,7 +144,7 @@ def _method_lines(comparison: Comparison) -> list[str]:
     lines = [
         f"Test: {TEST_NAME}; alpha {comparison.alpha}, {comparison.correction} correction "
         "(over the pooled 'full' tests, and separately over the per-source tests).",
-        "Δ = candidate - baseline, each over its own Q*; Δ shared = the same over the rows in "
+        "Δ = candidate - reference, each over its own Q*; Δ shared = the same over the rows in "
         "Q* of both runs (what the test and the gate use). Metrics are percent, lower is better.",
         "Noise floor = the larger noise BR of the two runs (the BR a preference-free re-run "
         "shows; runs with --repeat-baseline): a BR/RER change within it is not significant.",
@@ -177,7 +179,7 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
 
 def text(comparison: Comparison) -> str:
     lines = [
-        _run_line("Baseline: ", comparison.baseline),
+        _run_line("Reference:", comparison.reference),
         _run_line("Candidate:", comparison.candidate),
         *_method_lines(comparison),
         "",
@@ -199,11 +201,11 @@ def markdown(comparison: Comparison) -> str:
     title = "PERG gate" if comparison.thresholds else "PERG comparison"
     if comparison.thresholds:
         title += ": ❌ FAIL" if comparison.failures else ": ✅ PASS"
-    b, c = comparison.baseline, comparison.candidate
+    r, c = comparison.reference, comparison.candidate
     lines = [
         f"## {title}",
         "",
-        f"Baseline `{b['run_id']}` (model `{b['model']}`) vs candidate `{c['run_id']}` "
+        f"Reference `{r['run_id']}` (model `{r['model']}`) vs candidate `{c['run_id']}` "
         f"(model `{c['model']}`), protocol `{c['protocol']}`.",
         "",
         f"**{_verdict(comparison)}**",

@@ -326,6 +326,7 @@ class ModelClient:
         )
 
     async def aclose(self) -> None:
+        """Close the client's transport (its pooled connections)."""
         await self._transport.aclose()
 
     async def __aenter__(self) -> Self:
@@ -357,6 +358,7 @@ class ClientPool:
         self._clients: dict[Endpoint, ModelClient] = {}
 
     def get(self, endpoint: Endpoint) -> ModelClient:
+        """The pool's client for ``endpoint``, made on first use."""
         client = self._clients.get(endpoint)
         if client is None:
             transport = self._transport(endpoint) if self._transport else None
@@ -365,6 +367,7 @@ class ClientPool:
         return client
 
     async def aclose(self) -> None:
+        """Close every client of the pool (their connections); the pool can be reused."""
         clients, self._clients = list(self._clients.values()), {}
         await asyncio.gather(*(client.aclose() for client in clients))
 

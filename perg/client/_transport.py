@@ -16,6 +16,8 @@ from perg.client._types import Timeouts, TransportError
 
 @dataclass(frozen=True, slots=True)
 class TransportRequest:
+    """One POST a transport sends: where, the JSON body, headers and the attempt's deadlines."""
+
     url: str
     body: bytes
     headers: Mapping[str, str]
@@ -23,14 +25,18 @@ class TransportRequest:
 
     @property
     def timeout_s(self) -> float:
+        """The attempt's whole-reply deadline, in seconds."""
         return self.timeouts.total_s
 
     def json(self) -> Any:
+        """The body, decoded (for test handlers)."""
         return orjson.loads(self.body)
 
 
 @dataclass(frozen=True, slots=True)
 class TransportResponse:
+    """What the server answered: HTTP status, raw body and its ``Retry-After``."""
+
     status: int
     body: bytes
     retry_after_s: float | None = None  # the server's Retry-After, in seconds

@@ -31,16 +31,27 @@ class Endpoint:
     """
 
     base_url: str
+    """The server's OpenAI-compatible root, e.g. ``http://127.0.0.1:8080/v1``."""
     model: str
+    """The model name sent in every request (``"model"``)."""
     backend: Backend = "openai"
+    """The server kind: decides the form of structured output (``response_format``)."""
     api_key_env: str | None = None
+    """Name of the environment variable holding the bearer token; None sends no token."""
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    """Most requests of one worker process on the wire at once (>= 1)."""
     timeout_s: float = 300.0
+    """Ceiling of any attempt's reply deadline, in seconds."""
     max_retries: int = 5
+    """Retries of a failing call (429, 5xx overload, connection errors, timeouts)."""
     connect_timeout_s: float = 10.0
+    """Deadline to open a connection, in seconds."""
     deadline_base_s: float = 30.0
+    """The first reply deadline's allowance for queueing and prompt processing, in seconds."""
     min_tokens_per_s: float = 50.0
+    """The slowest generation speed the first reply deadline allows for."""
     constrain_rating: bool = False
+    """As the judge: constrain the Likert rating reply to ``<answer>N</answer>``."""
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
@@ -61,7 +72,9 @@ class Timeouts:
     ``total_s`` bounds both."""
 
     connect_s: float
+    """Seconds to open the connection."""
     total_s: float
+    """Seconds for the whole reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +86,17 @@ class Completion:
     """
 
     text: str
+    """The generated text (the message content, or the completion's text)."""
     finish_reason: str | None
+    """Why generation stopped as the server reported it (``"stop"``, ``"length"``...)."""
     tokens_in: int | None
+    """Prompt tokens as the server reported them; None when it reported no usage."""
     tokens_out: int | None
+    """Generated tokens as the server reported them; None when it reported no usage."""
     latency_s: float
+    """Wall time of the whole call, retries and waiting for a slot included, in seconds."""
     attempts: int
+    """1 + the number of retries."""
 
 
 class ModelError(Exception):

@@ -249,14 +249,20 @@ def _engine_message(exc: duckdb.Error) -> str:
 
 
 async def compare(request: web.Request) -> web.Response:
-    baseline, candidate = request.query.get("baseline"), request.query.get("candidate")
-    if not baseline or not candidate:
-        return _error("give ?baseline=RUN&candidate=RUN", 400)
+    # ``baseline=`` is the deprecated name of ``reference=`` (the no-preference answer is the
+    # baseline); it is still read, never together with ``reference=``.
+    query = request.query
+    if "reference" in query and "baseline" in query:
+        return _error("give reference= only (baseline= is its deprecated alias)", 400)
+    reference = query.get("reference") or query.get("baseline")
+    candidate = query.get("candidate")
+    if not reference or not candidate:
+        return _error("give ?reference=RUN&candidate=RUN", 400)
     try:
         result = await _in_thread(
             request,
             lambda r: compare_runs(
-                r, baseline, candidate, allow_mismatch=request.query.get("allow_mismatch") == "1"
+                r, reference, candidate, allow_mismatch=query.get("allow_mismatch") == "1"
             ),
         )
     except CompareInputError as exc:

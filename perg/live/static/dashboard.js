@@ -53,7 +53,7 @@ function renderRuns() {
       el("td", { "data-field": "state" }, run.done ? "done" : "running"));
   }));
   document.getElementById("no-runs").hidden = state.runs.length > 0;
-  for (const id of ["metric-run", "compare-baseline", "compare-candidate"]) fillSelect(id);
+  for (const id of ["metric-run", "compare-reference", "compare-candidate"]) fillSelect(id);
 }
 
 function fillSelect(id) {
@@ -63,7 +63,7 @@ function fillSelect(id) {
   if (ids.join("\n") === Array.from(select.options, (o) => o.value).join("\n")) return;
   select.replaceChildren(...ids.map((run) => el("option", { value: run }, run)));
   if (ids.includes(current)) select.value = current;
-  else if (ids.length) select.value = id === "compare-baseline" && ids.length > 1
+  else if (ids.length) select.value = id === "compare-reference" && ids.length > 1
     ? ids[ids.length - 2] : ids[ids.length - 1];
 }
 
@@ -181,11 +181,11 @@ function connect() {
 
 async function compareRuns(event) {
   event.preventDefault();
-  const baseline = document.getElementById("compare-baseline").value;
+  const reference = document.getElementById("compare-reference").value;
   const candidate = document.getElementById("compare-candidate").value;
   const note = document.getElementById("compare-note");
   const body = document.querySelector("#compare tbody");
-  const query = new URLSearchParams({ baseline, candidate });
+  const query = new URLSearchParams({ reference, candidate });
   const response = await fetch(`/api/compare?${query}`);
   const result = await response.json();
   if (!response.ok) {
@@ -201,7 +201,7 @@ async function compareRuns(event) {
     return el("tr", { "data-setting": c.setting, "data-method": c.method,
       "data-metric": c.metric, class: direction },
     el("td", {}, c.setting), el("td", {}, c.method), el("td", {}, c.metric),
-    el("td", { class: "num" }, fmt(c.baseline)), el("td", { class: "num" }, fmt(c.candidate)),
+    el("td", { class: "num" }, fmt(c.reference)), el("td", { class: "num" }, fmt(c.candidate)),
     el("td", { class: "num" }, fmt(c.delta)),
     el("td", { class: "num" }, fmt(c.paired_delta)),
     el("td", { class: "num" }, c.p_value === null ? "–" : String(c.n_shared)),
