@@ -130,12 +130,14 @@ def p4_sink(stored: int) -> tuple[float, float]:
     from fixtures.live.runs import make_spec, verdicts
 
     from perg.live.query import QueryLimits, StoreReader
+    from perg.protocol import METHODS, SETTINGS
     from perg.store import ResultStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "bench.duckdb")
-        rows_per_run = stored // 15
-        spec = make_spec("bench", rows_per_run)
+        # a full run: every setting x method, so ``stored`` counts result rows (plus baselines)
+        rows_per_run = stored // (len(SETTINGS) * len(METHODS))
+        spec = make_spec("bench", rows_per_run, settings=SETTINGS, methods=METHODS)
         store.save_run(spec)
         batch_rows = 2000
         saving_s, written = 0.0, 0
