@@ -129,7 +129,7 @@ def p4_sink(stored: int) -> tuple[float, float]:
     a writer keeps upserting."""
     from fixtures.live.runs import make_spec, verdicts
 
-    from perg.live.query import QueryLimits, StoreReader
+    from perg.live.query import QueryLimits, StoreReader, favour_live_queries
     from perg.protocol import METHODS, SETTINGS
     from perg.store import ResultStore
 
@@ -156,6 +156,7 @@ def p4_sink(stored: int) -> tuple[float, float]:
             while not stop.is_set():
                 store.save_verdicts(again)
 
+        favour_live_queries()  # as the sink's live API does in the sink process
         writer = threading.Thread(target=ingest)
         writer.start()
         reader = StoreReader(store, QueryLimits.from_settings())
