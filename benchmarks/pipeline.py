@@ -129,13 +129,15 @@ def p4_sink(stored: int) -> tuple[float, float]:
     a writer keeps upserting."""
     from fixtures.live.runs import make_spec, verdicts
 
-    from perg.live.query import QueryLimits, StoreReader
+    from perg.live.query import QueryLimits, StoreReader, favour_live_queries
+    from perg.protocol import METHODS, SETTINGS
     from perg.store import ResultStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "bench.duckdb")
-        rows_per_run = stored // 15
-        spec = make_spec("bench", rows_per_run)
+        # a full run: every setting x method, so ``stored`` counts result rows (plus baselines)
+        rows_per_run = stored // (len(SETTINGS) * len(METHODS))
+        spec = make_spec("bench", rows_per_run, settings=SETTINGS, methods=METHODS)
         store.save_run(spec)
         batch_rows = 2000
         saving_s, written = 0.0, 0
@@ -154,6 +156,7 @@ def p4_sink(stored: int) -> tuple[float, float]:
             while not stop.is_set():
                 store.save_verdicts(again)
 
+        favour_live_queries()  # as the sink's live API does in the sink process
         writer = threading.Thread(target=ingest)
         writer.start()
         reader = StoreReader(store, QueryLimits.from_settings())

@@ -64,24 +64,57 @@ SELECT 'preference', preference, * FROM perg_row_outcomes
 UNION ALL
 SELECT 'subject', category, * FROM perg_row_outcomes WHERE source = 'cais/mmlu';
 
+-- The same counts as grouping perg_metric_groups, computed in two steps: every outcome is
+-- counted once into its finest cell (run, setting, method, source, preference, category),
+-- and the cells are summed into their groupings, so the rows are read once, not four times.
+-- A condition is counted as sum(coalesce(condition, false)::INTEGER): the same count as
+-- count(*) FILTER (condition), and about twice as fast over a million rows.
 CREATE OR REPLACE VIEW perg_metric_counts AS
+WITH cells AS (
+    SELECT
+        run_id, setting, method, source, preference, category,
+        bool_and(afr_defined) AS afr_defined,
+        count(*) AS n_rows,
+        sum(coalesce(base_correct, false)::INTEGER) AS n_qstar,
+        sum(coalesce(base_correct AND pref_correct, false)::INTEGER) AS n_correct,
+        sum(coalesce(base_correct AND followed, false)::INTEGER) AS n_followed,
+        sum(coalesce(base_correct AND robust, false)::INTEGER) AS n_robust,
+        sum(coalesce(base_correct OR pref_correct, false)::INTEGER) AS n_union,
+        sum(coalesce(unresolved, false)::INTEGER) AS n_unresolved,
+        sum(coalesce(judge_missing, false)::INTEGER) AS n_judge_missing,
+        sum(coalesce(fallback, false)::INTEGER) AS n_fallback,
+        sum(coalesce(failure, false)::INTEGER) AS n_failure,
+        sum(coalesce(truncated, false)::INTEGER) AS n_truncated,
+        sum(coalesce(base_correct AND repeated, false)::INTEGER) AS n_noise_qstar,
+        sum(coalesce(base_correct AND repeated AND NOT repeat_correct, false)::INTEGER) AS n_noise_broken
+    FROM perg_row_outcomes
+    GROUP BY run_id, setting, method, source, preference, category
+), cell_groups AS (
+    SELECT 'source' AS dimension, source AS group_key, * FROM cells
+    UNION ALL
+    SELECT 'source', 'full', * FROM cells
+    UNION ALL
+    SELECT 'preference', preference, * FROM cells
+    UNION ALL
+    SELECT 'subject', category, * FROM cells WHERE source = 'cais/mmlu'
+)
 SELECT
     run_id, setting, method, dimension, group_key,
     bool_and(afr_defined) AS afr_defined,
-    count(*) AS n_rows,
-    count(*) FILTER (base_correct) AS n_qstar,
-    count(*) FILTER (base_correct AND pref_correct) AS n_correct,
-    count(*) FILTER (base_correct AND followed) AS n_followed,
-    count(*) FILTER (base_correct AND robust) AS n_robust,
-    count(*) FILTER (base_correct OR pref_correct) AS n_union,
-    count(*) FILTER (unresolved) AS n_unresolved,
-    count(*) FILTER (judge_missing) AS n_judge_missing,
-    count(*) FILTER (fallback) AS n_fallback,
-    count(*) FILTER (failure) AS n_failure,
-    count(*) FILTER (truncated) AS n_truncated,
-    count(*) FILTER (base_correct AND repeated) AS n_noise_qstar,
-    count(*) FILTER (base_correct AND repeated AND NOT repeat_correct) AS n_noise_broken
-FROM perg_metric_groups
+    sum(n_rows)::BIGINT AS n_rows,
+    sum(n_qstar)::BIGINT AS n_qstar,
+    sum(n_correct)::BIGINT AS n_correct,
+    sum(n_followed)::BIGINT AS n_followed,
+    sum(n_robust)::BIGINT AS n_robust,
+    sum(n_union)::BIGINT AS n_union,
+    sum(n_unresolved)::BIGINT AS n_unresolved,
+    sum(n_judge_missing)::BIGINT AS n_judge_missing,
+    sum(n_fallback)::BIGINT AS n_fallback,
+    sum(n_failure)::BIGINT AS n_failure,
+    sum(n_truncated)::BIGINT AS n_truncated,
+    sum(n_noise_qstar)::BIGINT AS n_noise_qstar,
+    sum(n_noise_broken)::BIGINT AS n_noise_broken
+FROM cell_groups
 GROUP BY run_id, setting, method, dimension, group_key;
 
 CREATE OR REPLACE VIEW perg_metric_failures AS

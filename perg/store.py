@@ -217,21 +217,28 @@ def _now() -> datetime:
 
 
 def _usage(verdict: Verdict) -> tuple[Usage, int]:
-    """The usage of every call behind a verdict, and how many calls there were."""
-    calls = [*verdict.generation.calls, *verdict.calls]
-    usage = Usage(
-        tokens_in=sum(c.tokens_in or 0 for c in calls),
-        tokens_out=sum(c.tokens_out or 0 for c in calls),
-        latency_s=sum(c.latency_s for c in calls),
-        retries=sum(c.attempts - 1 for c in calls),
-    )
-    return usage, len(calls)
+    """The usage of every call behind a verdict, and how many calls there were (one pass:
+    the sink's hot path)."""
+    tokens_in = tokens_out = retries = n_calls = 0
+    latency_s = 0.0
+    for calls in (verdict.generation.calls, verdict.calls):
+        for c in calls:
+            tokens_in += c.tokens_in or 0
+            tokens_out += c.tokens_out or 0
+            latency_s += c.latency_s
+            retries += c.attempts - 1
+            n_calls += 1
+    usage = Usage(tokens_in=tokens_in, tokens_out=tokens_out, latency_s=latency_s, retries=retries)
+    return usage, n_calls
 
 
 def _finish_reason(generation: Generation) -> str | None:
     """The finish reason of the last call of the generation's own stage."""
-    stage_calls = (c for c in reversed(generation.calls) if c.stage == generation.stage)
-    return next((c.finish_reason for c in stage_calls), None)
+    stage = generation.stage
+    for c in reversed(generation.calls):
+        if c.stage == stage:
+            return c.finish_reason
+    return None
 
 
 def _baseline_row(verdict: Verdict, now: datetime) -> BaselineRow:
@@ -354,6 +361,7 @@ class ResultStore:
     def save_verdicts(self, verdicts: Sequence[Verdict]) -> list[Result]:
         """Upsert baselines and results in one transaction; return the stored rows."""
         now = _now()
+        stored_at = now.isoformat()
         baselines: list[BaselineRow] = []
         repeats: list[BaselineRepeatRow] = []
         results: list[ResultRow] = []
@@ -376,7 +384,7 @@ class ResultStore:
                     answer=v.answer,
                     correct=v.answer == item.gold_option,
                     judge_outcome=v.judge_outcome,
-                    stored_at=now.isoformat(),
+                    stored_at=stored_at,
                 )
             )
         with self._transaction() as con:
@@ -433,10 +441,12 @@ class ResultStore:
 
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any]) -> None:
     """``INSERT OR REPLACE`` many rows (TypedDicts of ``table``) at once, by column name,
-    through Arrow (executemany is ~100x slower)."""
+    through Arrow (executemany is ~100x slower). The rows are turned into Arrow columns
+    directly: ``Table.from_pylist`` reads them row by row and is ~3x slower."""
     if not rows:
         return
-    con.register("incoming_rows", pa.Table.from_pylist(list(rows)))
+    columns = {name: [row[name] for row in rows] for name in rows[0]}
+    con.register("incoming_rows", pa.Table.from_pydict(columns))
     try:
         con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM incoming_rows")
     finally:

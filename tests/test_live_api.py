@@ -21,6 +21,7 @@ from perg.cli import main
 from perg.config import Settings
 from perg.live.api import check_bind, create_app
 from perg.live.client import SinkClient, SinkError, SinkUnavailable
+from perg.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, favour_live_queries
 from perg.store import ResultStore
 
 ROWS_PER_BATCH = 7
@@ -431,3 +432,15 @@ def test_fallback_while_another_process_holds_the_file(tmp_path: Path) -> None:
             sink.statuses()
     finally:
         holder.communicate("", timeout=30)
+
+
+def test_live_api_shortens_the_switch_interval_and_never_lengthens_it(
+    store: ResultStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_to: list[float] = []
+    monkeypatch.setattr(sys, "setswitchinterval", set_to.append)
+    monkeypatch.setattr(sys, "getswitchinterval", lambda: 0.005)  # the interpreter's default
+    create_app(store, token=TOKEN)
+    monkeypatch.setattr(sys, "getswitchinterval", lambda: 0.0001)  # already shorter
+    favour_live_queries()
+    assert set_to == [LIVE_QUERY_SWITCH_INTERVAL_S, 0.0001]

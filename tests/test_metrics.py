@@ -7,6 +7,7 @@ import json
 import math
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -488,3 +489,72 @@ def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
     (pooled,) = compute_agreement(store.cursor(), "stored")
     expect(pooled, extractor="llm", n_answers=16, n_disagree=2, n_correctness_differs=2)
     store.close()
+
+
+# --- the two-step counts of perg_metric_counts equal counting perg_metric_groups directly ----
+
+# perg_metric_counts as first written: one pass over every grouping of every outcome.
+DIRECT_COUNTS_SQL = """
+SELECT
+    run_id, setting, method, dimension, group_key,
+    bool_and(afr_defined) AS afr_defined,
+    count(*) AS n_rows,
+    count(*) FILTER (base_correct) AS n_qstar,
+    count(*) FILTER (base_correct AND pref_correct) AS n_correct,
+    count(*) FILTER (base_correct AND followed) AS n_followed,
+    count(*) FILTER (base_correct AND robust) AS n_robust,
+    count(*) FILTER (base_correct OR pref_correct) AS n_union,
+    count(*) FILTER (unresolved) AS n_unresolved,
+    count(*) FILTER (judge_missing) AS n_judge_missing,
+    count(*) FILTER (fallback) AS n_fallback,
+    count(*) FILTER (failure) AS n_failure,
+    count(*) FILTER (truncated) AS n_truncated,
+    count(*) FILTER (base_correct AND repeated) AS n_noise_qstar,
+    count(*) FILTER (base_correct AND repeated AND NOT repeat_correct) AS n_noise_broken
+FROM perg_metric_groups
+GROUP BY run_id, setting, method, dimension, group_key
+"""
+
+ANY_OUTCOME = st.tuples(
+    st.sampled_from(["r1", "r2"]),
+    st.sampled_from(["relevant", "mixed", "irrelevant"]),
+    st.sampled_from(["zero_shot", "cot"]),
+    st.sampled_from([TQA, MMLU, None]),
+    st.sampled_from(["s1", "s2", None]),  # category
+    st.sampled_from(["p1", "p2", None]),  # preference
+    st.sampled_from(["A", "B", None]),  # no-preference answer (gold is A)
+    st.sampled_from(["A", "B", None]),  # preference answer
+    st.one_of(st.none(), st.integers(min_value=1, max_value=5)),  # judge rating
+    st.sampled_from(["parsed", "unresolved", None]),  # preference extraction
+    st.tuples(st.booleans(), st.booleans()),  # parse fallback, parse failure
+    st.sampled_from(["stop", "length", None]),  # finish reason
+    st.sampled_from(["A", "B", None]),  # repeated no-preference answer
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(ANY_OUTCOME, max_size=60))
+def test_metric_counts_equal_direct_counting_of_the_groups(
+    outcomes: list[tuple[Any, ...]],
+) -> None:
+    records = [
+        dict(zip(OUTCOME_COLUMNS, (
+            run, i, source, category, preference, setting, method, "A", nopref, pref, rating,
+            None, "parsed", extraction, flags[0], flags[1], finish, 3, "rules", None, None,
+            repeat, None if repeat is None else "parsed",
+        ), strict=True))
+        for i, (run, setting, method, source, category, preference, nopref, pref, rating,
+                extraction, flags, finish, repeat) in enumerate(outcomes)
+    ]  # fmt: skip
+    con = property_connection()
+    con.execute("DELETE FROM outcomes")
+    if records:
+        con.register("perg_new_outcomes", pa.Table.from_pylist(records))
+        con.execute("INSERT INTO outcomes BY NAME SELECT * FROM perg_new_outcomes")
+        con.unregister("perg_new_outcomes")
+    two_step = con.execute("SELECT * FROM perg_metric_counts ORDER BY ALL").fetchall()
+    direct = con.execute(f"SELECT * FROM ({DIRECT_COUNTS_SQL}) ORDER BY ALL").fetchall()
+    assert two_step == direct
+    assert [d[1] for d in con.execute("DESCRIBE perg_metric_counts").fetchall()] == [
+        d[1] for d in con.execute(f"DESCRIBE {DIRECT_COUNTS_SQL}").fetchall()
+    ]

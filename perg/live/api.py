@@ -41,6 +41,7 @@ from perg.live.query import (
     ResultTooLarge,
     RowCapExceeded,
     StoreReader,
+    favour_live_queries,
 )
 from perg.live.sqlguard import QueryRefused
 from perg.metrics import Grouping
@@ -318,7 +319,9 @@ def create_app(
     """The API over ``store``, whose database is hardened first (:func:`perg.live.engine.harden`:
     no file access, configuration locked). Query limits default to ``PERG_SQL_TIMEOUT_S`` (10 s),
     ``PERG_SQL_ROW_CAP`` (10,000 rows) and ``PERG_SQL_MAX_BYTES`` (16 MiB); ``public_hosts`` to
-    ``PERG_SINK_PUBLIC_HOSTS``. Raises ValueError for a token shorter than 16 characters."""
+    ``PERG_SINK_PUBLIC_HOSTS``. Shortens the process's thread switch interval
+    (:func:`perg.live.query.favour_live_queries`). Raises ValueError for a token shorter than
+    16 characters."""
     check_token(token)
     configured = QueryLimits.from_settings()
     limits = QueryLimits(
@@ -328,6 +331,7 @@ def create_app(
     )
     with closing(store.cursor()) as con:
         harden(con)
+    favour_live_queries()
     app = web.Application(middlewares=[_check_request, _auth], client_max_size=MAX_REQUEST_BYTES)
     app[READER] = StoreReader(store, limits)
     app[TOKEN] = token or None

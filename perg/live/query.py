@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,6 +30,19 @@ from perg.store import run_statuses
 Format = Literal["json", "csv", "arrow"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "arrow")
 _BATCH_ROWS = 2048
+
+# DuckDB's Python client takes the GIL back after every execution task of a query (to check
+# for Ctrl-C). In a process whose other threads run Python (the sink's writer), each of those
+# waits up to the interpreter's switch interval, 5 ms by default: a live metric query over 300k
+# results took ~4x longer than alone. 0.5 ms brings it back near its own time.
+LIVE_QUERY_SWITCH_INTERVAL_S = 0.0005
+
+
+def favour_live_queries() -> None:
+    """Shorten the interpreter's thread switch interval to
+    :data:`LIVE_QUERY_SWITCH_INTERVAL_S` (never lengthen it), for a process that answers live
+    queries while it writes: the sink's live API calls this when it is created."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), LIVE_QUERY_SWITCH_INTERVAL_S))
 
 
 class QueryTimeout(InputError):
