@@ -24,6 +24,7 @@ __all__ = [
     "InputError",
     "PergError",
     "UnavailableError",
+    "first_line",
 ]
 
 EXIT_FAILED = 1
@@ -47,3 +48,9 @@ class UnavailableError(PergError):
     """A service, broker or file perg needs cannot be reached; the message says which."""
 
     exit_code: ClassVar[int] = EXIT_UNAVAILABLE
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (a library's may run on for pages), else its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

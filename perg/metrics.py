@@ -11,7 +11,7 @@ import duckdb
 
 from perg._outcome_checks import RECORD, check_header, check_types, check_values
 from perg.dataset import SOURCES
-from perg.errors import InputError
+from perg.errors import InputError, first_line
 from perg.protocol import METHODS, SETTINGS
 
 # The `outcomes` relation: column -> DuckDB type.
@@ -146,8 +146,7 @@ def load_outcomes_file(
         check_header(path)
         raw = _reader(con, path)
     except (duckdb.Error, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: cannot read results: {first_line}") from exc
+        raise InputError(f"{path}: cannot read results: {first_line(exc)}") from exc
     present = set(raw.columns)
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:

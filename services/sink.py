@@ -29,6 +29,7 @@ import duckdb
 from aiohttp import web
 
 from perg.config import Settings, setting
+from perg.errors import first_line
 from perg.live.api import check_bind, create_app
 from perg.live.snapshots import write_snapshot
 from perg.store import ResultStore
@@ -72,7 +73,7 @@ def open_store(settings: Settings, wait_s: float) -> ResultStore:
                              waited, exc)  # fmt: skip
                 raise SystemExit(EXIT_LOCKED) from None
             log.warning("stage=sink waiting for the write lock on %s (another process holds "
-                        "it: %s); retry in %.1fs", settings.db, str(exc).splitlines()[0],
+                        "it: %s); retry in %.1fs", settings.db, first_line(exc),
                         delay)  # fmt: skip
             time.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import duckdb
 
-from perg.errors import InputError
+from perg.errors import InputError, first_line
 
 # Settings applied, in this order, before any user query; the last one locks them all.
 HARDENED_SETTINGS: tuple[tuple[str, bool], ...] = (
@@ -88,8 +88,7 @@ def single_select(sql: str) -> None:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EngineRefused(f"the query does not parse: {message}") from exc
+        raise EngineRefused(f"the query does not parse: {first_line(exc)}") from exc
     if len(statements) != 1:
         raise EngineRefused(f"exactly one statement is allowed, got {len(statements)}")
     kind = statements[0].type

@@ -32,7 +32,7 @@ import duckdb
 import orjson
 
 from perg._text import bracket_depth
-from perg.errors import InputError
+from perg.errors import InputError, first_line
 from perg.live.engine import EngineRefused, harden, single_select
 from perg.live.sqlfunctions import ALLOWED_FUNCTIONS
 
@@ -144,7 +144,7 @@ def check_query(sql: str, tables: Iterable[str] = DOCUMENTED_TABLES) -> None:
     try:
         tree = _PARSER.tree(sql)
     except duckdb.Error as exc:
-        raise QueryRefused(f"the query does not parse: {_first_line(exc)}") from exc
+        raise QueryRefused(f"the query does not parse: {first_line(exc)}") from exc
     if not isinstance(tree, dict) or tree.get("error") is not False:
         message = tree.get("error_message") if isinstance(tree, dict) else None
         raise QueryRefused(f"the query cannot be checked: {message or 'no syntax tree'}")
@@ -152,10 +152,6 @@ def check_query(sql: str, tables: Iterable[str] = DOCUMENTED_TABLES) -> None:
     if not isinstance(statements, list) or len(statements) != 1:
         raise QueryRefused("exactly one statement is allowed")
     _Walk(frozenset(t.lower() for t in tables)).run(statements[0])
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _check_nesting(sql: str) -> None:
