@@ -32,6 +32,7 @@ Variables (default in brackets):
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass
@@ -76,6 +77,18 @@ def int_setting(name: str, default: int, *, minimum: int = 1) -> int:
         raise InputError(f"PERG_{name.upper()}={raw!r} is not a whole number") from None
     if value < minimum:
         raise InputError(f"PERG_{name.upper()}={value} must be at least {minimum}")
+    return value
+
+
+def seconds_setting(name: str, default: float) -> float:
+    """``setting(name)`` as a finite number of seconds, 0 or more; bad values name the variable."""
+    raw = setting(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"PERG_{name.upper()}={raw!r} is not a number of seconds") from None
+    if not 0 <= value < math.inf:
+        raise InputError(f"PERG_{name.upper()}={raw!r} must be a finite number of seconds >= 0")
     return value
 
 

@@ -52,7 +52,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
-from perg.config import Settings, setting
+from perg.config import Settings, int_setting, seconds_setting, setting
+from perg.errors import InputError
 from perg.kafka import ensure_topics
 from schemas import DeadLetter, Record, SchemaError, TopicSpec
 from schemas.topics import DEAD_LETTERS
@@ -101,17 +102,19 @@ class WorkerOptions:
 
     def __post_init__(self) -> None:
         if self.in_flight is not None and self.in_flight < 1:
-            raise ValueError(f"in_flight must be at least 1, got {self.in_flight}")
+            raise InputError(f"in_flight must be at least 1, got {self.in_flight}")
         if self.session_timeout_s < 1:
-            raise ValueError(f"session timeout must be >= 1 s, got {self.session_timeout_s}")
+            raise InputError(f"session timeout must be >= 1 s, got {self.session_timeout_s}")
 
     @classmethod
     def load(cls) -> WorkerOptions:
-        in_flight = setting("worker_in_flight", "")
+        """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S``."""
         return cls(
-            in_flight=int(in_flight) if in_flight else None,
+            in_flight=int_setting("worker_in_flight", 1)
+            if setting("worker_in_flight", "")
+            else None,
             instance=setting("worker_instance", "") or None,
-            session_timeout_s=float(setting("session_timeout_s", "6")),
+            session_timeout_s=seconds_setting("session_timeout_s", 6),
         )
 
 

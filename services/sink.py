@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import duckdb
 from aiohttp import web
 
-from perg.config import Settings, setting
+from perg.config import Settings, seconds_setting
 from perg.errors import first_line
 from perg.live.api import check_bind, create_app
 from perg.live.snapshots import write_snapshot
@@ -104,7 +104,7 @@ class Sink:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, worker: Worker) -> AsyncIterator[None]:
-        wait_s = float(setting("db_lock_wait_s", "120"))
+        wait_s = seconds_setting("db_lock_wait_s", 120)
         self._store = await asyncio.to_thread(open_store, self.settings, wait_s)
         settings = self.settings
         check_bind(settings.sink_bind, settings.sink_token)
@@ -123,7 +123,7 @@ class Sink:
             self.store.close()
 
     async def _snapshots(self) -> None:
-        every_s = float(setting("snapshot_every_s", "30"))
+        every_s = seconds_setting("snapshot_every_s", 30)
         directory = self.settings.db.parent / "snapshots"
         while True:
             await asyncio.sleep(every_s)

@@ -226,25 +226,42 @@ def test_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.parametrize(
-    ("env", "message"),
+    ("command", "env", "message"),
     [
-        ({"PERG_PARTITIONS": "six"}, "PERG_PARTITIONS='six' is not a whole number"),
-        ({"PERG_SINK_PORT": "0"}, "PERG_SINK_PORT=0 must be at least 1"),
-        ({"PERG_CONFIG": "missing.toml"}, "PERG_CONFIG names missing.toml, which does not exist"),
-        ({"PERG_CONFIG": "bad.toml"}, "bad.toml: not valid TOML"),
+        ("status", {"PERG_PARTITIONS": "six"}, "PERG_PARTITIONS='six' is not a whole number"),
+        ("status", {"PERG_SINK_PORT": "0"}, "PERG_SINK_PORT=0 must be at least 1"),
+        (
+            "status",
+            {"PERG_CONFIG": "missing.toml"},
+            "PERG_CONFIG names missing.toml, which does not exist",
+        ),
+        ("status", {"PERG_CONFIG": "bad.toml"}, "bad.toml: not valid TOML"),
+        (
+            "worker",
+            {"PERG_SESSION_TIMEOUT_S": "soon"},
+            "PERG_SESSION_TIMEOUT_S='soon' is not a number of seconds",
+        ),
+        (
+            "worker",
+            {"PERG_SESSION_TIMEOUT_S": "inf"},
+            "PERG_SESSION_TIMEOUT_S='inf' must be a finite number of seconds >= 0",
+        ),
+        ("worker", {"PERG_WORKER_IN_FLIGHT": "0"}, "PERG_WORKER_IN_FLIGHT=0 must be at least 1"),
     ],
 )
 def test_bad_configuration_names_the_setting(
-    env: dict[str, str], message: str, tmp_path: Path
+    command: str, env: dict[str, str], message: str, tmp_path: Path
 ) -> None:
     (tmp_path / "bad.toml").write_text("kafka = \n")
+    argv = ["status"] if command == "status" else ["worker", "generator"]
     proc = subprocess.run(
-        [sys.executable, "-m", "perg", "status"],
+        [sys.executable, "-m", "perg", *argv],
         cwd=tmp_path,
         env={**{k: v for k, v in os.environ.items() if not k.startswith("PERG_")}, **env},
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr

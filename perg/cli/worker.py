@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import sys
 
 from services import SERVICES
 
@@ -49,15 +48,11 @@ def run(args: argparse.Namespace) -> int:
     from perg.config import Settings
     from services._runtime import WorkerOptions, run_worker
 
-    try:
-        options = WorkerOptions.load()
-        if args.in_flight is not None:
-            options = replace(options, in_flight=args.in_flight)
-        if args.instance:
-            options = replace(options, instance=args.instance)
-    except ValueError as exc:
-        print(f"perg worker {args.service}: {exc}", file=sys.stderr)
-        return 2
+    options = WorkerOptions.load()  # a bad value is an InputError: perg.cli reports it
+    if args.in_flight is not None:
+        options = replace(options, in_flight=args.in_flight)
+    if args.instance:
+        options = replace(options, instance=args.instance)
     module = importlib.import_module(f"services.{args.service}")
     run_worker(module.build_app(Settings.load(), options))
     return 0

@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from perg.config import setting
+from perg.config import int_setting, seconds_setting
 from perg.errors import InputError
 from perg.live.engine import Database, read_only_cursor, single_select
 from perg.live.sqlguard import check_query
@@ -66,16 +66,15 @@ class QueryLimits:
     @classmethod
     def from_settings(cls) -> QueryLimits:
         """``PERG_SQL_TIMEOUT_S``, ``PERG_SQL_ROW_CAP``, ``PERG_SQL_MAX_BYTES`` (env, perg.toml)."""
-        limits = cls(
-            float(setting("sql_timeout_s", "10")),
-            int(setting("sql_row_cap", "10000")),
-            int(setting("sql_max_bytes", str(16 * 1024 * 1024))),
+        defaults = cls()
+        timeout_s = seconds_setting("sql_timeout_s", defaults.timeout_s)
+        if timeout_s == 0:
+            raise InputError("PERG_SQL_TIMEOUT_S must be more than 0 seconds")
+        return cls(
+            timeout_s,
+            int_setting("sql_row_cap", defaults.row_cap),
+            int_setting("sql_max_bytes", defaults.max_bytes),
         )
-        if limits.timeout_s <= 0 or limits.row_cap <= 0 or limits.max_bytes <= 0:
-            raise ValueError(
-                "PERG_SQL_TIMEOUT_S, PERG_SQL_ROW_CAP and PERG_SQL_MAX_BYTES must be positive"
-            )
-        return limits
 
     def too_large(self, size: int) -> ResultTooLarge:
         return ResultTooLarge(
