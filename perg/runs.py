@@ -157,12 +157,6 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
 def _check_request(request: RunRequest) -> None:
     if request.rows is not None and request.sample is not None:
         raise InputError("give either rows or a sample, not both")
-    for role, endpoint in (("model", request.model), ("judge", request.judge)):
-        if endpoint.max_in_flight < 1:
-            raise InputError(
-                f"max_in_flight of the {role} endpoint must be at least 1, "
-                f"got {endpoint.max_in_flight}"
-            )
     if not request.settings or not request.methods:
         raise InputError("a run needs at least one setting and one method")
     decoding = request.decoding

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from perg.errors import InputError
+
 Backend = Literal["tgi", "openai", "llamacpp", "vllm"]
 DEFAULT_MAX_IN_FLIGHT = 64
 
@@ -54,14 +56,15 @@ class Endpoint:
     """As the judge: constrain the Likert rating reply to ``<answer>N</answer>``."""
 
     def __post_init__(self) -> None:
+        """Bounds that make no sense are bad input (:class:`~perg.errors.InputError`)."""
         if self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+            raise InputError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
         if self.max_retries < 0:
-            raise ValueError(f"max_retries must be 0 or more, got {self.max_retries}")
+            raise InputError(f"max_retries must be 0 or more, got {self.max_retries}")
         for name in ("timeout_s", "connect_timeout_s", "deadline_base_s", "min_tokens_per_s"):
             value = getattr(self, name)
             if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                raise InputError(f"{name} must be positive, got {value}")
 
 
 @dataclass(frozen=True, slots=True)
