@@ -75,6 +75,7 @@ class Message(Protocol):
 
 HANDLER_ATTEMPTS = 3  # tries of a failing handler before its message is dead-lettered
 PUBLISH_PATIENCE_S = 300.0  # how long publishing may fail (Kafka away) before the worker stops
+PUBLISH_RETRY_S = 2.0  # pause between tries while Kafka does not take an output
 COMMIT_EVERY_S = 0.2
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 EXIT_UNFINISHED = 70  # stopped without committing: the restarted worker redoes the rest
@@ -269,8 +270,7 @@ class RecordHandler(Generic[R]):
             await self.dead_letter(message, f"invalid {self.record.SCHEMA}: {exc}")
             return
         attempt = 0
-        publish_failed_since: float | None = None
-        loop = asyncio.get_running_loop()
+        kafka = _KafkaPatience()
         while True:
             attempt += 1
             try:
@@ -283,12 +283,11 @@ class RecordHandler(Generic[R]):
                     return
                 if _cause(exc, PublishError) is not None:  # Kafka away: not the message's fault
                     attempt -= 1
-                    publish_failed_since = publish_failed_since or loop.time()
-                    if loop.time() - publish_failed_since > PUBLISH_PATIENCE_S:
+                    if kafka.spent():
                         raise
                     log.warning("stage=%s %s: Kafka did not take an output (%s); retrying",
                                 self.service, _where(message), _describe(exc))  # fmt: skip
-                    await asyncio.sleep(2.0)
+                    await asyncio.sleep(PUBLISH_RETRY_S)
                     continue
                 if attempt >= HANDLER_ATTEMPTS:
                     await self.dead_letter(
@@ -303,8 +302,7 @@ class RecordHandler(Generic[R]):
         letter = dead_letter_for(self.service, message, reason)
         log.error("stage=%s dead-letter %s run=%s row=%s: %s", self.service, _where(message),
                   letter.run_id, letter.row_id, letter.reason)  # fmt: skip
-        loop = asyncio.get_running_loop()
-        since = loop.time()
+        kafka = _KafkaPatience()
         while True:
             try:
                 await self.publisher.send_raw(
@@ -312,11 +310,25 @@ class RecordHandler(Generic[R]):
                 )
                 return
             except PublishError as exc:  # Kafka away: wait for it, as for any output
-                if loop.time() - since > PUBLISH_PATIENCE_S:
+                if kafka.spent():
                     raise
                 log.warning("stage=%s %s: dead letter not taken (%s); retrying",
                             self.service, _where(message), exc)  # fmt: skip
-                await asyncio.sleep(2.0)
+                await asyncio.sleep(PUBLISH_RETRY_S)
+
+
+class _KafkaPatience:
+    """How long one message waits for Kafka to take its outputs: from the first refusal,
+    ``PUBLISH_PATIENCE_S``; after that the worker stops without committing."""
+
+    def __init__(self) -> None:
+        self._since: float | None = None
+
+    def spent(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if self._since is None:
+            self._since = now
+        return now - self._since > PUBLISH_PATIENCE_S
 
 
 def _where(message: Message) -> str:
