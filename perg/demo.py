@@ -147,15 +147,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         )
         client = SinkClient(settings)
 
-        def fetch() -> dict[str, object] | None:
-            found = client.statuses(run_id)
-            return found[0] if found else None
-
         try:
-            last = follow(fetch, run_id, console=console)
+            last = follow(lambda: client.status(run_id), run_id, console=console)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: stopping; the results stored so far are kept.")
-            last = fetch()
+            last = client.status(run_id)
         done = bool(last and last["done"])
         _print_report(console, client, options, run_id)
         _print_where(console, settings, run_id, done=done)

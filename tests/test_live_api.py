@@ -227,7 +227,7 @@ async def test_sink_client_over_http(store: ResultStore, tmp_path: Path) -> None
         sink = SinkClient(_settings(tmp_path, str(client.make_url("")), TOKEN))
         statuses = await asyncio.to_thread(sink.statuses)
         assert [s["run_id"] for s in statuses] == ["base"]
-        assert await asyncio.to_thread(sink.statuses, "nope") == []
+        assert await asyncio.to_thread(sink.status, "nope") is None
         metrics = await asyncio.to_thread(sink.metrics, "base")
         auth = {"Authorization": f"Bearer {TOKEN}"}
         served = await client.get("/api/runs/base/metrics", headers=auth)

@@ -30,19 +30,15 @@ def run(args: argparse.Namespace) -> int:
         out.print(status_table(client.statuses()))
         return 0
 
-    def fetch() -> dict[str, object] | None:
-        found = client.statuses(args.run)
-        return found[0] if found else None
-
     def fetch_through_restarts() -> dict[str, object] | None:
         try:
-            return fetch()
+            return client.status(args.run)
         except SinkBusy as exc:  # a sink restarting holds the file: ask again
             print(f"perg status: {exc}; retrying", file=sys.stderr)
             return None
 
     if not (args.wait or args.follow):
-        status = fetch()
+        status = client.status(args.run)
         if status is None:
             print(f"perg status: unknown run {args.run!r}", file=sys.stderr)
             return 2

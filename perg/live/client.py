@@ -50,13 +50,19 @@ class SinkClient:
 
     # -- the calls --------------------------------------------------------------------------
 
-    def statuses(self, run_id: str | None = None) -> list[dict[str, Any]]:
-        if run_id is None:
-            runs: list[dict[str, Any]] = self._call("GET", "/api/runs", lambda r: r.statuses())
-            return runs
-        found = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/status",
-                           lambda r: next(iter(r.statuses(run_id)), None))  # fmt: skip
-        return [found] if found else []
+    def statuses(self) -> list[dict[str, Any]]:
+        """The status of every stored run, oldest first."""
+        runs: list[dict[str, Any]] = self._call("GET", "/api/runs", lambda r: r.statuses())
+        return runs
+
+    def status(self, run_id: str) -> dict[str, Any] | None:
+        """The status of one run, None when the store does not know it (yet)."""
+        found: dict[str, Any] | None = self._call(
+            "GET",
+            f"/api/runs/{quote(run_id, safe='')}/status",
+            lambda r: next(iter(r.statuses(run_id)), None),
+        )
+        return found
 
     def metrics(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/metrics?by=source",
