@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from perg._text import text_table
+
 POOLED = "full"
 METRICS = ("BR", "AFR", "RER")
 # Below this many Q* questions a 95% Wilson interval is wider than ~40 points: numbers are
@@ -70,16 +72,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], *, key: str | None = None) -
         cells += [_interval(row, m) for m in METRICS]
         cells.append("-" if row.get("PVR") is None else f"{row['PVR']:.0f}")
         table.append(cells)
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    numeric = set(range(len(header) - len(METRICS) - 3, len(header)))
-    lines = []
-    for line in table:
-        parts = [
-            cell.rjust(w) if i in numeric else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(line, widths, strict=True))
-        ]
-        lines.append("  ".join(parts).rstrip())
-    return "\n".join(lines)
+    numeric = range(len(header) - len(METRICS) - 3, len(header))
+    return text_table(table, right=numeric)
 
 
 def _find(rows: Sequence[Mapping[str, Any]], setting: str, method: str) -> Mapping[str, Any] | None:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import duckdb
 
 from perg._outcome_checks import RECORD, check_header, check_types, check_values
+from perg._text import text_table
 from perg.dataset import SOURCES
 from perg.errors import InputError, first_line
 from perg.protocol import METHODS, SETTINGS
@@ -258,8 +259,4 @@ def format_metrics_table(rows: list[dict[str, object]]) -> str:
         metrics = ("BR", "noise_BR", "AFR", "RER")
         cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"]) for m in metrics]
         table.append([*cells, _cell(row["PVR"])])
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) for line in table
-    ]
-    return "\n".join(line.rstrip() for line in lines)
+    return text_table(table)
