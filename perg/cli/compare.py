@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from perg._text import text_table
 from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
 from perg.config import Settings
 from perg.live.client import SinkClient
@@ -172,11 +173,6 @@ def _verdict(comparison: Comparison) -> str:
     )
 
 
-def _table(rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    return ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-
-
 def text(comparison: Comparison) -> str:
     lines = [
         _run_line("Reference:", comparison.reference),
@@ -184,7 +180,7 @@ def text(comparison: Comparison) -> str:
         *_method_lines(comparison),
         "",
     ]
-    lines += _table([COLUMNS, *(_row(c) for c in comparison.cells)])
+    lines.append(text_table([COLUMNS, *(_row(c) for c in comparison.cells)]))
     return "\n".join([*lines, "", _verdict(comparison)])
 
 
