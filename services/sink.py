@@ -143,6 +143,9 @@ class Sink:
         await self.save(self._save_runs, batch.runs, batch)
         await self.save(self.store.save_progress, batch.generations, batch)
         stored = await self.save(self.store.save_verdicts, batch.verdicts, batch)
+        # Dead letters come last: every rejection above is one of them. Saving them may reject
+        # a dead letter read from Kafka; the letter the sink makes for it is saved in a second
+        # round (and one of the sink's own letters is never rejected into a third).
         letters = list(batch.letters)
         await self.save(self.store.save_dead_letters, letters, batch)
         await self.save(self.store.save_dead_letters, batch.letters[len(letters) :], batch)
