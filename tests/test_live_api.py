@@ -213,6 +213,9 @@ async def test_snapshot_carries_noise_floor_and_extractor_agreement(api: TestCli
     body = await response.json()
     assert body["metrics"] and all("noise_BR" in row for row in body["metrics"])
     assert body["agreement"] == []
+    per_run = await api.get("/api/runs/base/agreement")
+    assert (per_run.status, await per_run.json()) == (200, [])
+    assert (await api.get("/api/runs/nope/agreement")).status == 404
 
 
 def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:

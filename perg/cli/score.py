@@ -47,7 +47,6 @@ JSON_KEYS = (
     "noise_BR_lo",
     "noise_BR_hi",
 )
-AGREEMENT_SQL = "SELECT * FROM extraction_agreement WHERE setting = 'all' AND run_id = '{run}'"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,9 +102,7 @@ def score_run(run_id: str) -> Scores:
     rows = client.metrics(run_id)
     if not rows:
         raise InputError(f"no stored results for run {run_id!r}")
-    agreement = client.sql(AGREEMENT_SQL.format(run=run_id.replace("'", "''")))
-    columns = agreement["columns"]
-    return rows, [dict(zip(columns, row, strict=True)) for row in agreement["rows"]]
+    return rows, client.agreement(run_id)
 
 
 def _scores(args: argparse.Namespace) -> Scores:

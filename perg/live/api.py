@@ -197,6 +197,16 @@ async def run_metrics(request: web.Request) -> web.Response:
     return _error(f"unknown run {run_id!r}", 404) if rows is None else _json(rows)
 
 
+async def run_agreement(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+
+    def read(reader: StoreReader) -> list[dict[str, Any]] | None:
+        return reader.agreement(run_id) if reader.statuses(run_id) else None
+
+    rows = await _in_thread(request, read)
+    return _error(f"unknown run {run_id!r}", 404) if rows is None else _json(rows)
+
+
 async def sql(request: web.Request) -> web.Response:
     try:
         body = await request.json(loads=orjson.loads)
@@ -342,6 +352,7 @@ def create_app(
     app.router.add_get("/api/runs", runs)
     app.router.add_get("/api/runs/{run_id}/status", run_status)
     app.router.add_get("/api/runs/{run_id}/metrics", run_metrics)
+    app.router.add_get("/api/runs/{run_id}/agreement", run_agreement)
     app.router.add_get("/api/snapshot", snapshot)
     app.router.add_get("/api/compare", compare)
     app.router.add_post("/sql", sql)

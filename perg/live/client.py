@@ -64,6 +64,12 @@ class SinkClient:
         )
         return found
 
+    def agreement(self, run_id: str) -> list[dict[str, Any]]:
+        """How often the rules parser and the run's model extractor disagree (pooled)."""
+        rows = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/agreement",
+                          lambda r: r.agreement(run_id))  # fmt: skip
+        return list(rows or [])
+
     def metrics(self, run_id: str) -> list[dict[str, Any]]:
         rows = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/metrics?by=source",
                           lambda r: r.metrics(run_id))  # fmt: skip
