@@ -15,6 +15,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
 from typing import (
@@ -100,87 +101,166 @@ def check_int_range(value: int, low: int, high: int, path: str) -> None:
         raise SchemaError(f"{path}: {value} is outside [{low}, {high}]")
 
 
+Converter = Callable[[Any, str], Any]
+"""Checks a decoded JSON value against one annotation and returns it converted; ``path``
+names the value in errors."""
+
+
 @cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, include_extras=True)
-
-
-def _convert(value: Any, annotation: Any, path: str) -> Any:
+def _converter(annotation: Any) -> Converter:
+    """The converter of ``annotation``, built once per annotation: decoding then runs plain
+    closures instead of inspecting the annotations of every field of every message."""
     origin = get_origin(annotation)
     if annotation is Any:
-        return value
+        return _as_is
     if origin is Annotated:
-        inner, *constraints = get_args(annotation)
-        converted = _convert(value, inner, path)
-        if converted is not None:
-            for constraint in constraints:
-                if isinstance(constraint, Constraint):
-                    constraint.check(converted, path)
-        return converted
+        inner, *extras = get_args(annotation)
+        return _annotated(_converter(inner), tuple(c for c in extras if isinstance(c, Constraint)))
     if origin is Literal:
-        if value not in get_args(annotation):
-            raise SchemaError(f"{path}: {value!r} is not one of {list(get_args(annotation))}")
-        return value
+        return _literal(get_args(annotation))
     if origin in (Union, types.UnionType):
-        options = get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        failures = []
-        for option in options:
-            try:
-                return _convert(value, option, path)
-            except SchemaError as exc:
-                failures.append(exc)
-        if len(failures) == 2 and type(None) in options:  # Optional[T]: T's own error
-            raise next(f for f, o in zip(failures, options, strict=True) if o is not type(None))
-        raise SchemaError(f"{path}: {value!r:.60} matches none of {annotation}")
+        return _union(annotation)
     if annotation is type(None):
-        if value is not None:
-            raise SchemaError(f"{path}: expected null, got {type(value).__name__}")
-        return None
+        return _null
     if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise SchemaError(f"{path}: expected a list, got {type(value).__name__}")
-        item_type = get_args(annotation)[0]
-        items = [_convert(v, item_type, f"{path}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _sequence(_converter(get_args(annotation)[0]), as_tuple=origin is tuple)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise SchemaError(f"{path}: expected an object, got {type(value).__name__}")
-        return value
+        return _object
     if dataclasses.is_dataclass(annotation):
-        return _build(annotation, value, path)
+        return _builder(annotation)
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SchemaError(f"{path}: expected a number, got {type(value).__name__}")
-        return float(value)
-    if annotation is int and isinstance(value, bool):
-        raise SchemaError(f"{path}: expected an integer, got a boolean")
-    if isinstance(annotation, type) and not isinstance(value, annotation):
-        raise SchemaError(
-            f"{path}: expected {annotation.__name__}, got {type(value).__name__} {value!r:.60}"
-        )
+        return _number
+    if annotation is int:
+        return _integer
+    if isinstance(annotation, type):
+        return _instance_of(annotation)
+    return _as_is
+
+
+def _as_is(value: Any, path: str) -> Any:
     return value
 
 
-def _build(cls: Any, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise SchemaError(f"{path}: expected an object, got {type(data).__name__}")
-    hints = _hints(cls)
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        if field.name not in data:
-            if (
-                field.default is dataclasses.MISSING
-                and field.default_factory is dataclasses.MISSING
-            ):
-                raise SchemaError(f"{path}.{field.name}: missing")
-            continue
-        kwargs[field.name] = _convert(data[field.name], hints[field.name], f"{path}.{field.name}")
-    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-        raise SchemaError(f"{path}: unknown fields {sorted(unknown)}")
-    return cls(**kwargs)
+def _null(value: Any, path: str) -> None:
+    if value is not None:
+        raise SchemaError(f"{path}: expected null, got {type(value).__name__}")
+
+
+def _object(value: Any, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise SchemaError(f"{path}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(f"{path}: expected a number, got {type(value).__name__}")
+    return float(value)
+
+
+def _integer(value: Any, path: str) -> int:
+    if isinstance(value, bool):
+        raise SchemaError(f"{path}: expected an integer, got a boolean")
+    if not isinstance(value, int):
+        raise SchemaError(f"{path}: expected int, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _instance_of(kind: type) -> Converter:
+    def instance(value: Any, path: str) -> Any:
+        if not isinstance(value, kind):
+            raise SchemaError(
+                f"{path}: expected {kind.__name__}, got {type(value).__name__} {value!r:.60}"
+            )
+        return value
+
+    return instance
+
+
+def _annotated(convert: Converter, constraints: tuple[Constraint, ...]) -> Converter:
+    def annotated(value: Any, path: str) -> Any:
+        converted = convert(value, path)
+        if converted is not None:
+            for constraint in constraints:
+                constraint.check(converted, path)
+        return converted
+
+    return annotated
+
+
+def _literal(allowed: tuple[Any, ...]) -> Converter:
+    def literal(value: Any, path: str) -> Any:
+        if value not in allowed:
+            raise SchemaError(f"{path}: {value!r} is not one of {list(allowed)}")
+        return value
+
+    return literal
+
+
+def _union(annotation: Any) -> Converter:
+    options = get_args(annotation)
+    nullable = type(None) in options
+    converters = [(option, _converter(option)) for option in options]
+
+    def union(value: Any, path: str) -> Any:
+        if value is None and nullable:
+            return None
+        failures = []
+        for option, convert in converters:
+            try:
+                return convert(value, path)
+            except SchemaError as exc:
+                failures.append((option, exc))
+        if len(failures) == 2 and nullable:  # Optional[T]: T's own error
+            raise next(exc for option, exc in failures if option is not type(None))
+        raise SchemaError(f"{path}: {value!r:.60} matches none of {annotation}")
+
+    return union
+
+
+def _sequence(convert: Converter, *, as_tuple: bool) -> Converter:
+    def sequence(value: Any, path: str) -> Any:
+        if not isinstance(value, list):
+            raise SchemaError(f"{path}: expected a list, got {type(value).__name__}")
+        items = [convert(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if as_tuple else items
+
+    return sequence
+
+
+def _builder(cls: Any) -> Converter:
+    """Build ``cls`` from a JSON object: every field converted, none missing, none unknown."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = [
+        (
+            field.name,
+            _converter(hints[field.name]),
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
+        )
+        for field in dataclasses.fields(cls)
+    ]
+    names = frozenset(name for name, _, _ in fields)
+
+    def build(data: Any, path: str) -> Any:
+        if not isinstance(data, dict):
+            raise SchemaError(f"{path}: expected an object, got {type(data).__name__}")
+        kwargs = {}
+        for name, convert, required in fields:
+            if name in data:
+                kwargs[name] = convert(data[name], f"{path}.{name}")
+            elif required:
+                raise SchemaError(f"{path}.{name}: missing")
+        if len(data) > len(kwargs):  # every key taken is a field: the rest are not
+            raise SchemaError(f"{path}: unknown fields {sorted(set(data) - names)}")
+        return cls(**kwargs)
+
+    return build
+
+
+@cache
+def _header(schema: str, version: int) -> bytes:
+    """The start of every message of a record type: ``{"schema":...,"version":...,``."""
+    return orjson.dumps({"schema": schema, "version": version})[:-1] + b","
 
 
 class Record:
@@ -197,8 +277,9 @@ class Record:
 
     def encode(self) -> bytes:
         """The record as JSON bytes, with its ``schema`` name and ``version``."""
-        body = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return orjson.dumps({"schema": self.SCHEMA, "version": self.VERSION, **body})
+        header = _header(self.SCHEMA, self.VERSION)
+        body = orjson.dumps(self)  # orjson writes a dataclass's fields natively, in order
+        return header + body[1:] if body != b"{}" else header[:-1] + b"}"
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Self:
@@ -216,6 +297,7 @@ class Record:
             raise SchemaError(f"{cls.SCHEMA}: record declares schema {schema!r}")
         if version != cls.VERSION:
             raise SchemaError(f"{cls.SCHEMA}: unsupported version {version!r} (want {cls.VERSION})")
-        record: Self = _build(cls, data, cls.SCHEMA)
+        record_type: object = cls
+        record: Self = _converter(record_type)(data, cls.SCHEMA)
         record.check()
         return record
