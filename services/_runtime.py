@@ -78,6 +78,11 @@ PUBLISH_PATIENCE_S = 300.0  # how long publishing may fail (Kafka away) before t
 PUBLISH_RETRY_S = 2.0  # pause between tries while Kafka does not take an output
 COMMIT_EVERY_S = 0.2
 FETCH_MAX_BYTES = 8 * 1024 * 1024
+# Outputs of many messages in flight share a produce request: a batch per partition holds up
+# to PRODUCER_BATCH_BYTES (aiokafka's 16 KiB default holds about ten generations, and a send
+# to a full batch waits for it to drain) and waits up to PRODUCER_LINGER_MS for company.
+PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_LINGER_MS = 5
 EXIT_UNFINISHED = 70  # stopped without committing: the restarted worker redoes the rest
 
 
@@ -412,7 +417,10 @@ class Worker:
     async def run(self) -> None:
         await ensure_topics(self.settings)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka, acks="all", linger_ms=2
+            bootstrap_servers=self.settings.kafka,
+            acks="all",
+            linger_ms=PRODUCER_LINGER_MS,
+            max_batch_size=PRODUCER_BATCH_BYTES,
         )
         await self._producer.start()
         self._publisher = Publisher(self._producer, self.settings.topic_prefix)
