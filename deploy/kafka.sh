@@ -198,7 +198,8 @@ EOF
             [[ -f "$STATE/cluster.id" ]] || "$PYTHON" -c \
                 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
                 >"$STATE/cluster.id"
-            java_run kafka.tools.StorageTool format -t "$(cat "$STATE/cluster.id")" \
+            # "=": an id may start with "-", which argparse would take for an option
+            java_run kafka.tools.StorageTool format --cluster-id="$(cat "$STATE/cluster.id")" \
                 -c "$PROPS" --ignore-formatted >>"$LOGFILE" 2>&1 \
                 || { tail -n 30 "$LOGFILE" >&2; die "formatting the storage in $STATE/data failed"; }
         fi
