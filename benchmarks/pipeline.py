@@ -1,7 +1,8 @@
 """Pipeline throughput, end to end on the real broker with workers as processes.
 
     .venv/bin/python benchmarks/pipeline.py [--rows 400] [--slots 32] [--service-s 0.25]
-        [--scale-rows 200] [--instant-rows 400] [--stored 1000000] [--only P1,P2,P3,P4,P5]
+        [--scale-rows 200] [--instant-rows 400] [--warmup-rows 100] [--stored 1000000]
+        [--only P1,P2,P3,P4,P5]
 
 Starts Kafka (``$PERG_KAFKA`` if set, else a broker in a temporary folder), the scripted model
 double (``tests/model_double.py``) and the four services (``perg worker``), and prints, each as
@@ -12,7 +13,8 @@ a ratio measured in this run:
   for ``--rows`` rows on a double serving K=``--slots`` calls at once, T=``--service-s`` each;
   then again with 1, 2 and 4 generator processes (``--scale-rows`` rows each);
 * P2: the speed-up over a sequential, paper-style loop (one call at a time) on that double;
-* P3: stored results/s end to end with an instant double (``--instant-rows`` rows);
+* P3: stored results/s end to end with an instant double (``--instant-rows`` rows), after a
+  warm-up run of ``--warmup-rows`` rows on the same pipeline (the broker's JIT, connections);
 * P4: sink upsert rows/s, and the p95 latency of a live metric query with ``--stored``
   results stored while the sink keeps ingesting;
 * P5: peak RSS of each worker process (VmHWM), after P1 and after P3.
@@ -59,6 +61,22 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _brokers() -> list[int]:
+    """Kafka brokers on this machine (the one this benchmark started among them)."""
+    return [
+        int(pid.name)
+        for pid in Path("/proc").iterdir()
+        if pid.name.isdigit() and b"kafka.Kafka" in _cmdline(pid)
+    ]
+
+
+def _cmdline(pid: Path) -> bytes:
+    try:
+        return (pid / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -81,12 +99,18 @@ def _pipeline(bootstrap: str, workdir: Path, generators: int, *double: str) -> I
 def _run(pipeline: Pipeline, rows: int) -> dict[str, Any]:
     """Submit ``rows`` rows and follow the double's counters until the run is stored."""
     samples: list[tuple[float, int]] = []
+    processes = {**pipeline.workers.procs, "model-double": pipeline.doubles[0]}
+    pids = {name: p.pid for name, p in processes.items()}
+    pids.update({f"kafka-broker-{pid}": pid for pid in _brokers()})
+    cpu_before = {name: _cpu_s(pid) for name, pid in pids.items()}
+    calls_before = int(_stats(pipeline.model_url).get("calls", 0))  # earlier runs' calls
     started = time.monotonic()
     run_id = pipeline.submit("--sample", str(rows), "--seed", "1")
     submitted = time.monotonic() - started
 
     def done() -> bool:
-        samples.append((time.monotonic(), int(_stats(pipeline.model_url).get("calls", 0))))
+        calls = int(_stats(pipeline.model_url).get("calls", 0)) - calls_before
+        samples.append((time.monotonic(), calls))
         return bool((pipeline.status(run_id) or {}).get("done"))
 
     wait_until(done, f"run {run_id}", timeout_s=1800, poll_s=0.25)
@@ -97,8 +121,7 @@ def _run(pipeline: Pipeline, rows: int) -> dict[str, Any]:
     high = next(s for s in samples if s[1] >= 0.9 * calls)
     steady = (high[1] - low[1]) / (high[0] - low[0]) if high[0] > low[0] else float("nan")
     rss = {name: _peak_rss_mb(p.pid) for name, p in pipeline.workers.procs.items()}
-    processes = {**pipeline.workers.procs, "model-double": pipeline.doubles[0]}
-    cpu = {name: _cpu_s(p.pid) for name, p in processes.items()}
+    cpu = {name: _cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
     return {
         "wall_s": wall,
         "submit_s": submitted,
@@ -180,6 +203,7 @@ def main() -> None:
     parser.add_argument("--service-s", type=float, default=0.25)
     parser.add_argument("--scale-rows", type=int, default=200, help="0: skip the scale-out")
     parser.add_argument("--instant-rows", type=int, default=400)
+    parser.add_argument("--warmup-rows", type=int, default=100, help="P3's warm-up run; 0: none")
     parser.add_argument("--stored", type=int, default=1_000_000)
     parser.add_argument("--only", default="P1,P2,P3,P4,P5")
     args = parser.parse_args()
@@ -219,6 +243,8 @@ def main() -> None:
                         f"{run['calls_per_s'] / capacity:.3f}")  # fmt: skip
         if only & {"P3", "P5"}:
             with _pipeline(bootstrap, work / "p3", 1) as pipeline:
+                if args.warmup_rows > 0:
+                    _run(pipeline, args.warmup_rows)
                 p3 = _run(pipeline, args.instant_rows)
                 say(f"P3 instant double, {args.instant_rows} rows: {p3['results']} results in "
                     f"{p3['wall_s']:.1f}s = {p3['results'] / p3['wall_s']:.0f} stored "
@@ -228,7 +254,7 @@ def main() -> None:
                 say(f"P5 peak RSS after P3 (MB): {rss}")
                 per_k = 1000 / max(p3["results"], 1)
                 cpu = ", ".join(f"{n} {v * per_k:.1f}" for n, v in sorted(p3["cpu_s"].items()))
-                say(f"P3 CPU seconds per 1000 stored results: {cpu}")
+                say(f"P3 CPU seconds per 1000 stored results, submit to stored: {cpu}")
     if "P4" in only:
         rate, p95_ms = p4_sink(args.stored)
         say(f"P4 sink upsert {rate:.0f} rows/s; live metric query p95 {p95_ms:.1f} ms at "

@@ -78,11 +78,15 @@ PUBLISH_PATIENCE_S = 300.0  # how long publishing may fail (Kafka away) before t
 PUBLISH_RETRY_S = 2.0  # pause between tries while Kafka does not take an output
 COMMIT_EVERY_S = 0.2
 FETCH_MAX_BYTES = 8 * 1024 * 1024
+# A fetch returns once FETCH_MIN_BYTES are there or after FETCH_MAX_WAIT_MS: under load a few
+# large fetches instead of one per message (the broker's CPU), at most that wait when idle.
+FETCH_MIN_BYTES = 64 * 1024
+FETCH_MAX_WAIT_MS = 20
 # Outputs of many messages in flight share a produce request: a batch per partition holds up
 # to PRODUCER_BATCH_BYTES (aiokafka's 16 KiB default holds about ten generations, and a send
 # to a full batch waits for it to drain) and waits up to PRODUCER_LINGER_MS for company.
 PRODUCER_BATCH_BYTES = 512 * 1024
-PRODUCER_LINGER_MS = 5
+PRODUCER_LINGER_MS = 50
 EXIT_UNFINISHED = 70  # stopped without committing: the restarted worker redoes the rest
 
 
@@ -445,6 +449,8 @@ class Worker:
             rebalance_timeout_ms=max(session_ms, 30_000),
             max_poll_interval_ms=3_600_000,  # liveness is the heartbeat; handlers have deadlines
             fetch_max_bytes=FETCH_MAX_BYTES,
+            fetch_min_bytes=FETCH_MIN_BYTES,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             max_partition_fetch_bytes=FETCH_MAX_BYTES // 4,
         )
         self._consumer = consumer
