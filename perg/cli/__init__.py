@@ -34,8 +34,10 @@ EPILOG = "exit codes: 0 ok, 1 check failed (gate, timeout), 2 bad input, 3 servi
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``perg`` and all its sub-commands."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of ``perg`` and all its sub-commands, or only of ``command`` (one
+    of COMMAND_MODULES): each command module imports what its command needs, and ``perg
+    submit`` need not load the SQL engine, nor ``perg worker`` the dataset loader."""
     parser = argparse.ArgumentParser(
         prog="perg",
         description="PERG Stream: robust personalization evaluation of deployed LLMs.",
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if command is None else (command,):
         importlib.import_module(f"perg.cli.{name}").register(subparsers)
     return parser
 
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     An expected failure (:class:`~perg.errors.PergError`) becomes one message on stderr and
     its kind's exit code; anything else is a bug and keeps its traceback.
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    parser = build_parser(command if command in COMMAND_MODULES else None)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
