@@ -161,6 +161,9 @@ class ModelClient:
             self._headers["Authorization"] = f"Bearer {token}"
         # max_tokens -> (replies seen, slowest recent reply in s): deadlines follow the server
         self._replies: dict[int, tuple[int, float]] = {}
+        # calls on the wire: their deadline scope -> (max_tokens, attempt, sent at, loop time)
+        self._on_wire: dict[asyncio.Timeout, tuple[int, int, float]] = {}
+        self._watchdog: asyncio.Task[None] | None = None
         self._retrying = AsyncRetrying(
             stop=stop_after_attempt(endpoint.max_retries + 1),
             wait=_HonourRetryAfter(retry_wait),
@@ -212,25 +215,43 @@ class ModelClient:
         return await self._post(self._completions_url, request, max_tokens)
 
     async def _post(self, url: str, request: Mapping[str, Any], size_tokens: int) -> Completion:
-        """POST ``request`` with retries; ``size_tokens`` sizes its deadline (see timeouts)."""
+        """POST ``request`` with retries; ``size_tokens`` sizes its deadline (see timeouts).
+
+        The first attempt runs directly: tenacity's bookkeeping costs about as much CPU as a
+        fast server's whole reply, and most calls succeed at once. A failed first attempt
+        hands over to :meth:`_retry`."""
         body = orjson.dumps(request)
         started = time.perf_counter()
-        retrying = self._retrying.copy()
         try:
-            response: TransportResponse = await retrying(
-                self._attempt, url, body, size_tokens, retrying
-            )
+            response, attempts = await self._attempt(url, body, size_tokens, 1), 1
+        except _RetryableError as failure:
+            response, attempts = await self._retry(url, body, size_tokens, failure)
+        return self._parse(
+            url, response.body, latency_s=time.perf_counter() - started, attempts=attempts
+        )
+
+    async def _retry(
+        self, url: str, body: bytes, size_tokens: int, failure: _RetryableError
+    ) -> tuple[TransportResponse, int]:
+        """Attempts after a failed first one, under tenacity's policy: the endpoint's retry
+        budget, a wait that honours Retry-After, a log line per retry. The first failure is
+        replayed as tenacity's attempt 1, so it counts and its Retry-After applies."""
+        retrying = self._retrying.copy()
+
+        async def attempt() -> TransportResponse:
+            number: int = retrying.statistics["attempt_number"]
+            if number == 1:
+                raise failure
+            return await self._attempt(url, body, size_tokens, number)
+
+        try:
+            response: TransportResponse = await retrying(attempt)
         except _RetryableError as exc:
             raise ModelError(
                 f"{exc} (gave up after {retrying.statistics['attempt_number']} attempts)",
                 status=exc.status,
             ) from exc
-        return self._parse(
-            url,
-            response.body,
-            latency_s=time.perf_counter() - started,
-            attempts=retrying.statistics["attempt_number"],
-        )
+        return response, retrying.statistics["attempt_number"]
 
     def timeouts(self, max_tokens: int, attempt: int = 1) -> Timeouts:
         """The deadlines of attempt number ``attempt`` (1-based) of a call for ``max_tokens``.
@@ -254,13 +275,12 @@ class ModelClient:
         self._replies[max_tokens] = (seen + 1, max(reply_s, slowest * LATENCY_DECAY))
 
     async def _attempt(
-        self, url: str, body: bytes, max_tokens: int, retrying: AsyncRetrying
+        self, url: str, body: bytes, max_tokens: int, attempt: int
     ) -> TransportResponse:
-        attempt = retrying.statistics.get("attempt_number", 1)
         async with self._slots:
             sent = time.perf_counter()
             try:
-                response = await self._post_watched(url, body, max_tokens, attempt, sent)
+                response = await self._post_watched(url, body, max_tokens, attempt)
             except TransportError as exc:
                 raise _RetryableError(f"endpoint {url}: {exc}", None, None) from exc
             reply_s = time.perf_counter() - sent
@@ -273,23 +293,38 @@ class ModelClient:
         raise ModelError(message, status=response.status)
 
     async def _post_watched(
-        self, url: str, body: bytes, max_tokens: int, attempt: int, sent: float
+        self, url: str, body: bytes, max_tokens: int, attempt: int
     ) -> TransportResponse:
-        """POST with the attempt's deadline, re-read while waiting: when replies seen in the
-        meantime shorten it (the first calls to a server start with the sized deadline), a
-        call already on the wire is held to the shorter one."""
+        """POST with the attempt's deadline, kept up to date while waiting: when replies seen
+        in the meantime shorten it (the first calls to a server start with the sized
+        deadline), a call already on the wire is held to the shorter one (see
+        :meth:`_hold_to_deadlines`)."""
         timeouts = self.timeouts(max_tokens, attempt)
-        post = asyncio.ensure_future(self._transport.post_json(url, body, self._headers, timeouts))
+        sent = asyncio.get_running_loop().time()
         try:
-            while True:
-                done, _ = await asyncio.wait({post}, timeout=WATCH_EVERY_S)
-                if done:
-                    return post.result()
-                deadline = self.timeouts(max_tokens, attempt).total_s
-                if time.perf_counter() - sent > deadline:
-                    raise TransportError(f"no reply within {deadline:.3g}s")
-        finally:
-            post.cancel()
+            async with asyncio.timeout_at(sent + timeouts.total_s) as scope:
+                self._on_wire[scope] = (max_tokens, attempt, sent)
+                if self._watchdog is None or self._watchdog.done():
+                    self._watchdog = asyncio.create_task(self._hold_to_deadlines())
+                try:
+                    return await self._transport.post_json(url, body, self._headers, timeouts)
+                finally:
+                    del self._on_wire[scope]
+        except TimeoutError:
+            deadline = self.timeouts(max_tokens, attempt).total_s
+            raise TransportError(f"no reply within {deadline:.3g}s") from None
+
+    async def _hold_to_deadlines(self) -> None:
+        """While calls are on the wire, every ``WATCH_EVERY_S``: bring each call's deadline
+        forward to what the replies since it was sent have taught. One task per client, so
+        a call costs a dictionary entry, not a timer of its own."""
+        while self._on_wire:
+            await asyncio.sleep(WATCH_EVERY_S)
+            for scope, (max_tokens, attempt, sent) in list(self._on_wire.items()):
+                deadline = sent + self.timeouts(max_tokens, attempt).total_s
+                when = scope.when()
+                if when is not None and deadline < when:
+                    scope.reschedule(deadline)
 
     def _parse(self, url: str, body: bytes, *, latency_s: float, attempts: int) -> Completion:
         try:
@@ -327,6 +362,8 @@ class ModelClient:
 
     async def aclose(self) -> None:
         """Close the client's transport (its pooled connections)."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         await self._transport.aclose()
 
     async def __aenter__(self) -> Self:
