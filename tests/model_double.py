@@ -353,14 +353,16 @@ class ScriptedModelServer:
         reply = self.script(messages)
         if isinstance(reply, str):
             reply = ScriptedReply(reply)
-        call = self._calls[orjson.dumps(messages)]
-        self._calls[orjson.dumps(messages)] += 1
+        key = orjson.dumps(messages)
+        call = self._calls[key]
+        self._calls[key] += 1
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
         if reply.status != 200 and (reply.times is None or call < reply.times):
             return _error(reply.status, _ERRORS.get(reply.status, "scripted error"))
-        prompt_words = sum(len(str(m.get("content", "")).split()) for m in messages)
-        completion_words = len(reply.text.split())
+        # usage: about four characters per token, as for English text
+        prompt_tokens = len(key) // 4
+        completion_tokens = max(1, len(reply.text) // 4)
         return web.Response(
             body=orjson.dumps(
                 {
@@ -376,9 +378,9 @@ class ScriptedModelServer:
                         }
                     ],
                     "usage": {
-                        "prompt_tokens": prompt_words,
-                        "completion_tokens": completion_words,
-                        "total_tokens": prompt_words + completion_words,
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
                     },
                 }
             ),
