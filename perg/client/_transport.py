@@ -78,11 +78,8 @@ class AiohttpTransport:
                 connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=self._limit)
             )
         try:
-            timeout = aiohttp.ClientTimeout(
-                total=timeouts.total_s,
-                sock_connect=timeouts.connect_s,
-                sock_read=timeouts.total_s,
-            )
+            # no sock_read: it could never fire before total, and re-arms a timer per read
+            timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s)
             async with self._session.post(
                 url, data=body, headers=headers, timeout=timeout
             ) as response:
