@@ -138,12 +138,34 @@ def test_llama(services: dict[str, Any]) -> None:
         assert svc["healthcheck"]["test"][-1] == "http://localhost:8080/health"
 
 
+def _entrypoint_argv(service: dict[str, Any], hostname: str) -> list[str]:
+    """The arguments ``perg`` gets when the service's entrypoint runs its command in a
+    container named ``hostname`` (a stand-in ``perg`` on PATH prints them)."""
+    with tempfile.TemporaryDirectory() as bin_dir:
+        fake = Path(bin_dir) / "perg"
+        fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+        fake.chmod(0o755)
+        # `config` prints "$$" escaped; the container gets "$"
+        entrypoint = [part.replace("$$", "$") for part in service["entrypoint"]]
+        proc = subprocess.run(
+            [*entrypoint, *service["command"]],
+            env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOSTNAME": hostname},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    return proc.stdout.splitlines()
+
+
 def test_workers(services: dict[str, Any]) -> None:
     # as compose prints it: made absolute, not resolved (../shared may be a symbolic link)
     data = Path(os.path.normpath(ROOT / ".." / "shared" / "perg"))
     for name in WORKERS:
         svc = services[name]
         assert svc["command"] == ["worker", name]
+        assert _entrypoint_argv(svc, hostname=f"{name}-1") == [
+            "worker", name, "--instance", f"{name}-1"
+        ]  # fmt: skip
         assert svc["image"] == "perg-stream:latest"
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert Path(svc["build"]["context"]) == ROOT
