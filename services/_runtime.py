@@ -387,6 +387,7 @@ class Worker:
         self._ledgers: dict[TopicPartition, PartitionLedger] = {}
         self._committed: dict[TopicPartition, int] = {}
         self._tasks: dict[asyncio.Task[None], tuple[TopicPartition, int]] = {}
+        self._slot_freed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
 
@@ -484,10 +485,11 @@ class Worker:
     ) -> None:
         while not self.stopping.is_set():
             free = self.in_flight - len(self._tasks)
-            if free <= 0:
-                await asyncio.wait(
-                    list(self._tasks), timeout=0.5, return_when=asyncio.FIRST_COMPLETED
-                )
+            if free <= 0:  # full: wait for a message to finish (or look at stopping again)
+                self._slot_freed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._slot_freed.wait()
                 continue
             batches = await consumer.getmany(timeout_ms=200, max_records=free)
             for tp, messages in batches.items():
@@ -500,6 +502,7 @@ class Worker:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         tp, offset = self._tasks.pop(task)
+        self._slot_freed.set()
         if task.cancelled():  # its partition was revoked: the new owner redoes it
             return
         exc = task.exception()
