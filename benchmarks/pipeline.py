@@ -253,7 +253,7 @@ def main() -> None:
                 rss = ", ".join(f"{n} {v:.0f}" for n, v in sorted(p3["rss_mb"].items()))
                 say(f"P5 peak RSS after P3 (MB): {rss}")
                 per_k = 1000 / max(p3["results"], 1)
-                cpu = ", ".join(f"{n} {v * per_k:.1f}" for n, v in sorted(p3["cpu_s"].items()))
+                cpu = ", ".join(f"{n} {v * per_k:.2f}" for n, v in sorted(p3["cpu_s"].items()))
                 say(f"P3 CPU seconds per 1000 stored results, submit to stored: {cpu}")
     if "P4" in only:
         rate, p95_ms = p4_sink(args.stored)
