@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, get_args, get_type_hints
 
 import duckdb
 import pyarrow as pa
@@ -296,11 +296,45 @@ def _result_record(verdict: Verdict) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def _batch(names: tuple[str, ...], records: list[tuple[Any, ...]], now: datetime) -> pa.Table:
-    """The records as an Arrow table of columns ``names`` and ``stored_at`` = ``now``."""
-    columns = [pa.array(column) for column in zip(*records, strict=True)]
-    stamp = pa.repeat(pa.scalar(now, pa.timestamp("us")), len(records))
-    return pa.Table.from_arrays([*columns, stamp], names=[*names, "stored_at"])
+_ARROW_TYPES: dict[object, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    datetime: pa.timestamp("us"),
+}
+
+
+def _schema(names: tuple[str, ...], row_type: type) -> pa.Schema:
+    """The Arrow schema of columns ``names`` and ``stored_at``, typed as ``row_type`` says."""
+    hints = get_type_hints(row_type)
+    fields = []
+    for name in (*names, "stored_at"):
+        kinds = [k for k in get_args(hints[name]) or (hints[name],) if k is not type(None)]
+        fields.append(pa.field(name, _ARROW_TYPES[kinds[0]]))
+    return pa.schema(fields)
+
+
+BASELINE_SCHEMA = _schema(BASELINE_COLUMNS, BaselineRow)
+REPEAT_SCHEMA = _schema(REPEAT_COLUMNS, BaselineRepeatRow)
+RESULT_SCHEMA = _schema(RESULT_COLUMNS, ResultRow)
+
+# Records are converted this many at a time: converting a column holds the GIL, and a live
+# query answered in the same process (the sink's API) waits for it at every step.
+_CHUNK_ROWS = 2048
+
+
+def _batch(schema: pa.Schema, records: list[tuple[Any, ...]], now: datetime) -> pa.Table:
+    """The records as an Arrow table of ``schema``: their fields, then ``stored_at`` = ``now``."""
+    stamp = pa.scalar(now, pa.timestamp("us"))
+    types = schema.types[:-1]
+    batches = []
+    for first in range(0, len(records), _CHUNK_ROWS):
+        chunk = records[first : first + _CHUNK_ROWS]
+        columns = [pa.array(c, t) for c, t in zip(zip(*chunk, strict=True), types, strict=True)]
+        columns.append(pa.repeat(stamp, len(chunk)))
+        batches.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+    return pa.Table.from_batches(batches, schema=schema)
 
 
 class ResultStore:
@@ -392,11 +426,11 @@ class ResultStore:
                 )
             )
         batches = {
-            "baselines": (BASELINE_COLUMNS, [_baseline_record(v) for v in baselines]),
-            "results": (RESULT_COLUMNS, [_result_record(v) for v in results]),
-            "baseline_repeats": (REPEAT_COLUMNS, [_repeat_record(v) for v in repeats]),
+            "baselines": (BASELINE_SCHEMA, [_baseline_record(v) for v in baselines]),
+            "results": (RESULT_SCHEMA, [_result_record(v) for v in results]),
+            "baseline_repeats": (REPEAT_SCHEMA, [_repeat_record(v) for v in repeats]),
         }
-        tables = {t: _batch(names, rows, now) for t, (names, rows) in batches.items() if rows}
+        tables = {t: _batch(schema, rows, now) for t, (schema, rows) in batches.items() if rows}
         touched = {(r[0], r[1]) for _, rows in batches.values() for r in rows}
         with self._transaction() as con, _CellRecount(con, touched):
             for table, rows in tables.items():
