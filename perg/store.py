@@ -217,19 +217,30 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _usage(verdict: Verdict) -> tuple[int, int, float, int, int]:
-    """tokens_in, tokens_out, latency_s and retries summed over every call behind a verdict,
-    and how many calls there were (one pass: the sink's hot path)."""
-    tokens_in = tokens_out = retries = n_calls = 0
-    latency_s = 0.0
-    for calls in (verdict.generation.calls, verdict.calls):
-        for c in calls:
-            tokens_in += c.tokens_in or 0
-            tokens_out += c.tokens_out or 0
-            latency_s += c.latency_s
-            retries += c.attempts - 1
-            n_calls += 1
-    return tokens_in, tokens_out, latency_s, retries, n_calls
+def _usage_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
+    """tokens_in, tokens_out, latency_s and retries of each verdict, summed over every call
+    behind it, and how many calls there were: five columns, one pass (the sink's hot path)."""
+    tokens_in: list[int] = []
+    tokens_out: list[int] = []
+    latencies: list[float] = []
+    retries: list[int] = []
+    n_calls: list[int] = []
+    for verdict in verdicts:
+        t_in = t_out = n_retries = n = 0
+        latency_s = 0.0
+        for calls in (verdict.generation.calls, verdict.calls):
+            for c in calls:
+                t_in += c.tokens_in or 0
+                t_out += c.tokens_out or 0
+                latency_s += c.latency_s
+                n_retries += c.attempts - 1
+                n += 1
+        tokens_in.append(t_in)
+        tokens_out.append(t_out)
+        latencies.append(latency_s)
+        retries.append(n_retries)
+        n_calls.append(n)
+    return [tokens_in, tokens_out, latencies, retries, n_calls]
 
 
 def _finish_reason(generation: Generation) -> str | None:
@@ -241,10 +252,11 @@ def _finish_reason(generation: Generation) -> str | None:
     return None
 
 
-# The rows of the verdict tables are built as tuples, one per verdict, and turned into Arrow
-# columns at once (the sink's hot path: a dict per row costs a third of the store's time).
-# Each ``*_COLUMNS`` names the tuple's fields; with ``stored_at``, added for the whole batch,
-# they are the columns of its table's row type (tests/test_store.py checks that).
+# The rows of the verdict tables are built column by column straight from the verdicts and
+# turned into Arrow columns (the sink's hot path: a dict or a tuple per row costs time and
+# garbage-collector passes). Each ``*_COLUMNS`` names the columns its function returns; with
+# ``stored_at``, added for the whole batch, they are the columns of its table's row type
+# (tests/test_store.py checks that).
 BASELINE_COLUMNS = (
     "run_id", "row_id", "source", "category", "gold_option", "response", "answer",
     "extraction", "finish_reason", "extractor", "rules_answer",
@@ -252,15 +264,23 @@ BASELINE_COLUMNS = (
 )  # fmt: skip
 
 
-def _baseline_record(verdict: Verdict) -> tuple[Any, ...]:
-    g = verdict.generation
-    item = g.item
-    tokens_in, tokens_out, latency_s, retries, _ = _usage(verdict)
-    return (
-        g.context.run_id, item.row_id, item.source, item.category, item.gold_option,
-        g.response, verdict.answer, verdict.extraction, _finish_reason(g), verdict.extractor,
-        verdict.rules_answer, tokens_in, tokens_out, latency_s, retries,
-    )  # fmt: skip
+def _baseline_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
+    generations = [v.generation for v in verdicts]
+    items = [g.item for g in generations]
+    return [
+        [g.context.run_id for g in generations],
+        [i.row_id for i in items],
+        [i.source for i in items],
+        [i.category for i in items],
+        [i.gold_option for i in items],
+        [g.response for g in generations],
+        [v.answer for v in verdicts],
+        [v.extraction for v in verdicts],
+        [_finish_reason(g) for g in generations],
+        [v.extractor for v in verdicts],
+        [v.rules_answer for v in verdicts],
+        *_usage_columns(verdicts)[:4],
+    ]
 
 
 REPEAT_COLUMNS = (
@@ -268,12 +288,17 @@ REPEAT_COLUMNS = (
 )  # fmt: skip
 
 
-def _repeat_record(verdict: Verdict) -> tuple[Any, ...]:
-    g = verdict.generation
-    return (
-        g.context.run_id, g.item.row_id, g.response, verdict.answer, verdict.extraction,
-        verdict.rules_answer, _finish_reason(g),
-    )  # fmt: skip
+def _repeat_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
+    generations = [v.generation for v in verdicts]
+    return [
+        [g.context.run_id for g in generations],
+        [g.item.row_id for g in generations],
+        [g.response for g in generations],
+        [v.answer for v in verdicts],
+        [v.extraction for v in verdicts],
+        [v.rules_answer for v in verdicts],
+        [_finish_reason(g) for g in generations],
+    ]
 
 
 RESULT_COLUMNS = (
@@ -284,16 +309,31 @@ RESULT_COLUMNS = (
 )  # fmt: skip
 
 
-def _result_record(verdict: Verdict) -> tuple[Any, ...]:
-    g = verdict.generation
-    item = g.item
-    return (
-        g.context.run_id, item.row_id, g.setting, g.method, item.source, item.category,
-        item.preference, item.gold_option, g.response, verdict.answer, verdict.extraction,
-        verdict.judge_rating, verdict.judge_outcome, verdict.judge_raw, g.parse_fallback,
-        g.parse_failure, _finish_reason(g), verdict.extractor, verdict.rules_answer,
-        *_usage(verdict),
-    )  # fmt: skip
+def _result_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
+    generations = [v.generation for v in verdicts]
+    items = [g.item for g in generations]
+    return [
+        [g.context.run_id for g in generations],
+        [i.row_id for i in items],
+        [g.setting for g in generations],
+        [g.method for g in generations],
+        [i.source for i in items],
+        [i.category for i in items],
+        [i.preference for i in items],
+        [i.gold_option for i in items],
+        [g.response for g in generations],
+        [v.answer for v in verdicts],
+        [v.extraction for v in verdicts],
+        [v.judge_rating for v in verdicts],
+        [v.judge_outcome for v in verdicts],
+        [v.judge_raw for v in verdicts],
+        [g.parse_fallback for g in generations],
+        [g.parse_failure for g in generations],
+        [_finish_reason(g) for g in generations],
+        [v.extractor for v in verdicts],
+        [v.rules_answer for v in verdicts],
+        *_usage_columns(verdicts),
+    ]
 
 
 _ARROW_TYPES: dict[object, pa.DataType] = {
@@ -324,17 +364,17 @@ RESULT_SCHEMA = _schema(RESULT_COLUMNS, ResultRow)
 _CHUNK_ROWS = 2048
 
 
-def _batch(schema: pa.Schema, records: list[tuple[Any, ...]], now: datetime) -> pa.Table:
-    """The records as an Arrow table of ``schema``: their fields, then ``stored_at`` = ``now``."""
-    stamp = pa.scalar(now, pa.timestamp("us"))
-    types = schema.types[:-1]
-    batches = []
-    for first in range(0, len(records), _CHUNK_ROWS):
-        chunk = records[first : first + _CHUNK_ROWS]
-        columns = [pa.array(c, t) for c, t in zip(zip(*chunk, strict=True), types, strict=True)]
-        columns.append(pa.repeat(stamp, len(chunk)))
-        batches.append(pa.RecordBatch.from_arrays(columns, schema=schema))
-    return pa.Table.from_batches(batches, schema=schema)
+def _batch(schema: pa.Schema, columns: list[list[Any]], now: datetime) -> pa.Table:
+    """The columns as an Arrow table of ``schema``, then ``stored_at`` = ``now``."""
+    n_rows = len(columns[0])
+    arrays = [
+        pa.chunked_array(
+            [pa.array(c[i : i + _CHUNK_ROWS], t) for i in range(0, n_rows, _CHUNK_ROWS)], t
+        )
+        for c, t in zip(columns, schema.types, strict=False)  # stored_at: not in ``columns``
+    ]
+    arrays.append(pa.chunked_array([pa.repeat(pa.scalar(now, pa.timestamp("us")), n_rows)]))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 class ResultStore:
@@ -426,12 +466,17 @@ class ResultStore:
                 )
             )
         batches = {
-            "baselines": (BASELINE_SCHEMA, [_baseline_record(v) for v in baselines]),
-            "results": (RESULT_SCHEMA, [_result_record(v) for v in results]),
-            "baseline_repeats": (REPEAT_SCHEMA, [_repeat_record(v) for v in repeats]),
+            "baselines": (BASELINE_SCHEMA, _baseline_columns, baselines),
+            "results": (RESULT_SCHEMA, _result_columns, results),
+            "baseline_repeats": (REPEAT_SCHEMA, _repeat_columns, repeats),
         }
-        tables = {t: _batch(schema, rows, now) for t, (schema, rows) in batches.items() if rows}
-        touched = {(r[0], r[1]) for _, rows in batches.values() for r in rows}
+        tables: dict[str, pa.Table] = {}
+        touched: set[tuple[str, int]] = set()
+        for table, (schema, columns_of, rows) in batches.items():
+            if rows:
+                columns = columns_of(rows)
+                tables[table] = _batch(schema, columns, now)
+                touched.update(zip(columns[0], columns[1], strict=True))
         with self._transaction() as con, _CellRecount(con, touched):
             for table, rows in tables.items():
                 _upsert(con, table, rows)
