@@ -543,21 +543,28 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Batches this large check whether their keys are new (~1.5 ms per statement, measured).
+_KEY_CHECK_ROWS = 2000
+
+
 def _upsert(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
     """Upsert many rows at once, by column name, through Arrow (executemany is ~100x slower).
 
     ``INSERT OR REPLACE`` costs DuckDB about twice a plain ``INSERT`` of new keys (measured
     on DuckDB 2.0.1, 1M results: 3.2 s against 1.6 s), and new keys are the sink's usual
-    case, so rows whose keys are neither stored nor repeated in the batch are INSERTed; any
-    other batch is upserted as a whole (a repeated key: the first of the batch is kept, as
-    ``INSERT OR REPLACE`` keeps it)."""
+    case, so a batch of at least ``_KEY_CHECK_ROWS`` rows whose keys are neither stored nor
+    repeated in it is INSERTed; any other batch is upserted as a whole (a repeated key: the
+    first of the batch is kept, as ``INSERT OR REPLACE`` keeps it). Smaller batches skip the
+    check: it costs more than it saves there."""
     key = ", ".join(f'"{k}"' for k in PRIMARY_KEYS[table])
     con.register("incoming_rows", rows)
     try:
-        found = con.execute(
-            f"SELECT (SELECT count(*) FROM incoming_rows SEMI JOIN {table} USING ({key})) "
-            f"+ (SELECT count(*) - count(DISTINCT ({key})) FROM incoming_rows)"
-        ).fetchone()
+        found = None
+        if rows.num_rows >= _KEY_CHECK_ROWS:
+            found = con.execute(
+                f"SELECT (SELECT count(*) FROM incoming_rows SEMI JOIN {table} USING ({key})) "
+                f"+ (SELECT count(*) - count(DISTINCT ({key})) FROM incoming_rows)"
+            ).fetchone()
         verb = "INSERT" if found == (0,) else "INSERT OR REPLACE"
         con.execute(f"{verb} INTO {table} BY NAME SELECT * FROM incoming_rows")
     finally:
