@@ -630,13 +630,14 @@ HAVING sum(n_rows) > 0
 
 class _CellRecount:
     """Inside a write transaction: brings perg_cells up to date with the upserts made within
-    it for the ``touched`` (run_id, row_id) pairs."""
+    it for the ``touched`` (run_id, row_id) pairs. The counts in between live in temporary
+    tables of the transaction (``execute`` plans a query once; an Arrow round trip through
+    ``sql()`` plans it twice)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, touched: set[tuple[str, int]]) -> None:
         self.con = con
         self.touched = touched
         self.bounds: dict[str, int] = {}
-        self.before: pa.Table | None = None
 
     def __enter__(self) -> None:
         if not self.touched:
@@ -645,24 +646,27 @@ class _CellRecount:
         self.bounds = {"first": min(row_ids), "last": max(row_ids)}
         rows = pa.table({"run_id": pa.array(run_ids), "row_id": pa.array(row_ids, pa.int32())})
         self.con.register("perg_touched_rows", rows)
-        self.before = self.con.sql(_TOUCHED_CELLS_SQL, params=self.bounds).to_arrow_table()
+        self.con.execute(
+            f"CREATE TEMP TABLE perg_cells_before AS {_TOUCHED_CELLS_SQL}", self.bounds
+        )
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if self.before is None:
+        if not self.bounds:
             return
         con = self.con
         try:
             if exc_type is None:
-                con.register("perg_cells_before", self.before)
-                merged = con.sql(_MERGED_CELLS_SQL, params=self.bounds).to_arrow_table()
-                con.register("perg_cells_merged", merged)
+                con.execute(
+                    f"CREATE TEMP TABLE perg_cells_merged AS {_MERGED_CELLS_SQL}", self.bounds
+                )
                 con.execute(
                     "DELETE FROM perg_cells WHERE run_id IN (SELECT run_id FROM perg_touched_rows)"
                 )
                 con.execute("INSERT INTO perg_cells BY NAME SELECT * FROM perg_cells_merged")
+                con.execute("DROP TABLE perg_cells_before; DROP TABLE perg_cells_merged")
+            # else: the transaction rolls back, and its temporary tables with it
         finally:
-            for name in ("perg_touched_rows", "perg_cells_before", "perg_cells_merged"):
-                con.unregister(name)  # a name never registered is no error
+            con.unregister("perg_touched_rows")
 
 
 def _recount_run(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
