@@ -377,6 +377,21 @@ def _batch(schema: pa.Schema, columns: list[list[Any]], now: datetime) -> pa.Tab
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def _stored(verdict: Verdict, stored_at: str) -> Result:
+    g = verdict.generation
+    item = g.item
+    return Result(
+        run_id=g.context.run_id,
+        row_id=item.row_id,
+        setting=g.setting,
+        method=g.method,
+        answer=verdict.answer,
+        correct=verdict.answer == item.gold_option,
+        judge_outcome=verdict.judge_outcome,
+        stored_at=stored_at,
+    )
+
+
 class ResultStore:
     """The results database: the tables and views of ``store.sql`` and ``metrics.sql``.
 
@@ -436,35 +451,19 @@ class ResultStore:
 
     def save_verdicts(self, verdicts: Sequence[Verdict]) -> list[Result]:
         """Upsert baselines and results in one transaction, with the metric cells they
-        change; return the stored rows."""
+        change; return the stored rows (not the repeated baselines: no change-feed record)."""
         now = _now()
-        stored_at = now.isoformat()
         baselines: list[Verdict] = []
         repeats: list[Verdict] = []
         results: list[Verdict] = []
-        stored: list[Result] = []
         for v in verdicts:
-            g = v.generation
-            item = g.item
-            if g.method == BASELINE_METHOD:
+            method = v.generation.method
+            if method == BASELINE_METHOD:
                 baselines.append(v)
-            elif g.method == BASELINE_REPEAT_METHOD:
+            elif method == BASELINE_REPEAT_METHOD:
                 repeats.append(v)
-                continue  # not a result row: no change-feed record
             else:
                 results.append(v)
-            stored.append(
-                Result(
-                    run_id=g.context.run_id,
-                    row_id=item.row_id,
-                    setting=g.setting,
-                    method=g.method,
-                    answer=v.answer,
-                    correct=v.answer == item.gold_option,
-                    judge_outcome=v.judge_outcome,
-                    stored_at=stored_at,
-                )
-            )
         batches = {
             "baselines": (BASELINE_SCHEMA, _baseline_columns, baselines),
             "results": (RESULT_SCHEMA, _result_columns, results),
@@ -480,7 +479,11 @@ class ResultStore:
         with self._transaction() as con, _CellRecount(con, touched):
             for table, rows in tables.items():
                 _upsert(con, table, rows)
-        return stored
+        # made last: short-lived, they are not promoted by the collections of the work above
+        stored_at = now.isoformat()
+        return [
+            _stored(v, stored_at) for v in verdicts if v.generation.method != BASELINE_REPEAT_METHOD
+        ]
 
     def save_progress(self, generations: Sequence[Generation]) -> None:
         """Upsert one progress row per generation (its run, row, setting, method and stage)."""
