@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -409,7 +409,7 @@ class ResultStore:
             with self._transaction() as con:
                 con.execute(STORE_SQL)
                 create_metric_views(con)
-                _ensure_cells(con)
+                _ensure_kept_tables(con)
 
     def close(self) -> None:
         """Close the database (every cursor with it)."""
@@ -667,37 +667,60 @@ class _CellRecount:
                 )
                 con.execute("INSERT INTO perg_cells BY NAME SELECT * FROM perg_cells_merged")
                 con.execute("DROP TABLE perg_cells_before; DROP TABLE perg_cells_merged")
+                _refresh_values(con, {run_id for run_id, _ in self.touched})
             # else: the transaction rolls back, and its temporary tables with it
         finally:
             con.unregister("perg_touched_rows")
 
 
 def _recount_run(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Count the cells of one run again from all its outcomes."""
+    """Count the cells of one run again from all its outcomes, and its metric values."""
     con.execute("DELETE FROM perg_cells WHERE run_id = ?", [run_id])
     con.execute(
         "INSERT INTO perg_cells BY NAME SELECT * FROM perg_cell_counts WHERE run_id = ?", [run_id]
     )
+    _refresh_values(con, [run_id])
 
 
-# What the counts in perg_cells were made with: the store's and the metrics' SQL. A store
-# whose perg_cells says otherwise (or has none: made before it existed) counts them again.
+def _refresh_values(con: duckdb.DuckDBPyConnection, run_ids: Iterable[str]) -> None:
+    """Compute the kept metric values of these runs again from their kept cells."""
+    for run_id in run_ids:
+        con.execute("DELETE FROM perg_metric_values WHERE run_id = ?", [run_id])
+        con.execute(
+            "INSERT INTO perg_metric_values BY NAME "
+            "SELECT * FROM perg_metric_values_of_cells WHERE run_id = ?",
+            [run_id],
+        )
+
+
+# What the kept tables were computed with: the store's and the metrics' SQL. A store whose
+# tables say otherwise (or has none: made before they existed) computes them again on open.
 CELLS_VERSION = hashlib.sha256((STORE_SQL + metrics_sql()).encode()).hexdigest()
 
+# The kept tables, each computed by a view of metrics.sql, in the order they depend on.
+KEPT_TABLES = {
+    "perg_cells": "perg_cell_counts",
+    "perg_metric_values": "perg_metric_values_of_cells",
+}
 
-def _ensure_cells(con: duckdb.DuckDBPyConnection) -> None:
-    """Create (or rebuild) TABLE perg_cells from every stored outcome, unless it holds the
-    counts of this version of the SQL; inside the caller's transaction."""
-    found = con.execute(
-        "SELECT comment FROM duckdb_tables() WHERE database_name = current_database() "
-        "AND schema_name = 'main' AND table_name = 'perg_cells'"
-    ).fetchone()
-    if found is not None and found[0] == CELLS_VERSION:
+
+def _ensure_kept_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create (or rebuild) the kept tables from every stored outcome, unless they hold what
+    this version of the SQL computes; inside the caller's transaction."""
+    found = dict(
+        con.execute(
+            "SELECT table_name, comment FROM duckdb_tables() WHERE database_name = "
+            "current_database() AND schema_name = 'main' AND table_name IN ?",
+            [list(KEPT_TABLES)],
+        ).fetchall()
+    )
+    if all(found.get(table) == CELLS_VERSION for table in KEPT_TABLES):
         return
-    if found is None:
-        con.execute("DROP VIEW IF EXISTS perg_cells")  # metrics.sql's stand-in
-    con.execute("CREATE OR REPLACE TABLE perg_cells AS SELECT * FROM perg_cell_counts")
-    con.execute(f"COMMENT ON TABLE perg_cells IS '{CELLS_VERSION}'")
+    for table, view in KEPT_TABLES.items():
+        if table not in found:
+            con.execute(f"DROP VIEW IF EXISTS {table}")  # metrics.sql's stand-in
+        con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {view}")
+        con.execute(f"COMMENT ON TABLE {table} IS '{CELLS_VERSION}'")
 
 
 _STATUS_SQL = """

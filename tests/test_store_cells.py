@@ -37,9 +37,13 @@ def cells(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[Any, ...]
 
 
 def assert_cells_exact(store: ResultStore) -> None:
+    """The kept cells are the cells counted from every outcome, and the kept metric values
+    the values computed from them."""
     kept = cells(store.con, "perg_cells")
     assert kept == cells(store.con, "perg_cell_counts")
     assert all(row[7] > 0 for row in kept)  # n_rows: no empty cell is kept
+    values = cells(store.con, "perg_metric_values")
+    assert values == cells(store.con, "perg_metric_values_of_cells")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,23 +208,25 @@ def filled_store(path: Path) -> ResultStore:
     return store
 
 
-def test_a_store_without_kept_cells_counts_them_on_open(tmp_path: Path) -> None:
-    """A store made before perg_cells existed (or by other SQL) gets them counted when the
-    sink opens it; the metrics read the same either way."""
+def test_a_store_without_kept_tables_computes_them_on_open(tmp_path: Path) -> None:
+    """A store made before perg_cells and perg_metric_values existed gets them computed when
+    the sink opens it; the metrics read the same either way."""
     path = tmp_path / "old.duckdb"
     store = filled_store(path)
     expected = compute_metrics(store.cursor(), "r1")
     store.con.execute("DROP TABLE perg_cells")
-    create_metric_views(store.con)  # the views of a store without the table
+    store.con.execute("DROP TABLE perg_metric_values")
+    create_metric_views(store.con)  # the views of a store without the tables
     assert compute_metrics(store.cursor(), "r1") == expected  # over the outcomes
     store.close()
     store = ResultStore(path)
     assert_cells_exact(store)
     assert compute_metrics(store.cursor(), "r1") == expected
-    kind = store.con.execute(
-        "SELECT table_type FROM information_schema.tables WHERE table_name = 'perg_cells'"
-    ).fetchone()
-    assert kind == ("BASE TABLE",)
+    kinds = store.con.execute(
+        "SELECT table_type FROM information_schema.tables "
+        "WHERE table_name IN ('perg_cells', 'perg_metric_values')"
+    ).fetchall()
+    assert kinds == [("BASE TABLE",), ("BASE TABLE",)]
     store.close()
 
 
@@ -228,22 +234,28 @@ def test_cells_of_another_sql_version_are_counted_again(tmp_path: Path) -> None:
     path = tmp_path / "stale.duckdb"
     store = filled_store(path)
     store.con.execute("UPDATE perg_cells SET n_qstar = n_qstar + 1")  # counts of other rules
+    store.con.execute("UPDATE perg_metric_values SET BR = 0")
     store.con.execute("COMMENT ON TABLE perg_cells IS 'an older version'")
     store.close()
     store = ResultStore(path)
     assert_cells_exact(store)
-    comment = store.con.execute(
-        "SELECT comment FROM duckdb_tables() WHERE table_name = 'perg_cells'"
-    ).fetchone()
-    assert comment == (CELLS_VERSION,)
+    comments = store.con.execute(
+        "SELECT comment FROM duckdb_tables() "
+        "WHERE table_name IN ('perg_cells', 'perg_metric_values')"
+    ).fetchall()
+    assert comments == [(CELLS_VERSION,), (CELLS_VERSION,)]
     store.close()
 
 
-def test_live_metrics_read_the_kept_cells(tmp_path: Path) -> None:
-    """The store's metric views sum perg_cells (the table), not the outcomes."""
+def test_live_metrics_read_the_kept_tables(tmp_path: Path) -> None:
+    """The store's metric views read its kept values, computed from its kept cells (the
+    tables), not the outcomes."""
     store = filled_store(tmp_path / "live.duckdb")
     before = compute_metrics(store.cursor(), "r1")
     store.con.execute("UPDATE perg_cells SET n_rows = n_rows + 100")  # one cell per source
+    assert compute_metrics(store.cursor(), "r1") == before  # the values are kept
+    store.con.execute("DELETE FROM perg_metric_values")
+    store.con.execute("INSERT INTO perg_metric_values SELECT * FROM perg_metric_values_of_cells")
     after = compute_metrics(store.cursor(), "r1")
     added = {TQA: 100, MMLU: 100, "full": 200}
     assert [r["n_rows"] + added[r["source"]] for r in before] == [r["n_rows"] for r in after]
