@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from perg import store as store_module
 from perg.dataset import Item
 from perg.metrics import compute_metrics, create_metric_views
-from perg.store import CELLS_VERSION, ResultStore
+from perg.store import CELLS_VERSION, ResultStore, run_statuses
 from schemas import CallRecord, DeadLetter, Generation, RunSpec, Verdict
 
 RUNS = ("r1", "r2")
@@ -36,6 +36,31 @@ def cells(con: duckdb.DuckDBPyConnection, relation: str) -> list[tuple[Any, ...]
     return con.execute(f"SELECT * FROM {relation} ORDER BY ALL").fetchall()
 
 
+# run_statuses' query as first written, a correlated subquery per count: the reference.
+STATUSES_BY_SUBQUERIES = """
+SELECT
+    r.run_id, r.model, r.protocol, strftime(r.created_at, '%Y-%m-%dT%H:%M:%SZ'),
+    r.n_rows, r.expected_results,
+    r.n_rows + r.n_rows * len(r.settings)
+        * len(list_filter(r.methods, lambda m: m <> 'pref_aligner')) AS expected_generations,
+    CASE WHEN list_contains(r.methods, 'pref_aligner') THEN r.n_rows * len(r.settings) ELSE 0 END,
+    (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage <> 'aligned'
+        AND p.method <> 'baseline_repeat'),
+    (SELECT count(*) FROM progress p WHERE p.run_id = r.run_id AND p.stage = 'aligned'),
+    (SELECT count(*) FROM baselines b WHERE b.run_id = r.run_id),
+    (SELECT count(*) FROM results s WHERE s.run_id = r.run_id),
+    coalesce((SELECT sum(retries) FROM baselines b WHERE b.run_id = r.run_id), 0)
+        + coalesce((SELECT sum(retries) FROM results s WHERE s.run_id = r.run_id), 0),
+    (SELECT count(*) FROM dead_letters d WHERE d.run_id = r.run_id),
+    CASE WHEN coalesce(r.spec->>'$.context.repeat_baseline' = 'true', false)
+        THEN r.n_rows ELSE 0 END,
+    (SELECT count(*) FROM baseline_repeats x WHERE x.run_id = r.run_id)
+FROM runs r
+WHERE ? IS NULL OR r.run_id = ?
+ORDER BY r.created_at
+"""
+
+
 def assert_cells_exact(store: ResultStore) -> None:
     """The kept cells are the cells counted from every outcome, and the kept metric values
     the values computed from them."""
@@ -44,6 +69,11 @@ def assert_cells_exact(store: ResultStore) -> None:
     assert all(row[7] > 0 for row in kept)  # n_rows: no empty cell is kept
     values = cells(store.con, "perg_metric_values")
     assert values == cells(store.con, "perg_metric_values_of_cells")
+    reference = store.con.execute(STATUSES_BY_SUBQUERIES, [None, None]).fetchall()
+    assert [dataclasses.astuple(s) for s in run_statuses(store.con)] == reference
+    for run in RUNS:
+        expected = [row for row in reference if row[0] == run]
+        assert [dataclasses.astuple(s) for s in run_statuses(store.con, run)] == expected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +94,7 @@ class Answer:
     fallback: bool
     failure: bool
     finish: str | None
+    attempts: int = 1  # of the answer's model call: retries = attempts - 1
 
     def verdict(self) -> Verdict:
         spec = SPECS[self.run]
@@ -79,7 +110,7 @@ class Answer:
             stage=stage,
             response="r",
             baseline_response="b",
-            calls=[CallRecord(stage, 0.1, 1, 3, 2, self.finish)],
+            calls=[CallRecord(stage, 0.1, self.attempts, 3, 2, self.finish)],
             parse_fallback=self.fallback,
             parse_failure=self.failure,
         )
@@ -104,6 +135,7 @@ ANSWERS = st.builds(
     fallback=st.booleans(),
     failure=st.booleans(),
     finish=st.sampled_from(["stop", "length", None]),
+    attempts=st.integers(1, 3),
 )
 
 VERDICTS = st.tuples(st.just("verdicts"), st.lists(ANSWERS, min_size=1, max_size=16))
