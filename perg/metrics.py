@@ -80,20 +80,24 @@ def compute_metrics(
 ) -> list[dict[str, object]]:
     """Metric rows of one view (creating the views when absent), in a stable order."""
     view, key = VIEWS[by]
-    _ensure_views(con, view)
     query = f"SELECT * FROM {view}" + (" WHERE run_id = ?" if run_id is not None else "")
-    result = con.execute(query, [run_id] if run_id is not None else [])
-    names = [d[0] for d in result.description]
-    rows = [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+    rows = _view_rows(con, query, [run_id] if run_id is not None else [])
     return sorted(rows, key=lambda row: _order(row, key))
 
 
-def _ensure_views(con: duckdb.DuckDBPyConnection, view: str) -> None:
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [view]
-    ).fetchone()
-    if exists is None or exists[0] == 0:
+def _view_rows(
+    con: duckdb.DuckDBPyConnection, query: str, params: list[Any]
+) -> list[dict[str, Any]]:
+    """The rows of a query over the metric views, creating the views first when a relation
+    ``outcomes`` has none yet (one statement, not a catalog lookup and then the query: the
+    live API answers this while the sink writes)."""
+    try:
+        result = con.execute(query, params)
+    except duckdb.CatalogException:
         create_metric_views(con)
+        result = con.execute(query, params)
+    names = [d[0] for d in result.description]
+    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
 
 
 def _rank(value: object, known: tuple[str, ...]) -> tuple[int, str]:
@@ -215,13 +219,10 @@ def compute_agreement(
     con: duckdb.DuckDBPyConnection, run_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Rows of the ``extraction_agreement`` view pooled over the run (setting 'all')."""
-    _ensure_views(con, "extraction_agreement")
     query = "SELECT * FROM extraction_agreement WHERE setting = 'all'"
     if run_id is not None:
         query += " AND run_id = ?"
-    result = con.execute(query + " ORDER BY run_id", [run_id] if run_id is not None else [])
-    names = [d[0] for d in result.description]
-    return [dict(zip(names, values, strict=True)) for values in result.fetchall()]
+    return _view_rows(con, query + " ORDER BY run_id", [run_id] if run_id is not None else [])
 
 
 def format_agreement(rows: list[dict[str, Any]]) -> list[str]:

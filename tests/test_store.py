@@ -9,7 +9,16 @@ from typing import Any, get_type_hints
 import duckdb
 from fixtures.live.runs import fails, make_spec, verdicts
 
-from perg.store import ROW_TYPES, STORE_SQL, ResultStore, run_statuses
+from perg.store import (
+    BASELINE_COLUMNS,
+    PRIMARY_KEYS,
+    REPEAT_COLUMNS,
+    RESULT_COLUMNS,
+    ROW_TYPES,
+    STORE_SQL,
+    ResultStore,
+    run_statuses,
+)
 
 COMPARED = {
     "baselines": "run_id, row_id, source, category, gold_option, answer, extraction, tokens_in, "
@@ -38,6 +47,24 @@ def test_row_types_name_every_column_of_store_sql() -> None:
     assert set(ROW_TYPES) == set(tables)
     for table, row_type in ROW_TYPES.items():
         assert sorted(get_type_hints(row_type)) == sorted(tables[table]), table
+
+
+def test_verdict_records_fill_every_column_of_their_table() -> None:
+    built = {"baselines": BASELINE_COLUMNS, "results": RESULT_COLUMNS,
+             "baseline_repeats": REPEAT_COLUMNS}  # fmt: skip
+    for table, names in built.items():
+        assert len(set(names)) == len(names), table
+        assert sorted([*names, "stored_at"]) == sorted(get_type_hints(ROW_TYPES[table])), table
+
+
+def test_primary_keys_are_those_of_store_sql() -> None:
+    con = duckdb.connect()
+    con.execute(STORE_SQL)
+    found = con.execute(
+        "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+        "WHERE constraint_type = 'PRIMARY KEY'"
+    ).fetchall()
+    assert {table: tuple(columns) for table, columns in found} == PRIMARY_KEYS
 
 
 def write(store: ResultStore) -> dict[str, list[tuple[Any, ...]]]:
