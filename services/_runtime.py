@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import logging
 import os
@@ -609,4 +610,7 @@ def run_worker(worker: Worker) -> None:
             loop.add_signal_handler(sig, worker.stopping.set)
         await worker.run()
 
+    # The modules and the worker live as long as the process: out of the collector's sight,
+    # each full collection walks only what messages allocate (fewer, shorter pauses).
+    gc.freeze()
     asyncio.run(main())
