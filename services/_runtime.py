@@ -81,8 +81,8 @@ COMMIT_EVERY_S = 0.2
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 # A fetch returns once FETCH_MIN_BYTES are there or after FETCH_MAX_WAIT_MS: under load a few
 # large fetches instead of one per message (the broker's CPU), at most that wait when idle.
-FETCH_MIN_BYTES = 64 * 1024
-FETCH_MAX_WAIT_MS = 20
+FETCH_MIN_BYTES = 256 * 1024
+FETCH_MAX_WAIT_MS = 50
 # Outputs of many messages in flight share a produce request: a batch per partition holds up
 # to PRODUCER_BATCH_BYTES (aiokafka's 16 KiB default holds about ten generations, and a send
 # to a full batch waits for it to drain) and waits up to PRODUCER_LINGER_MS for company.
