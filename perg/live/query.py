@@ -12,6 +12,8 @@ import csv
 import io
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,9 +148,7 @@ def run_unguarded(db: Database, sql: str, limits: QueryLimits) -> QueryResult:
     """Run ``sql`` on the engine alone: one SELECT, read-only, rolled back, within ``limits``.
     Only the tests of the engine layer call this without :func:`run_query`'s guard."""
     single_select(sql)
-    with read_only_cursor(db) as con:
-        timer = threading.Timer(limits.timeout_s, con.interrupt)
-        timer.start()
+    with read_only_cursor(db) as con, _time_limit(con, limits.timeout_s):
         try:
             reader = con.sql(sql).to_arrow_reader(_BATCH_ROWS)
             batches: list[pa.RecordBatch] = []
@@ -170,8 +170,33 @@ def run_unguarded(db: Database, sql: str, limits: QueryLimits) -> QueryResult:
                 f"the query ran longer than {limits.timeout_s:g} s (the time limit, "
                 "PERG_SQL_TIMEOUT_S) and was interrupted"
             ) from exc
-        finally:
-            timer.cancel()
+
+
+INTERRUPT_AGAIN_S = 0.1
+
+
+@contextmanager
+def _time_limit(con: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[None]:
+    """Interrupt ``con`` once ``timeout_s`` have passed, then again every
+    ``INTERRUPT_AGAIN_S`` until the block ends: an interrupt that lands while DuckDB is
+    between two steps of a query (binding, handing over a streamed batch) is not seen by the
+    next step, and the query would then run unbounded."""
+    done = threading.Event()
+
+    def interrupt() -> None:
+        if done.wait(timeout_s):
+            return
+        con.interrupt()
+        while not done.wait(INTERRUPT_AGAIN_S):
+            con.interrupt()
+
+    watchdog = threading.Thread(target=interrupt, name="sql-time-limit", daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watchdog.join()
 
 
 class StoreReader:
