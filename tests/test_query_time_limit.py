@@ -14,8 +14,8 @@ ENDLESS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELEC
 
 
 class FirstInterruptLost:
-    """A DuckDB connection whose first interrupt lands nowhere, as one that arrives between
-    two steps of a query does."""
+    """A DuckDB connection whose first interrupt lands nowhere, as one that arrives before
+    the query executes can."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con

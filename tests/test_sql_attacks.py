@@ -215,7 +215,7 @@ def server(arena: Arena) -> Iterator[str]:
     reader.join(60)
     assert ready and ready[0].startswith("READY "), f"the server did not start: {ready}"
     yield f"http://127.0.0.1:{int(ready[0].split()[1])}"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     process.wait(30)
 
 

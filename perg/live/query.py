@@ -178,9 +178,9 @@ INTERRUPT_AGAIN_S = 0.1
 @contextmanager
 def _time_limit(con: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[None]:
     """Interrupt ``con`` once ``timeout_s`` have passed, then again every
-    ``INTERRUPT_AGAIN_S`` until the block ends: an interrupt that lands while DuckDB is
-    between two steps of a query (binding, handing over a streamed batch) is not seen by the
-    next step, and the query would then run unbounded."""
+    ``INTERRUPT_AGAIN_S`` until the block ends: a single interrupt that lands before DuckDB
+    starts executing (while it binds the query) can be lost, and the query would then run
+    unbounded."""
     done = threading.Event()
 
     def interrupt() -> None:

@@ -2,14 +2,16 @@
 
 Fills the results file ``DB`` with a scripted run (if empty), serves :func:`create_app` over it
 on a free loopback port like the sink does, and prints ``READY <port>`` once it accepts
-connections. Limits come from the environment (PERG_SQL_TIMEOUT_S, ...), as for the sink.
+connections; stops on SIGTERM or SIGINT, with handlers of its own like the workers' (a
+process started from a background shell inherits SIGINT ignored). Limits come from the
+environment (PERG_SQL_TIMEOUT_S, ...), as for the sink.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
-from contextlib import suppress
 from pathlib import Path
 
 from aiohttp import web
@@ -37,14 +39,17 @@ async def serve(db: Path) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     print(f"READY {port}", flush=True)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await runner.cleanup()
         store.close()
 
 
 if __name__ == "__main__":
-    with suppress(KeyboardInterrupt):  # SIGINT is how the tests stop it
-        asyncio.run(serve(Path(sys.argv[1])))
+    asyncio.run(serve(Path(sys.argv[1])))
