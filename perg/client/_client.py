@@ -161,7 +161,7 @@ class ModelClient:
             self._headers["Authorization"] = f"Bearer {token}"
         # max_tokens -> (replies seen, slowest recent reply in s): deadlines follow the server
         self._replies: dict[int, tuple[int, float]] = {}
-        # calls on the wire: their deadline scope -> (max_tokens, attempt, sent at, loop time)
+        # calls on the wire: their deadline scope -> (max_tokens, attempt, loop time when sent)
         self._on_wire: dict[asyncio.Timeout, tuple[int, int, float]] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self._retrying = AsyncRetrying(
