@@ -157,6 +157,8 @@ def load_outcomes_file(
     except (duckdb.Error, OSError) as exc:
         raise InputError(f"{path}: cannot read results: {first_line(exc)}") from exc
     present = set(raw.columns)
+    # A JSON column mixing kinds (answers "A" and -1) is read as type JSON: its values as text.
+    mixed = {c for c, kind in zip(raw.columns, raw.types, strict=True) if str(kind) == "JSON"}
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
         raise InputError(f"{path}: missing required column(s): {', '.join(missing)}")
@@ -165,7 +167,11 @@ def load_outcomes_file(
         con.execute(
             "CREATE OR REPLACE TEMP VIEW perg_raw_records AS "
             f"SELECT rowid AS {RECORD}, "
-            + ", ".join(f'"{c}"' for c in OUTCOME_COLUMNS if c in present)
+            + ", ".join(
+                f'"{c}"->>\'$\' AS "{c}"' if c in mixed else f'"{c}"'
+                for c in OUTCOME_COLUMNS
+                if c in present
+            )
             + " FROM perg_raw_outcomes"
         )
         raw_types = {c: t for c, t in OUTCOME_TYPES.items() if c in present}

@@ -125,9 +125,11 @@ def _is_best(table: Table, column: int, value: float | None) -> bool:
 
 
 def markdown_label(text: str) -> str:
-    """``text`` safe inside a Markdown table cell: one line, no pipes, no HTML, bounded."""
+    """``text`` safe inside a Markdown table cell: one line, bounded, HTML characters as
+    entities, Markdown's own characters escaped (a pipe cannot end the cell)."""
     flat = " ".join(_bounded(text).split())
-    for char in "\\|*_`[]<>#":
+    flat = flat.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "\\|*_`[]#!":
         flat = flat.replace(char, "\\" + char)
     return flat
 

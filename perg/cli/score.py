@@ -137,5 +137,5 @@ def run(args: argparse.Namespace) -> int:
             print(note, file=sys.stderr)
     else:
         tables = [format_metrics_table(rows), format_missing_answers_table(rows)]
-        print("\n".join([*tables, *format_agreement(agreement), *notes]))
+        print("\n\n".join([*tables, "\n".join([*format_agreement(agreement), *notes])]).rstrip())
     return 0
