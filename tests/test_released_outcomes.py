@@ -29,7 +29,7 @@ Cell = tuple[str, str, str, str]  # run, setting, method, source ('full' pools t
 
 def records(path: Path = RELEASED) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        return [{"run_id": "offline"} | row for row in csv.DictReader(fh)]
 
 
 def percent(part: int, whole: int) -> float | None:
@@ -190,3 +190,22 @@ def test_gold_may_differ_between_settings_but_not_twice_in_one(tmp_path: Path) -
     path.write_text("\n".join([*text, text[1]]) + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r":218: row_id: duplicate outcome for run llama-3.1-8b"):
         scored(path)
+
+
+SLICE = RELEASED.parent / "llama31_8b_relevant_direct_slice.csv"
+
+
+def test_a_verbatim_slice_of_a_released_file() -> None:
+    """All 19 rows of the authors' results/mcq_results/relevant/direct/full/
+    Llama-3.1-8B-Instruct_2.csv (commit 378ec2f), their answer letters as released (letters
+    beyond the options, S, X, Y..., count as wrong), in our columns; the file has no ratings.
+    By hand: Q* = rows 0, 5, 8, 10, 16; correct with preference among them: 5, 10 (BR 60);
+    correct in either: 8 rows, in both: 2 (PVR 75)."""
+    (tqa, full) = scored(SLICE)[1]
+    assert (full["n_rows"], full["n_qstar"], full["n_correct"]) == (19, 5, 2)
+    assert (full["BR"], full["PVR"], full["NoPrefInvalid"], full["PrefInvalid"]) == (
+        60.0, 75.0, 0.0, 0.0,
+    )  # fmt: skip
+    expected = reference(records(SLICE))["offline", "relevant", "zero_shot", "full"]
+    assert full["BR"] == expected["BR"] and full["PVR"] == expected["PVR"]
+    assert tqa == full | {"source": "truthfulqa/truthful_qa"}
