@@ -63,6 +63,8 @@ text read as a big-endian integer, see ``stable_hash``):
    as a Python dict, ``{'answer': 'X'}`` (what gpt-4o-mini replied to the paper's prompt), else
    ``{'answer': None}``.
 7. "other": "ok".
+8. A chat call with ``chat_template_kwargs: {"enable_thinking": true}`` (Qwen3's switch) gets
+   ``THINKING`` (a ``<think>`` block) before the scripted reply.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ import argparse
 import ast
 import asyncio
 import csv
+import dataclasses
 import hashlib
 import random
 import re
@@ -120,6 +123,8 @@ Script = Callable[[Messages], "str | ScriptedReply"]
 LETTERS = string.ascii_uppercase
 WRONG_PERCENT = 20
 INVALID_JSON_PERCENT = 10
+# what a chat call with chat_template_kwargs {"enable_thinking": true} thinks before replying
+THINKING = "<think>\nscripted thinking\n</think>\n\n"
 CallKind = Literal["judge", "aligner", "critic", "paper_extract", "extract", "answer", "other"]
 
 _QUESTION = re.compile(r"Question : (.*?)\nOptions: \n((?:[A-Z]\. [^\n]*\n?)*)", re.DOTALL)
@@ -397,6 +402,9 @@ class ScriptedModelServer:
         reply = self.script(messages)
         if isinstance(reply, str):
             reply = ScriptedReply(reply)
+        switch = body.get("chat_template_kwargs")
+        if isinstance(switch, dict) and switch.get("enable_thinking") is True:
+            reply = dataclasses.replace(reply, text=THINKING + reply.text)
         key = orjson.dumps(messages)
         call = self._calls[key]
         self._calls[key] += 1

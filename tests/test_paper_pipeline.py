@@ -96,3 +96,30 @@ def test_inst_layout_runs_end_to_end_on_the_completions_endpoint(pipeline: Pipel
         else:
             assert any(r["rewrite_read"] == "json" for r in aligned)
             assert not any(r["parse_fallback"] for r in aligned)
+
+
+def test_thinking_is_switched_and_stored_apart(pipeline: Pipeline) -> None:
+    """--thinking on for a Qwen3 model name: the double thinks when the chat template is told
+    to; the answer is read after </think> and the thinking stored in its own column; the
+    aligner's stage 2 is sent with thinking off."""
+    run_id = pipeline.submit(
+        "--model", "Qwen/Qwen3-8B", "--thinking", "on", "--sample", "3", "--seed", "4",
+        "--settings", "relevant", "--methods", "zero_shot,pref_aligner",
+    )  # fmt: skip
+    proc = pipeline.perg("status", run_id, "--wait", "--timeout", "600", timeout=660)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = pipeline.sql(
+        "SELECT decoding_profile, spec->>'$.context.layout' AS layout, "
+        f"spec->>'$.context.decoding.thinking' AS thinking FROM runs WHERE run_id = '{run_id}'"
+    )
+    assert run == {"decoding_profile": "qwen3", "layout": "merged", "thinking": "true"}
+    thought = "<think>\nscripted thinking\n</think>"
+    rows = pipeline.sql(
+        f"SELECT method, response, thinking, answer FROM results WHERE run_id = '{run_id}'"
+    )
+    assert len(rows) == 6
+    for row in rows:
+        assert "</think>" not in row["response"] and row["answer"] is not None
+        assert row["thinking"] == (thought if row["method"] == "zero_shot" else None)
+    baselines = pipeline.sql(f"SELECT thinking FROM baselines WHERE run_id = '{run_id}'")
+    assert baselines == [{"thinking": thought}] * 3
