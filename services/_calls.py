@@ -101,7 +101,7 @@ class ModelCaller:
             return dataclasses.replace(decoding, uncapped=False).max_tokens(limit)
         stages = decoding.stage_tokens
         if stages is not None and kind in ("answer", "critic", "aligner"):
-            limit = {"answer": stages.answer, "critic": stages.critic}.get(kind, stages.aligner)
+            limit = getattr(stages, kind)
         return decoding.max_tokens(limit)
 
     async def call(
