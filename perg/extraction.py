@@ -12,6 +12,12 @@ Extractors (chosen per run, recorded per row):
   serving the LoRA extractor; when its last character is not an upper-case letter, the ``llm``
   extractor decides, as published.
 
+An LLM extractor call the endpoint refuses (a 4xx, or a malformed reply) does not lose the
+row: as published (mcq_extractor_utils.py:127-187), a content-filter 400 is recorded as
+``refused`` (wrong, but an answer was given: the authors' None) and any other failure as
+``error`` (wrong and no option found: the authors' -1). paper leaves the answer empty; strict
+keeps the rules parser's letter (the refusal says nothing about the model's answer).
+
 Whatever the extractor, the rules parser's letter is recorded too (``rules_answer``), so the
 agreement of the two is measured on every run that uses a model extractor.
 """
@@ -31,8 +37,19 @@ from perg.protocol import ChatMessage, Protocol, parse_json_response
 
 Extractor = Literal["rules", "llm", "lora"]
 EXTRACTORS: tuple[Extractor, ...] = get_args(Extractor)
-# Which tier decided a row: the rules parser, the LoRA extractor, the LLM extractor, or none.
-ExtractionPath = Literal["parsed", "lora", "llm", "unresolved"]
+# Which tier decided a row: the rules parser, the LoRA extractor, the LLM extractor, or none;
+# refused / error: the LLM extractor's endpoint refused the call (content filter) or failed.
+ExtractionPath = Literal["parsed", "lora", "llm", "unresolved", "refused", "error"]
+
+
+class ExtractorFailed(Exception):
+    """The LLM extractor's call was refused (``content_filter``: a content-filter 400) or
+    failed for good; raised by the ``chat`` callable of :func:`extract_answer`."""
+
+    def __init__(self, message: str, *, content_filter: bool) -> None:
+        super().__init__(message)
+        self.content_filter = content_filter
+
 
 _LETTER = r"[\(\[]?(?P<letter>[A-Z])(?![A-Za-z0-9'\u2019])"
 _WRAPPED = r"[\(\[]?(?P<letter>[A-Z])[\)\]]?"
@@ -182,7 +199,11 @@ async def extract_answer(
             return Extraction(letter, "lora", rules)
     if chat is None:
         raise ValueError("the llm extractor needs an endpoint")
-    reply = await chat(protocol.extractor_llm_messages(item, response))
+    try:
+        reply = await chat(protocol.extractor_llm_messages(item, response))
+    except ExtractorFailed as exc:
+        path: ExtractionPath = "refused" if exc.content_filter else "error"
+        return Extraction(rules if protocol.strict else None, path, rules)
     llm = (
         parse_llm_choice(reply, item.letters) if protocol.strict else parse_llm_choice_paper(reply)
     )

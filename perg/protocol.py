@@ -18,7 +18,10 @@ Setting = Literal["relevant", "mixed", "irrelevant"]
 SETTINGS: tuple[Setting, ...] = get_args(Setting)
 Method = Literal["zero_shot", "cot", "icl", "self_critic", "pref_aligner"]
 METHODS: tuple[Method, ...] = get_args(Method)
-RoleLayout = Literal["system", "merged"]
+# system: a system message; merged: the system text in the user turn; inst: one raw
+# ``[INST] ... [/INST] `` completion prompt (Janus).
+RoleLayout = Literal["system", "merged", "inst"]
+ROLE_LAYOUTS: tuple[RoleLayout, ...] = get_args(RoleLayout)
 # the kinds of prompt a run sends, each with its own generation limit (Protocol.max_tokens).
 PromptKind = Literal["answer", "critic", "aligner", "judge", "extraction"]
 
@@ -31,6 +34,10 @@ STRICT_RETRY_TEMPERATURE = 0.7
 STRICT_JUDGE_MAX_TOKENS = 256
 STRICT_EXTRACTION_MAX_TOKENS = 32
 LORA_EXTRACTION_MAX_TOKENS = 1  # the published LoRA extractor generated one token
+# the published judge and LLM extractor (gpt-4o-mini): temperature 0, seed 42, every run
+JUDGE_SEED = 42
+INST_CLOSE = "[/INST]"
+THINK_CLOSE = "</think>"
 
 ALIGNER_SCHEMA: dict[str, object] = {
     "type": "object",
@@ -150,14 +157,17 @@ class Protocol:
     def critic_messages(
         self, item: Item, setting: Setting, first_response: str, layout: RoleLayout = "system"
     ) -> list[ChatMessage]:
-        """Self-critic second pass (paper: always the relevant preference; strict: the setting's
-        preferences)."""
+        """Self-critic second pass (paper: always the relevant preference, and always system +
+        user, as published (runs.py:60-61,106-107); strict: the setting's preferences, in the
+        run's layout)."""
         preference = self.preference_payload(item, setting) if self.strict else item.preference
         user = self.spec["self_critic"]["user"].format(
             preference=preference,
             question=self.user_prompt(item),
             response=first_response,
         )
+        if not self.strict and layout == "merged":
+            layout = "system"
         return chat_messages(self.spec["self_critic"]["system"], user, layout)
 
     def aligner_messages(
@@ -222,16 +232,32 @@ class Protocol:
         limit = by_kind[kind]
         return None if limit is None else int(limit)
 
-    def read_rewrite(self, text: str, schema: Mapping[str, object]) -> str | None:
-        """The revised ``response`` of a self-critic / aligner JSON reply, None if unreadable.
+    def read_rewrite(self, text: str) -> RewriteReading:
+        """The revised ``response`` of a self-critic / aligner JSON reply (None if unreadable)
+        and how it was read.
 
-        paper: the published reader (:func:`parse_json_response_paper`); strict: the first JSON
+        paper: the published reader (:func:`read_rewrite_paper`); strict: the first JSON
         object anywhere with a non-blank ``response`` (:func:`parse_json_response`)."""
         if self.strict:
-            return parse_json_response(text, "response")
-        required = schema.get("required")
-        keys = tuple(str(k) for k in required) if isinstance(required, list) else ("response",)
-        return parse_json_response_paper(text, keys)
+            value = parse_json_response(text, "response")
+            return RewriteReading(value, "json" if value is not None else "unreadable")
+        return read_rewrite_paper(text)
+
+    def raw_prompt(self, messages: list[ChatMessage], kind: PromptKind) -> str:
+        """The ``inst`` layout's completion prompt (:func:`render_raw_prompt`). paper's
+        Pref-Aligner stage 2 is the published Janus call, which passed the message list as the
+        template's only argument (:func:`render_published_aligner_prompt`); strict fixes it."""
+        if kind == "aligner" and not self.strict:
+            return render_published_aligner_prompt(messages)
+        return render_raw_prompt(messages)
+
+    def raw_reply(self, prompt: str, completion: str) -> str:
+        """The reply of an ``inst`` call. paper: as published (``extract_after_inst``), the
+        text after the first ``[/INST]`` of prompt + completion, stripped (a ``[/INST]`` in the
+        prompt's content cuts there); strict: the completion, stripped."""
+        if self.strict:
+            return completion.strip()
+        return (prompt + completion).split(INST_CLOSE, 1)[1].strip()
 
     def decoding_profile(self, name: str) -> DecodingProfile:
         """A decoding profile by name (see :data:`DECODING_PROFILES`)."""
@@ -254,6 +280,27 @@ class Protocol:
         :func:`model_family_profile`)."""
         return self.decoding_profile("strict" if self.strict else model_family_profile(model))
 
+    def default_layout(self, model: str) -> RoleLayout:
+        """The message layout of the model's family (:func:`model_family_layout`); strict
+        gives Qwen3 its system role (its chat template has one; the published runs merged)."""
+        layout = model_family_layout(model)
+        if self.strict and _QWEN3.search(model):
+            return "system"
+        return layout
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteReading:
+    """What a rewrite reader made of a reply: the ``response`` (None: unreadable, the caller
+    keeps the earlier text or records a failure) and ``how``: ``json`` (the whole reply, or
+    strict's first object), ``json_missing`` (paper: a JSON object without ``response``, read
+    as the empty string as published), ``regex`` (paper's fallback on a JSON decode error),
+    ``not_object`` (paper: JSON that is no object, a list say, where the published ``.get``
+    raised; the earlier text is kept), ``unreadable``."""
+
+    response: str | None
+    how: Literal["json", "json_missing", "regex", "not_object", "unreadable"]
+
 
 @dataclass(frozen=True)
 class DecodingProfile:
@@ -268,6 +315,8 @@ class DecodingProfile:
     seed: int | None
     retry_temperature: float | None
     description: str
+    # per-stage max new tokens (answer, self-critic pass 2, aligner) replacing the protocol's
+    stage_tokens: tuple[int, int, int] | None = None
 
 
 DECODING_PROFILES: dict[str, DecodingProfile] = {
@@ -288,6 +337,18 @@ DECODING_PROFILES: dict[str, DecodingProfile] = {
             "(temperature 0.6, top_p 0.9), the same max_new_tokens as hf",
         ),
         DecodingProfile(
+            "janus", True, 0.0, None, None, None,
+            "paper, Janus-7B: greedy, raw [INST] prompt, max_new_tokens 1024 answer / 2048 "
+            "self-critic pass 2 / 1024 aligner",
+            (1024, 2048, 1024),
+        ),
+        DecodingProfile(
+            "qwen3", True, 0.0, None, None, None,
+            "paper, Qwen3: greedy, max_new_tokens 1024 for every stage (thinking and answer "
+            "share them), thinking switched off unless --thinking on",
+            (1024, 1024, 1024),
+        ),
+        DecodingProfile(
             "strict", True, 0.0, None, 42, STRICT_RETRY_TEMPERATURE,
             "strict: the hf limits, temperature 0, seed 42; an unparseable JSON rewrite or "
             f"judge reply is asked again up to {STRICT_PARSE_RETRIES} times at temperature "
@@ -297,18 +358,55 @@ DECODING_PROFILES: dict[str, DecodingProfile] = {
 }  # fmt: skip
 
 # Model names the published runs called over an API (evaluations/aligner.py `client_models`).
+# gemma-2-27b-it too (evaluations/mcq_task_1.py client_models).
 _API_MODEL = re.compile(
-    r"(^|/)(gpt-|o[134]-|o[134]$|claude|gemini)|-turbo|deepseek-r1-distill-llama-70b", re.I
+    r"(^|/)(gpt-|o[134]-|o[134]$|claude|gemini)|-turbo|deepseek-r1-distill-llama-70b"
+    r"|gemma-2-27b-it",
+    re.I,
 )
 _LLAMA_31_8B = re.compile(r"llama-?3\.1-8b", re.IGNORECASE)
+_JANUS = re.compile(r"janus", re.IGNORECASE)
+_QWEN3 = re.compile(r"qwen3", re.IGNORECASE)
+# mcq_task_1.py:124-125: "gemma" or "DeepSeek-R1-Distill-Llama-70B-free" in the name
+_NO_SYSTEM_ROLE = re.compile(r"gemma|deepseek-r1", re.IGNORECASE)
 
 
 def model_family_profile(model: str) -> str:
-    """The paper's decoding profile for a model name: ``api`` for the hosted models it called,
-    ``hf-sampled`` for Llama-3.1-8B, ``hf`` for every other local model."""
+    """The paper's decoding profile for a model name: ``janus`` and ``qwen3`` for those
+    families, ``api`` for the hosted models it called, ``hf-sampled`` for Llama-3.1-8B, ``hf``
+    for every other local model."""
+    if _JANUS.search(model):
+        return "janus"
+    if _QWEN3.search(model):
+        return "qwen3"
     if _LLAMA_31_8B.search(model):
         return "hf-sampled"
     return "api" if _API_MODEL.search(model) else "hf"
+
+
+def model_family_layout(model: str) -> RoleLayout:
+    """The published message layout of a model's family: ``inst`` for Janus (a raw
+    ``[INST]`` prompt), ``merged`` for gemma*, DeepSeek-R1 (mcq_task_1.py:124-125) and every
+    Qwen3 call (runs.py:187), ``system`` for the rest."""
+    if _JANUS.search(model):
+        return "inst"
+    return "merged" if _NO_SYSTEM_ROLE.search(model) or _QWEN3.search(model) else "system"
+
+
+def has_thinking_switch(model: str) -> bool:
+    """Whether the model's chat template has a thinking switch (Qwen3's ``enable_thinking``)."""
+    return bool(_QWEN3.search(model))
+
+
+def split_thinking(text: str) -> tuple[str, str | None]:
+    """A thinking model's output as (answer, thinking), as the published Qwen3 runs read it
+    (runs.py:204-237): the answer is the text after the last ``</think>``, the thinking the
+    text up to and with it, both stripped of newlines; no ``</think>``: the whole output is the
+    answer, no thinking."""
+    head, close, answer = text.rpartition(THINK_CLOSE)
+    if not close:
+        return text.strip("\n"), None
+    return answer.strip("\n"), (head + close).strip("\n")
 
 
 def chat_messages(system: str, user: str, layout: RoleLayout = "system") -> list[ChatMessage]:
@@ -319,10 +417,23 @@ def chat_messages(system: str, user: str, layout: RoleLayout = "system") -> list
 
 
 def render_raw_prompt(messages: list[ChatMessage]) -> str:
-    """The ``inst`` layout of raw-prompt models: ``[INST] <SYS>\\n<USER> [/INST] ``."""
-    system = "".join(m["content"] + "\n" for m in messages if m["role"] == "system")
+    """The ``inst`` layout of raw-prompt models, the authors' ``apply_template_mistral_instruct
+    (system, content)`` (janus_utils.py): ``"[INST] " + f"{system}\\n{content}".strip() +
+    " [/INST] "``, just the content (stripped) when there is no system text."""
+    system = "".join(m["content"] for m in messages if m["role"] == "system")
     user = "".join(m["content"] for m in messages if m["role"] == "user")
-    return f"[INST] {system}{user} [/INST] "
+    body = f"{system}\n{user}" if system else user
+    return f"[INST] {body.strip()} [/INST] "
+
+
+def render_published_aligner_prompt(messages: list[ChatMessage]) -> str:
+    """The published Janus Pref-Aligner prompt: ``apply_template_mistral_instruct`` called
+    with the message list as its only argument (aligner.py:129-130), so the list's Python
+    ``str`` took the system's place and ``None`` the content's:
+    ``[INST] [{'role': 'user', 'content': ...}]\\nNone [/INST] ``."""
+    listed = str([{"role": m["role"], "content": m["content"]} for m in messages])
+    body = f"{listed}\n{None}"
+    return f"[INST] {body.strip()} [/INST] "
 
 
 def load_protocol(name_or_path: str | Path = "paper", data_dir: Path | None = None) -> Protocol:
@@ -387,29 +498,56 @@ def parse_json_response(text: str, field: str = "response") -> str | None:
     return None
 
 
-# A JSON string body, possessive (linear time on any reply; a lazy ``.*?`` is cubic).
-_STRING = r'"((?:[^"\\]|\\.)*+)"'
-_BOTH_KEYS = r'\{{\s*"{a}"\s*:\s*{value}\s*,\s*"{b}"\s*:\s*{value}\s*\}}'
+# The published fallback regexes (mcq_extractor_utils.py): r'"?KEY"?\s*:\s*["“](.*?)["”]\s*}?',
+# case-insensitive, one per key, independent. Read in linear time by _first_value.
+_CLOSER = re.compile('["\u201d\\n]')
 
 
-def parse_json_response_paper(text: str, keys: tuple[str, ...]) -> str | None:
-    """The published reader of a JSON rewrite: ``json.loads`` of the whole reply and its
-    ``response`` (kept as is, even empty); failing that, a regex needing both keys of ``keys``
-    as string fields (either order; the raw string body, escapes not decoded); else None (the
-    caller keeps the earlier text, as published)."""
-    try:
-        whole = json.loads(text)
-    except (ValueError, RecursionError):
-        whole = None
-    if isinstance(whole, dict) and "response" in whole:
-        value = whole["response"]
-        return value if isinstance(value, str) else str(value)
-    if len(keys) != 2 or "response" not in keys:
-        return None
-    a, b = keys
-    for first, second in ((a, b), (b, a)):
-        pattern = _BOTH_KEYS.format(a=re.escape(first), b=re.escape(second), value=_STRING)
-        match = re.search(pattern, text, re.DOTALL)
-        if match:
-            return match.group(1 if first == "response" else 2)
+def _key_prefix(key: str) -> re.Pattern[str]:
+    return re.compile(r'"?' + re.escape(key) + r'"?\s*:\s*["\u201c]', re.IGNORECASE)
+
+
+_RESPONSE_PREFIX = _key_prefix("response")
+
+
+def _first_value(prefix: re.Pattern[str], text: str) -> str | None:
+    """What ``re.search(prefix + r'(.*?)["”]', text, re.I)`` captures (``.`` stops at a
+    newline), in linear time: once a candidate's value meets the end of its line, every later
+    candidate whose value starts on that line fails too, and is skipped unscanned."""
+    position, dead_until = 0, -1
+    while (found := prefix.search(text, position)) is not None:
+        position = found.start() + 1
+        if found.end() <= dead_until:
+            continue
+        closer = _CLOSER.search(text, found.end())
+        if closer is None:
+            return None
+        if closer.group() != "\n":
+            return text[found.end() : closer.start()]
+        dead_until = closer.start()
     return None
+
+
+def read_rewrite_paper(text: str) -> RewriteReading:
+    """The published reader of a JSON rewrite (``extract_critic_and_response`` /
+    ``extract_thoughts_and_response``, mcq_extractor_utils.py:295-347): ``json.loads`` of the
+    whole reply and ``str(parsed.get('response', '')).strip()`` (a missing key: the empty
+    string, used); only on a JSON decode error, the case-insensitive regex of the ``response``
+    key (quotes optional, other keys allowed, the value ends at the first ``"`` or ``”``),
+    stripped; no match: unreadable (the caller keeps the earlier text, as published). JSON
+    that is no object (a list, a number...) made the published ``.get`` raise: we keep the
+    earlier text and say so (``not_object``)."""
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        value = _first_value(_RESPONSE_PREFIX, text)
+        if value is None:
+            return RewriteReading(None, "unreadable")
+        return RewriteReading(value.strip(), "regex")
+    except RecursionError:  # nested past Python's limit: the published call raised too
+        return RewriteReading(None, "not_object")
+    if not isinstance(parsed, dict):
+        return RewriteReading(None, "not_object")
+    if "response" not in parsed:
+        return RewriteReading("", "json_missing")
+    return RewriteReading(str(parsed["response"]).strip(), "json")

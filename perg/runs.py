@@ -34,9 +34,10 @@ from perg.protocol import (
     Protocol,
     RoleLayout,
     Setting,
+    has_thinking_switch,
     load_protocol,
 )
-from schemas import Decoding, RunContext, RunSpec, WorkItem, partition_key
+from schemas import Decoding, RunContext, RunSpec, StageTokens, WorkItem, partition_key
 from schemas.topics import RUNS, WORK
 
 __all__ = ["DEFAULT_PROTOCOL", "RunRequest", "new_run_id", "plan_run", "publish_run"]
@@ -63,7 +64,8 @@ class RunRequest:
     sample: int | None = None  # stratified by source
     seed: int = 0  # of the sample
     decoding: Decoding | None = None  # None: the protocol's profile for the model's family
-    layout: RoleLayout = "system"
+    layout: RoleLayout | None = None  # None: the model family's (Protocol.default_layout)
+    thinking: bool | None = None  # a thinking switch; None: off for models that have one
     dataset_path: Path | None = None  # default: <data dir>/pergdata.csv
     skip_invalid: bool = False  # load the valid rows of a dataset with bad rows (reported)
     decoding_profile: str | None = None  # a perg.protocol.DECODING_PROFILES name; None: auto
@@ -77,8 +79,11 @@ class RunRequest:
     max_tokens_cap: int | None = None
 
 
-def decoding_from_profile(profile: DecodingProfile, max_tokens_cap: int | None) -> Decoding:
+def decoding_from_profile(
+    profile: DecodingProfile, max_tokens_cap: int | None, thinking: bool | None = None
+) -> Decoding:
     """The record form of a decoding profile."""
+    stages = profile.stage_tokens
     return Decoding(
         temperature=profile.temperature,
         seed=profile.seed,
@@ -87,6 +92,8 @@ def decoding_from_profile(profile: DecodingProfile, max_tokens_cap: int | None) 
         uncapped=not profile.capped,
         top_p=profile.top_p,
         retry_temperature=profile.retry_temperature,
+        stage_tokens=None if stages is None else StageTokens(*stages),
+        thinking=thinking,
     )
 
 
@@ -129,7 +136,7 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         protocol=request.protocol,
         protocol_sha256=protocol.sha256,
         decoding=decoding,
-        layout=request.layout,
+        layout=request.layout or protocol.default_layout(request.model.model),
         extractor=choose_extractor(
             request.extractor,
             extractor_endpoint=request.extractor_endpoint is not None,
@@ -166,6 +173,10 @@ def _check_request(request: RunRequest) -> None:
     temperature = request.temperature if decoding is None else decoding.temperature
     if temperature is not None and temperature < 0:
         raise InputError(f"temperature must be at least 0, got {temperature}")
+    if request.thinking is not None and not has_thinking_switch(request.model.model):
+        raise InputError(
+            f"--thinking: model {request.model.model!r} has no thinking switch (Qwen3 has)"
+        )
 
 
 def _decoding(request: RunRequest, protocol: Protocol) -> Decoding:
@@ -179,7 +190,10 @@ def _decoding(request: RunRequest, protocol: Protocol) -> Decoding:
     if (temperature, seed) != (profile.temperature, profile.seed):
         name = profile.name + "+override"
         profile = dataclasses.replace(profile, name=name, temperature=temperature, seed=seed)
-    return decoding_from_profile(profile, request.max_tokens_cap)
+    thinking = request.thinking
+    if thinking is None and has_thinking_switch(request.model.model):
+        thinking = False  # the published Qwen3 entries without "_thinking"
+    return decoding_from_profile(profile, request.max_tokens_cap, thinking)
 
 
 async def publish_run(spec: RunSpec, work: list[WorkItem], settings: Settings) -> None:

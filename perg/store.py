@@ -101,6 +101,7 @@ class BaselineRow(Usage):
     stored_at: datetime
     extractor: str
     rules_answer: str | None  # the rules parser's letter, beside the run's extractor's
+    thinking: str | None  # a thinking model's thinking, apart from the answer
 
 
 class ResultRow(Usage):
@@ -125,6 +126,8 @@ class ResultRow(Usage):
     stored_at: datetime
     extractor: str
     rules_answer: str | None
+    thinking: str | None
+    rewrite_read: str | None  # how a self-critic / aligner JSON rewrite was read
 
 
 class BaselineRepeatRow(TypedDict):
@@ -264,7 +267,7 @@ def _finish_reason(generation: Generation) -> str | None:
 # (tests/test_store.py checks that).
 BASELINE_COLUMNS = (
     "run_id", "row_id", "source", "category", "gold_option", "response", "answer",
-    "extraction", "finish_reason", "extractor", "rules_answer",
+    "extraction", "finish_reason", "extractor", "rules_answer", "thinking",
     "tokens_in", "tokens_out", "latency_s", "retries",
 )  # fmt: skip
 
@@ -284,6 +287,7 @@ def _baseline_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
         [_finish_reason(g) for g in generations],
         [v.extractor for v in verdicts],
         [v.rules_answer for v in verdicts],
+        [g.thinking for g in generations],
         *_usage_columns(verdicts)[:4],
     ]
 
@@ -310,7 +314,8 @@ RESULT_COLUMNS = (
     "run_id", "row_id", "setting", "method", "source", "category", "preference",
     "gold_option", "response", "answer", "extraction", "judge_rating", "judge_outcome",
     "judge_raw", "parse_fallback", "parse_failure", "finish_reason", "extractor",
-    "rules_answer", "tokens_in", "tokens_out", "latency_s", "retries", "model_calls",
+    "rules_answer", "thinking", "rewrite_read", "tokens_in", "tokens_out", "latency_s",
+    "retries", "model_calls",
 )  # fmt: skip
 
 
@@ -337,6 +342,8 @@ def _result_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
         [_finish_reason(g) for g in generations],
         [v.extractor for v in verdicts],
         [v.rules_answer for v in verdicts],
+        [g.thinking for g in generations],
+        [g.rewrite_read for g in generations],
         *_usage_columns(verdicts),
     ]
 

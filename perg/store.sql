@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS baselines (
     retries       INTEGER,
     extractor     VARCHAR,
     rules_answer  VARCHAR,
+    thinking      VARCHAR,
     stored_at     TIMESTAMP,
     PRIMARY KEY (run_id, row_id)
 );
@@ -73,6 +74,8 @@ CREATE TABLE IF NOT EXISTS results (
     retries        INTEGER,
     extractor      VARCHAR,
     rules_answer   VARCHAR,
+    thinking       VARCHAR,
+    rewrite_read   VARCHAR,
     stored_at      TIMESTAMP,
     PRIMARY KEY (run_id, row_id, setting, method)
 );
@@ -130,6 +133,10 @@ ALTER TABLE results ADD COLUMN IF NOT EXISTS extractor VARCHAR;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS original_size BIGINT;
 ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS original_sha256 VARCHAR;
+-- a thinking model's thinking, apart from the answer; how a JSON rewrite was read
+ALTER TABLE baselines ADD COLUMN IF NOT EXISTS thinking VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS thinking VARCHAR;
+ALTER TABLE results ADD COLUMN IF NOT EXISTS rewrite_read VARCHAR;
 
 CREATE OR REPLACE VIEW outcomes AS
 SELECT

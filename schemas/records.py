@@ -80,6 +80,18 @@ def partition_key(run_id: str, row_id: int) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class StageTokens:
+    """A decoding profile's own max new tokens per stage, replacing the protocol's."""
+
+    answer: Annotated[int, IntRange(1, INT32_MAX)]
+    """Every answer (and the baseline)."""
+    critic: Annotated[int, IntRange(1, INT32_MAX)]
+    """The self-critic second pass."""
+    aligner: Annotated[int, IntRange(1, INT32_MAX)]
+    """Pref-Aligner stage 2."""
+
+
+@dataclass(frozen=True, slots=True)
 class Decoding:
     """How the model under test is decoded (perg.protocol.DECODING_PROFILES names them)."""
 
@@ -98,6 +110,11 @@ class Decoding:
     """Nucleus sampling; None leaves the server's default."""
     retry_temperature: float | None = None
     """Temperature of strict's parse re-asks; None keeps the protocol's."""
+    stage_tokens: StageTokens | None = None
+    """The profile's own per-stage limits (Janus, Qwen3); None keeps the protocol's."""
+    thinking: bool | None = None
+    """A thinking model's switch (``perg submit --thinking``), sent as the chat template's
+    ``enable_thinking`` (off for Pref-Aligner stage 2); None sends none."""
 
     def max_tokens(self, protocol_limit: int | None) -> int | None:
         """The max_tokens to send for a prompt whose protocol limit is ``protocol_limit``."""
@@ -276,6 +293,12 @@ class Generation(Record):
     """A rewrite did not parse and the earlier text was kept (paper protocol)."""
     parse_failure: bool = False
     """A rewrite never parsed and ``response`` is None (strict protocol)."""
+    thinking: str | None = None
+    """A thinking model's thinking, kept apart from ``response`` (the text after
+    ``</think>``); None when the model did not think."""
+    rewrite_read: str | None = None
+    """How a self-critic / aligner JSON rewrite was read (perg.protocol.RewriteReading.how:
+    json, json_missing, regex, not_object, unreadable); None for plain answers."""
 
     def check(self) -> None:
         _check_item(self.item, f"{self.SCHEMA}.item")

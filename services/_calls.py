@@ -6,13 +6,16 @@ read, the protocol decides: ``paper`` keeps the earlier text as published and re
 fallback; ``strict`` asks again (sampling, so the answer can differ) up to ``parse_retries``
 times, then records a parse failure.
 
-The model under test is decoded with the run's decoding profile; the judge and extractor
-endpoints always greedily (temperature 0, the run's seed), as the paper's gpt-4o-mini calls.
+The model under test is decoded with the run's decoding profile (its per-stage limits, its
+thinking switch) in the run's layout (``inst``: one raw ``[INST]`` prompt on the completions
+endpoint); the judge and extractor endpoints always greedily, temperature 0 and seed 42, as
+the paper's gpt-4o-mini calls (pref_eval_utils.py, mcq_extractor_utils.py).
 
 Failures: a client that cannot be set up for an endpoint (its token variable unset or
 refused: nothing was sent) and a 4xx reply other than 408/409/429 (the request itself is
-wrong) are :class:`PermanentError`, dead-lettered without retries; everything else (5xx, 429,
-timeouts, resets, after the client's own retries) is retried by the runtime.
+wrong) are :class:`PermanentError` (a 4xx: :class:`RejectedCall`), dead-lettered without
+retries; everything else (5xx, 429, timeouts, resets, after the client's own retries) is
+retried by the runtime.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from typing import TypeVar
 
 from perg.client import ClientPool, Completion, Endpoint, ModelClient, ModelError
 from perg.config import Settings
-from perg.protocol import STRICT_RETRY_TEMPERATURE, ChatMessage, Protocol, load_protocol
+from perg.protocol import (
+    JUDGE_SEED,
+    STRICT_RETRY_TEMPERATURE,
+    ChatMessage,
+    PromptKind,
+    Protocol,
+    load_protocol,
+    split_thinking,
+)
 from schemas import CallRecord, Record, RunContext, TopicSpec
 
 from ._runtime import PermanentError, Publish, Worker, WorkerOptions
@@ -64,12 +75,34 @@ def client_for(pool: ClientPool, endpoint: Endpoint) -> ModelClient:
         ) from exc
 
 
+class RejectedCall(PermanentError):
+    """A 4xx reply other than 408/409/429: the request itself was refused (``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class ModelCaller:
-    """Calls the endpoints of one run and records every call."""
+    """Calls the endpoints of one run with its protocol and records every call."""
 
     pool: ClientPool
     context: RunContext
+    protocol: Protocol
+
+    def max_tokens(self, kind: PromptKind, *, under_test: bool) -> int | None:
+        """The max_tokens of a prompt kind: the decoding profile's own stage limit or the
+        protocol's, then the profile's cap; the judge side never takes the profile's lifted
+        limits (they are the tested model's)."""
+        decoding = self.context.decoding
+        limit = self.protocol.max_tokens(kind)
+        if not under_test:
+            return dataclasses.replace(decoding, uncapped=False).max_tokens(limit)
+        stages = decoding.stage_tokens
+        if stages is not None and kind in ("answer", "critic", "aligner"):
+            limit = getattr(stages, kind)
+        return decoding.max_tokens(limit)
 
     async def call(
         self,
@@ -77,27 +110,54 @@ class ModelCaller:
         messages: Sequence[ChatMessage],
         *,
         stage: str,
-        max_tokens: int | None,
+        kind: PromptKind,
         json_schema: Mapping[str, object] | None = None,
         attempt: int = 0,
     ) -> tuple[Completion, CallRecord]:
+        """One call; the model under test's reply comes without its thinking (kept in
+        ``Completion.reasoning``) and, in the ``inst`` layout, as the protocol reads a raw
+        completion."""
         decoding = self.context.decoding
         under_test = stage not in JUDGE_SIDE_STAGES  # the judge's and extractor's: greedy
         if attempt:
             temperature = decoding.retry_temperature or STRICT_RETRY_TEMPERATURE
         else:
             temperature = decoding.temperature if under_test else 0.0
-        if not under_test:  # the profile's lifted limits are the tested model's, not the judge's
-            decoding = dataclasses.replace(decoding, uncapped=False)
+        if under_test:
+            seed = None if decoding.seed is None else decoding.seed + attempt
+        else:
+            seed = JUDGE_SEED + attempt
+        max_tokens = self.max_tokens(kind, under_test=under_test)
+        top_p = decoding.top_p if under_test else None
         client = client_for(self.pool, endpoint)
+        if under_test and self.context.layout == "inst":
+            prompt = self.protocol.raw_prompt(list(messages), kind)
+            with _permanent_client_errors(stage):
+                completion = await client.complete(
+                    prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=top_p
+                )
+            completion = dataclasses.replace(
+                completion, text=self.protocol.raw_reply(prompt, completion.text)
+            )
+            return completion, _record(stage, completion)
+        thinking = decoding.thinking if under_test else None
+        switch = None
+        if thinking is not None:  # Pref-Aligner stage 2 never thinks (aligner.py:104)
+            switch = {"enable_thinking": thinking and kind != "aligner"}
         with _permanent_client_errors(stage):
             completion = await client.chat(
                 [{"role": m["role"], "content": m["content"]} for m in messages],
-                max_tokens=decoding.max_tokens(max_tokens),
+                max_tokens=max_tokens,
                 temperature=temperature,
-                seed=None if decoding.seed is None else decoding.seed + attempt,
+                seed=seed,
                 json_schema=json_schema,
-                top_p=decoding.top_p if under_test else None,
+                top_p=top_p,
+                chat_template_kwargs=switch,
+            )
+        if thinking is not None:
+            answer, thought = split_thinking(completion.text)
+            completion = dataclasses.replace(
+                completion, text=answer, reasoning=completion.reasoning or thought
             )
         return completion, _record(stage, completion)
 
@@ -108,7 +168,7 @@ class ModelCaller:
         client = client_for(self.pool, endpoint)
         with _permanent_client_errors(stage):
             completion = await client.complete(
-                prompt, max_tokens=max_tokens, temperature=0.0, seed=self.context.decoding.seed
+                prompt, max_tokens=max_tokens, temperature=0.0, seed=JUDGE_SEED
             )
         return completion, _record(stage, completion)
 
@@ -121,7 +181,7 @@ def _permanent_client_errors(stage: str) -> Iterator[None]:
     except ModelError as exc:
         status = exc.status
         if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
-            raise PermanentError(f"stage {stage}: {exc}") from exc
+            raise RejectedCall(f"stage {stage}: {exc}", status) from exc
         raise
 
 
@@ -160,7 +220,7 @@ def model_worker(
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]
         protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
-        await orchestrate(message, ModelCaller(models, context), protocol, worker.publish)
+        await orchestrate(message, ModelCaller(models, context, protocol), protocol, worker.publish)
 
     worker.serve(record, handle)
     return worker
@@ -172,36 +232,43 @@ class Rewrite:
     calls: list[CallRecord]
     parse_fallback: bool
     parse_failure: bool
+    read: str  # perg.protocol.RewriteReading.how of the last reply
+    thinking: str | None
 
 
 async def structured_rewrite(
     caller: ModelCaller,
-    protocol: Protocol,
     messages: Sequence[ChatMessage],
     *,
     stage: str,
-    max_tokens: int | None,
+    kind: PromptKind,
     schema: Mapping[str, object],
     earlier_text: str,
     log_key: object,
 ) -> Rewrite:
     """Ask the run's model for a JSON rewrite and read its ``response`` field."""
+    protocol = caller.protocol
     calls: list[CallRecord] = []
     json_schema = schema if protocol.structured_output else None
+    reading, thinking = None, None
     for attempt in range(protocol.parse_retries + 1):
         completion, record = await caller.call(
             caller.context.model,
             messages,
             stage=stage,
-            max_tokens=max_tokens,
+            kind=kind,
             json_schema=json_schema,
             attempt=attempt,
         )
         calls.append(record)
-        parsed = protocol.read_rewrite(completion.text, schema)
-        if parsed is not None:
-            return Rewrite(parsed, calls, parse_fallback=False, parse_failure=False)
-        log.warning("stage=%s %s: unparseable JSON (attempt %d)", stage, log_key, attempt + 1)
+        reading, thinking = protocol.read_rewrite(completion.text), completion.reasoning
+        if reading.response is not None:
+            return Rewrite(reading.response, calls, False, False, reading.how, thinking)
+        log.warning(
+            "stage=%s %s: unreadable JSON (%s, attempt %d)", stage, log_key, reading.how,
+            attempt + 1,
+        )  # fmt: skip
+    how = reading.how if reading is not None else "unreadable"
     if protocol.strict:
-        return Rewrite(None, calls, parse_fallback=False, parse_failure=True)
-    return Rewrite(earlier_text, calls, parse_fallback=True, parse_failure=False)
+        return Rewrite(None, calls, False, True, how, thinking)
+    return Rewrite(earlier_text, calls, True, False, how, thinking)

@@ -34,10 +34,9 @@ async def align(
     log.info("stage=aligned run=%s row=%d setting=%s", ctx.run_id, item.row_id, request.setting)
     rewrite = await structured_rewrite(
         caller,
-        protocol,
         protocol.aligner_messages(item, request.setting, request.baseline_response),
         stage="aligned",
-        max_tokens=protocol.max_tokens("aligner"),
+        kind="aligner",
         schema=ALIGNER_SCHEMA,
         earlier_text=request.baseline_response,
         log_key=(ctx.run_id, item.row_id, request.setting, "pref_aligner"),
@@ -45,6 +44,7 @@ async def align(
     aligned = Generation(
         ctx, item, request.setting, "pref_aligner", "aligned", rewrite.response,
         request.baseline_response, rewrite.calls, rewrite.parse_fallback, rewrite.parse_failure,
+        thinking=rewrite.thinking, rewrite_read=rewrite.read,
     )  # fmt: skip
     await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), aligned)
 

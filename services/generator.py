@@ -52,13 +52,13 @@ async def answer_row(
         ctx.model,
         protocol.baseline_messages(item, ctx.layout),
         stage="baseline",
-        max_tokens=protocol.max_tokens("answer"),
+        kind="answer",
     )
     async with asyncio.TaskGroup() as group:
         group.create_task(
             publish(GENERATIONS, key, Generation(
                 ctx, item, BASELINE_SETTING, BASELINE_METHOD, "baseline",
-                baseline.text, baseline.text, [baseline_call],
+                baseline.text, baseline.text, [baseline_call], thinking=baseline.reasoning,
             ))
         )  # fmt: skip
         if "pref_aligner" in work.methods:
@@ -85,11 +85,11 @@ async def repeat_baseline(
         ctx.model,
         protocol.baseline_messages(item, ctx.layout),
         stage="baseline_repeat",
-        max_tokens=protocol.max_tokens("answer"),
+        kind="answer",
     )
     generation = Generation(
         ctx, item, BASELINE_SETTING, BASELINE_REPEAT_METHOD, "baseline",
-        repeat.text, baseline_text, [repeat_call],
+        repeat.text, baseline_text, [repeat_call], thinking=repeat.reasoning,
     )  # fmt: skip
     await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), generation)
 
@@ -109,20 +109,20 @@ async def answer(
         ctx.model,
         protocol.answer_messages(item, setting, method, ctx.layout),
         stage="answer",
-        max_tokens=protocol.max_tokens("answer"),
+        kind="answer",
     )
     calls: list[CallRecord] = [first_call]
     if method != "self_critic":
         generation = Generation(
-            ctx, item, setting, method, "answer", first.text, baseline_text, calls
-        )
+            ctx, item, setting, method, "answer", first.text, baseline_text, calls,
+            thinking=first.reasoning,
+        )  # fmt: skip
     else:
         rewrite = await structured_rewrite(
             caller,
-            protocol,
             protocol.critic_messages(item, setting, first.text, ctx.layout),
             stage="critique",
-            max_tokens=protocol.max_tokens("critic"),
+            kind="critic",
             schema=CRITIC_SCHEMA,
             earlier_text=first.text,
             log_key=(ctx.run_id, item.row_id, setting, method),
@@ -130,6 +130,7 @@ async def answer(
         generation = Generation(
             ctx, item, setting, method, "critique", rewrite.response, baseline_text,
             [*calls, *rewrite.calls], rewrite.parse_fallback, rewrite.parse_failure,
+            thinking=rewrite.thinking, rewrite_read=rewrite.read,
         )  # fmt: skip
     await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), generation)
 

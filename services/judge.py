@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
+from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool, ModelError
 from perg.config import Settings
-from perg.extraction import Extraction, choice_schema, extract_answer
+from perg.extraction import Extraction, ExtractorFailed, choice_schema, extract_answer
 from perg.judging import RATING_SCHEMA, JudgeOutcome, afr_defined, judge_outcome, read_rating
 from perg.protocol import LORA_EXTRACTION_MAX_TOKENS, ChatMessage, Protocol
 from schemas import (
@@ -27,7 +27,7 @@ from schemas import (
 )
 from schemas.topics import GENERATIONS, VERDICTS
 
-from ._calls import ModelCaller, model_worker
+from ._calls import ModelCaller, RejectedCall, model_worker
 from ._runtime import PermanentError, Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.judge")
@@ -35,6 +35,11 @@ log = logging.getLogger("perg.services.judge")
 # Generations in progress per worker: four times the endpoint's default slots (one or two calls
 # each, often none), so the slots stay full while some wait on a slow or hung call.
 DEFAULT_IN_FLIGHT = 4 * DEFAULT_MAX_IN_FLIGHT
+
+
+def is_content_filter(exc: RejectedCall) -> bool:
+    """A content-filter refusal (OpenAI / Azure: HTTP 400 with code ``content_filter``)."""
+    return exc.status == 400 and "content_filter" in str(exc).lower()
 
 
 async def extract(
@@ -46,13 +51,22 @@ async def extract(
     calls: list[CallRecord] = []
 
     async def chat(messages: list[ChatMessage]) -> str:
-        completion, call = await caller.call(
-            ctx.extractor_endpoint or ctx.judge,
-            messages,
-            stage="extraction",
-            max_tokens=protocol.max_tokens("extraction"),
-            json_schema=schema,
-        )
+        try:
+            completion, call = await caller.call(
+                ctx.extractor_endpoint or ctx.judge,
+                messages,
+                stage="extraction",
+                kind="extraction",
+                json_schema=schema,
+            )
+        except RejectedCall as exc:  # a wrong answer, as published; not a dead letter
+            log.warning("stage=extraction run=%s row=%d: refused: %s", ctx.run_id, item.row_id, exc)
+            raise ExtractorFailed(str(exc), content_filter=is_content_filter(exc)) from exc
+        except ModelError as exc:
+            if exc.status != 200:  # unreachable or overloaded: the runtime retries the message
+                raise
+            log.warning("stage=extraction run=%s row=%d: %s", ctx.run_id, item.row_id, exc)
+            raise ExtractorFailed(str(exc), content_filter=False) from exc
         calls.append(call)
         return completion.text
 
@@ -91,7 +105,7 @@ async def rate(
             caller.context.judge,
             messages,
             stage="judge",
-            max_tokens=protocol.max_tokens("judge"),
+            kind="judge",
             attempt=attempt,
             json_schema=RATING_SCHEMA if caller.context.judge.constrain_rating else None,
         )

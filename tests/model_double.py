@@ -1,7 +1,10 @@
 """TEST DOUBLE: a scripted OpenAI-compatible model server. Not a model; answers are rules.
 
 ``ScriptedModelServer`` is a real aiohttp server on 127.0.0.1 (port 0 picks a free port) serving
-``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /health``. Each chat reply comes from a
+``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models`` and ``GET /health``.
+A raw completion prompt ``[INST] <text> [/INST] `` (the ``inst`` layout) is scripted as one user
+message holding <text> (``inst_messages``); any other prompt as one user message holding it
+all. Each chat reply comes from a
 pluggable script ``script(messages) -> str | ScriptedReply``; a ScriptedReply can also force an
 error status (e.g. 429, 503) for the first ``times`` calls of an identical message list, a
 finish_reason and a delay. Usage counts are whitespace-separated words. Every request body is kept
@@ -60,6 +63,8 @@ text read as a big-endian integer, see ``stable_hash``):
    as a Python dict, ``{'answer': 'X'}`` (what gpt-4o-mini replied to the paper's prompt), else
    ``{'answer': None}``.
 7. "other": "ok".
+8. A chat call with ``chat_template_kwargs: {"enable_thinking": true}`` (Qwen3's switch) gets
+   ``THINKING`` (a ``<think>`` block) before the scripted reply.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ import argparse
 import ast
 import asyncio
 import csv
+import dataclasses
 import hashlib
 import random
 import re
@@ -117,6 +123,8 @@ Script = Callable[[Messages], "str | ScriptedReply"]
 LETTERS = string.ascii_uppercase
 WRONG_PERCENT = 20
 INVALID_JSON_PERCENT = 10
+# what a chat call with chat_template_kwargs {"enable_thinking": true} thinks before replying
+THINKING = "<think>\nscripted thinking\n</think>\n\n"
 CallKind = Literal["judge", "aligner", "critic", "paper_extract", "extract", "answer", "other"]
 
 _QUESTION = re.compile(r"Question : (.*?)\nOptions: \n((?:[A-Z]\. [^\n]*\n?)*)", re.DOTALL)
@@ -256,6 +264,34 @@ def make_perg_script(
 perg_script = make_perg_script()
 
 
+# Where the user turn of an ``[INST]`` prompt starts (after the system text and a newline).
+_INST_USER_TURNS = (
+    "Follow the instructions below to review",
+    "You are a preference aligner agent",
+    "Which of the options best answers the question",
+)
+
+
+def inst_messages(prompt: str) -> Messages:
+    """A raw completion prompt as the script sees it: the text between ``[INST] `` and the
+    last `` [/INST]``, split into a system and a user message where a user turn of
+    ``_INST_USER_TURNS`` starts on a line of its own (the first marker found, at its last
+    such line), unless the text starts with one; else all of it as one user message (the
+    whole prompt when it is no ``[INST]`` prompt)."""
+    body = prompt.strip()
+    if body.startswith("[INST]") and body.endswith("[/INST]"):
+        body = body[len("[INST]") : -len("[/INST]")].strip()
+    for marker in () if body.startswith(_INST_USER_TURNS) else _INST_USER_TURNS:
+        at = body.rfind("\n" + marker)
+        if at < 0:
+            continue
+        return [
+            {"role": "system", "content": body[:at]},
+            {"role": "user", "content": body[at + 1 :]},
+        ]
+    return [{"role": "user", "content": body}]
+
+
 def ok_script(messages: Messages) -> str:
     return "ok"
 
@@ -293,6 +329,7 @@ class ScriptedModelServer:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completion)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/stats", self._stats)
@@ -346,13 +383,28 @@ class ScriptedModelServer:
                 self.busy_s += time.perf_counter() - started
         return await self._reply(body, messages)
 
-    async def _reply(self, body: dict[str, Any], messages: Messages) -> web.Response:
+    async def _completion(self, request: web.Request) -> web.Response:
+        try:
+            body = orjson.loads(await request.read())
+            prompt = body["prompt"]
+            if not isinstance(prompt, str):
+                raise TypeError("prompt must be a string")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return _error(400, f"Input validation error: {exc}")
+        return await self._reply(body, inst_messages(prompt), completion=True)
+
+    async def _reply(
+        self, body: dict[str, Any], messages: Messages, *, completion: bool = False
+    ) -> web.Response:
         self.stats["calls"] += 1
         if self.keep_requests:
             self.requests.append(body)
         reply = self.script(messages)
         if isinstance(reply, str):
             reply = ScriptedReply(reply)
+        switch = body.get("chat_template_kwargs")
+        if isinstance(switch, dict) and switch.get("enable_thinking") is True:
+            reply = dataclasses.replace(reply, text=THINKING + reply.text)
         key = orjson.dumps(messages)
         call = self._calls[key]
         self._calls[key] += 1
@@ -363,6 +415,10 @@ class ScriptedModelServer:
         # usage: about four characters per token, as for English text
         prompt_tokens = len(key) // 4
         completion_tokens = max(1, len(reply.text) // 4)
+        if completion:
+            choice: dict[str, Any] = {"index": 0, "text": reply.text}
+        else:
+            choice = {"index": 0, "message": {"role": "assistant", "content": reply.text}}
         return web.Response(
             body=orjson.dumps(
                 {
@@ -370,13 +426,7 @@ class ScriptedModelServer:
                     "object": "chat.completion",
                     "created": 0,
                     "model": self.model,
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": reply.text},
-                            "finish_reason": reply.finish_reason,
-                        }
-                    ],
+                    "choices": [{**choice, "finish_reason": reply.finish_reason}],
                     "usage": {
                         "prompt_tokens": prompt_tokens,
                         "completion_tokens": completion_tokens,

@@ -138,7 +138,9 @@ def test_render_layouts_and_strict(
         {"role": "user", "content": golden["sys_nopref"] + "\n\n\n" + golden["user_prompt"]}
     ]
     _, out, _ = run_cli(capsys, *base, "--layout", "inst")
-    assert out == f"[INST] {golden['sys_nopref']}\n{golden['user_prompt']} [/INST] \n"
+    # janus_utils.py: "[INST] " + f"{system}\n{content}".strip() + " [/INST] "
+    body = f"{golden['sys_nopref']}\n{golden['user_prompt']}".strip()
+    assert out == f"[INST] {body} [/INST] \n"
     _, out, _ = run_cli(capsys, *base)
     assert out.startswith("--- system ---\n" + golden["sys_nopref"] + "\n--- user ---\n")
     aligner = ["prompts", "render", "--row", "0", "--method", "pref_aligner", "--stage", "2"]
@@ -146,6 +148,12 @@ def test_render_layouts_and_strict(
     assert "User Preference: [\"I don't enjoy" in out
     _, out, _ = run_cli(capsys, *aligner, "--setting", "mixed")
     assert "User Preference: I prefer straightforward" in out
+    # the published Janus aligner prompt under paper, the fixed one under strict
+    _, out, _ = run_cli(capsys, *aligner, "--layout", "inst")
+    assert out.startswith("[INST] [{'role': 'user', 'content': 'You are a preference aligner")
+    assert out.endswith("'}]\nNone [/INST] \n")
+    _, out, _ = run_cli(capsys, *aligner, "--layout", "inst", "--protocol", "strict")
+    assert out.startswith("[INST] You are a preference aligner") and "None [/INST]" not in out
 
 
 @needs_shared

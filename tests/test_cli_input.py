@@ -169,6 +169,20 @@ def test_submit_flag_bounds(
     assert message in capsys.readouterr().err
 
 
+def test_submit_thinking_needs_a_thinking_model(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        capsys, "submit", *ENDPOINTS, "--dataset", str(dataset), "--thinking", "on"
+    )
+    assert (code, out) == (2, "")
+    assert err == "perg submit: --thinking: model 'm' has no thinking switch (Qwen3 has)\n"
+    with pytest.raises(SystemExit) as info:
+        main(["submit", *ENDPOINTS, "--layout", "chat"])
+    assert info.value.code == 2
+    assert "argument --layout: invalid choice: 'chat'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [

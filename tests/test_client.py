@@ -326,3 +326,29 @@ async def test_a_call_on_the_wire_is_held_to_a_deadline_learned_meanwhile(
         await client.chat(MESSAGES, max_tokens=8)
     with pytest.raises(ModelError, match=r"no reply within 0\.3s"):
         await asyncio.wait_for(hung, timeout=5)
+
+
+async def test_thinking_switch_and_separate_reasoning() -> None:
+    """chat_template_kwargs as vLLM/SGLang take them; a reasoning parser's reasoning_content
+    comes back apart from the answer."""
+    body = {"choices": [{"message": {"content": "B", "reasoning_content": "hm"}}], "usage": {}}
+    seen, handler = scripted(TransportResponse(200, orjson.dumps(body)))
+    result = await client_for(handler).chat(
+        MESSAGES, max_tokens=8, chat_template_kwargs={"enable_thinking": False}
+    )
+    assert (result.text, result.reasoning) == ("B", "hm")
+    assert seen[0].json()["chat_template_kwargs"] == {"enable_thinking": False}
+    seen, handler = scripted(ok())
+    assert (await client_for(handler).chat(MESSAGES, max_tokens=8)).reasoning is None
+    assert "chat_template_kwargs" not in seen[0].json()
+
+
+async def test_raw_completion_against_the_double() -> None:
+    """--layout inst: /v1/completions with no limit when uncapped, top_p when given."""
+    async with (
+        ScriptedModelServer(lambda messages: "got " + messages[-1]["content"]) as server,
+        ModelClient(Endpoint(server.base_url, "scripted")) as client,
+    ):
+        result = await client.complete("[INST] hello [/INST] ", max_tokens=None, top_p=0.9)
+    assert result.text == "got hello"
+    assert "max_tokens" not in server.requests[0] and server.requests[0]["top_p"] == 0.9

@@ -61,3 +61,65 @@ def test_paper_run_records_extractor_profile_and_noise_floor(pipeline: Pipeline)
     assert proc.returncode == 0, proc.stderr
     answers = ROWS * len(SETTINGS) * len(METHODS) + ROWS
     assert f"rules vs llm disagree on 0 of {answers} answers" in proc.stdout
+
+
+def test_inst_layout_runs_end_to_end_on_the_completions_endpoint(pipeline: Pipeline) -> None:
+    """Janus's raw [INST] prompt (--layout inst) against the double's /v1/completions: paper
+    sends the published Pref-Aligner prompt (the message list as the template's argument), which
+    holds no readable question, so every aligner reply falls back to the baseline; strict sends
+    the fixed prompt and reads the rewrite."""
+    rows = 4
+    janus = ("--sample", str(rows), "--seed", "3", "--settings", "relevant",
+             "--methods", "zero_shot,self_critic,pref_aligner", "--layout", "inst",
+             "--decoding-profile", "janus")  # fmt: skip
+    runs = {p: pipeline.submit(*janus, "--protocol", p) for p in ("paper", "strict")}
+    for run_id in runs.values():
+        proc = pipeline.perg("status", run_id, "--wait", "--timeout", "600", timeout=660)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    for protocol, run_id in runs.items():
+        (run,) = pipeline.sql(
+            "SELECT decoding_profile, spec->>'$.context.layout' AS layout FROM runs "
+            f"WHERE run_id = '{run_id}'"
+        )
+        assert run == {"decoding_profile": "janus", "layout": "inst"}
+        rows_stored = pipeline.sql(
+            "SELECT method, answer, response, parse_fallback, rewrite_read FROM results "
+            f"WHERE run_id = '{run_id}' ORDER BY row_id, method"
+        )
+        assert len(rows_stored) == rows * 3
+        for row in rows_stored:
+            if row["method"] == "zero_shot":
+                assert row["answer"] is not None and row["rewrite_read"] is None
+        aligned = [r for r in rows_stored if r["method"] == "pref_aligner"]
+        if protocol == "paper":
+            assert all(r["parse_fallback"] and r["rewrite_read"] == "unreadable" for r in aligned)
+        else:
+            assert any(r["rewrite_read"] == "json" for r in aligned)
+            assert not any(r["parse_fallback"] for r in aligned)
+
+
+def test_thinking_is_switched_and_stored_apart(pipeline: Pipeline) -> None:
+    """--thinking on for a Qwen3 model name: the double thinks when the chat template is told
+    to; the answer is read after </think> and the thinking stored in its own column; the
+    aligner's stage 2 is sent with thinking off."""
+    run_id = pipeline.submit(
+        "--model", "Qwen/Qwen3-8B", "--thinking", "on", "--sample", "3", "--seed", "4",
+        "--settings", "relevant", "--methods", "zero_shot,pref_aligner",
+    )  # fmt: skip
+    proc = pipeline.perg("status", run_id, "--wait", "--timeout", "600", timeout=660)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = pipeline.sql(
+        "SELECT decoding_profile, spec->>'$.context.layout' AS layout, "
+        f"spec->>'$.context.decoding.thinking' AS thinking FROM runs WHERE run_id = '{run_id}'"
+    )
+    assert run == {"decoding_profile": "qwen3", "layout": "merged", "thinking": "true"}
+    thought = "<think>\nscripted thinking\n</think>"
+    rows = pipeline.sql(
+        f"SELECT method, response, thinking, answer FROM results WHERE run_id = '{run_id}'"
+    )
+    assert len(rows) == 6
+    for row in rows:
+        assert "</think>" not in row["response"] and row["answer"] is not None
+        assert row["thinking"] == (thought if row["method"] == "zero_shot" else None)
+    baselines = pipeline.sql(f"SELECT thinking FROM baselines WHERE run_id = '{run_id}'")
+    assert baselines == [{"thinking": thought}] * 3

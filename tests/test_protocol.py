@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,10 +26,13 @@ from perg.protocol import (
     Protocol,
     chat_messages,
     load_protocol,
+    model_family_layout,
     model_family_profile,
     parse_json_response,
-    parse_json_response_paper,
+    read_rewrite_paper,
+    render_published_aligner_prompt,
     render_raw_prompt,
+    split_thinking,
 )
 
 DATA = default_data_dir()
@@ -133,14 +137,45 @@ def test_merged_layout_matches_gemma_style(
     ]
 
 
-def test_inst_layout(golden: dict[str, Any], paper: Protocol, item: Item) -> None:
-    prompt = render_raw_prompt(paper.baseline_messages(item))
-    expected = golden["janus_template"].replace(
-        "<SYS>", paper.system_prompt(item, None, "zero_shot")
-    )
-    assert prompt == expected.replace("<USER>", paper.user_prompt(item))
+def apply_template_mistral_instruct(system: object, content: object = None) -> str:
+    """The authors' rule (janus_utils.py), as the issue states it, for the checks below."""
+    prompt = f"{system}\n{content}".strip() if system else str(content)
+    return f"[INST] {prompt.strip()} [/INST] "
+
+
+def test_inst_layout(paper: Protocol, strict: Protocol, item: Item) -> None:
+    system, user = paper.system_prompt(item, None, "zero_shot"), paper.user_prompt(item)
+    assert user.endswith("\n") or system.endswith("\n")  # so the strip matters
+    for protocol in (paper, strict):
+        prompt = protocol.raw_prompt(protocol.baseline_messages(item, "inst"), "answer")
+        assert prompt == apply_template_mistral_instruct(system, user)
+        assert prompt == "[INST] " + f"{system}\n{user}".strip() + " [/INST] "
+        critic = protocol.critic_messages(item, "relevant", "r", "inst")
+        assert protocol.raw_prompt(critic, "critic") == apply_template_mistral_instruct(
+            critic[0]["content"], critic[1]["content"]
+        )
     aligner = paper.aligner_messages(item, "relevant", "r")
-    assert render_raw_prompt(aligner) == f"[INST] {aligner[0]['content']} [/INST] "
+    (message,) = aligner
+    # strict: no system text, just the content
+    fixed = strict.raw_prompt(strict.aligner_messages(item, "relevant", "r"), "aligner")
+    assert fixed == "[INST] " + message["content"].strip() + " [/INST] "
+    # paper: the message list as the template's only argument (aligner.py:129-130)
+    published = paper.raw_prompt(aligner, "aligner")
+    assert published == apply_template_mistral_instruct([dict(message)])
+    assert published == render_published_aligner_prompt(aligner)
+    assert published.startswith("[INST] [{'role': 'user', 'content': 'You are a preference")
+    assert published.endswith("'}]\nNone [/INST] ")
+    assert "\\n" in published  # the content's newlines as the list's repr writes them
+
+
+def test_inst_reply(paper: Protocol, strict: Protocol) -> None:
+    """paper: the text after the first [/INST] of prompt + completion, stripped."""
+    prompt = "[INST] a question [/INST] "
+    assert paper.raw_reply(prompt, "  The answer is B.\n") == "The answer is B."
+    assert strict.raw_reply(prompt, "  The answer is B.\n") == "The answer is B."
+    tricky = "[INST] quote: [/INST] inside [/INST] "
+    assert paper.raw_reply(tricky, "B") == "inside [/INST] B"
+    assert strict.raw_reply(tricky, "B") == "B"
 
 
 @pytest.mark.parametrize("setting", SETTINGS)
@@ -258,11 +293,60 @@ def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None
         ("meta-llama/Llama-3.1-8B-Instruct", "hf-sampled"),
         ("mistralai/Mistral-7B-Instruct-v0.3", "hf"),
         ("smollm2-135m-instruct", "hf"),
+        ("prometheus-eval/janus-7b", "janus"),
+        ("Qwen/Qwen3-8B", "qwen3"),
+        ("google/gemma-2-27b-it", "api"),  # called through an API (mcq_task_1.py:41-44)
+        ("google/gemma-2-9b-it", "hf"),
     ],
 )
 def test_decoding_profile_per_model_family(model: str, profile: str, paper: Protocol) -> None:
     assert model_family_profile(model) == profile
     assert paper.default_decoding_profile(model).name == profile
+
+
+@pytest.mark.parametrize(
+    ("model", "layout"),
+    [
+        ("google/gemma-2-9b-it", "merged"),  # mcq_task_1.py:124-125
+        ("google/gemma-2-27b-it", "merged"),
+        ("deepseek-ai/DeepSeek-R1-Distill-Llama-70B-free", "merged"),
+        ("Qwen/Qwen3-8B", "merged"),  # runs.py:187: every Qwen3 call
+        ("prometheus-eval/janus-7b", "inst"),
+        ("mistralai/Mistral-7B-Instruct-v0.3", "system"),
+        ("gpt-4o-mini-2024-07-18", "system"),
+    ],
+)
+def test_layout_per_model_family(
+    model: str, layout: str, paper: Protocol, strict: Protocol
+) -> None:
+    assert model_family_layout(model) == layout == paper.default_layout(model)
+    assert strict.default_layout(model) == ("system" if "Qwen3" in model else layout)
+
+
+def test_self_critic_pass_2_is_system_and_user_under_paper(
+    paper: Protocol, strict: Protocol, item: Item
+) -> None:
+    """runs.py:60-61,106-107: get_messages(critic_sys_message, message) whatever the model."""
+    for layout in ("system", "merged"):
+        roles = [m["role"] for m in paper.critic_messages(item, "relevant", "r", layout)]
+        assert roles == ["system", "user"]
+    merged = strict.critic_messages(item, "relevant", "r", "merged")
+    assert [m["role"] for m in merged] == ["user"]
+    assert [m["role"] for m in paper.answer_messages(item, "relevant", "cot", "merged")] == ["user"]
+
+
+@pytest.mark.parametrize(
+    ("output", "answer", "thinking"),
+    [
+        ("<think>\nLet me see.\n</think>\n\nThe answer is B.", "The answer is B.",
+         "<think>\nLet me see.\n</think>"),
+        ("\n\nThe answer is C.\n", "The answer is C.", None),  # no </think>: the whole output
+        ("<think>a</think>b</think>\nD", "D", "<think>a</think>b</think>"),  # the last one
+        ("<think>\nran out of tokens", "<think>\nran out of tokens", None),
+    ],
+)  # fmt: skip
+def test_split_thinking(output: str, answer: str, thinking: str | None) -> None:
+    assert split_thinking(output) == (answer, thinking)
 
 
 def test_decoding_profiles(paper: Protocol, strict: Protocol) -> None:
@@ -275,7 +359,11 @@ def test_decoding_profiles(paper: Protocol, strict: Protocol) -> None:
     own = strict.default_decoding_profile("gpt-4o-mini")
     assert own.name == "strict" and own.retry_temperature == STRICT_RETRY_TEMPERATURE
     assert str(STRICT_RETRY_TEMPERATURE) in own.description
-    assert set(DECODING_PROFILES) == {"api", "hf", "hf-sampled", "strict"}
+    assert set(DECODING_PROFILES) == {"api", "hf", "hf-sampled", "janus", "qwen3", "strict"}
+    # runs.py:133,153 and aligner.py:133; runs.py:204-237 (1024, greedy)
+    janus, qwen3 = paper.decoding_profile("janus"), paper.decoding_profile("qwen3")
+    assert (janus.stage_tokens, janus.temperature, janus.capped) == ((1024, 2048, 1024), 0.0, True)
+    assert (qwen3.stage_tokens, qwen3.temperature, qwen3.capped) == ((1024, 1024, 1024), 0.0, True)
     with pytest.raises(ValueError, match="unknown decoding profile 'fast'"):
         paper.decoding_profile("fast")
 
@@ -356,42 +444,74 @@ def test_cli_renders_the_new_goldens(golden: dict[str, Any]) -> None:
         assert critic["messages"][1] == {"role": "user", "content": golden[key]}
 
 
-CRITIC_KEYS = ("critic", "response")
-ALIGNER_KEYS = ("response", "thoughts")
-
-
 @pytest.mark.parametrize(
-    ("text", "keys", "expected"),
+    ("text", "expected", "how"),
     [
-        ('{"critic": "c", "response": "fixed"}', CRITIC_KEYS, "fixed"),
-        ('{"response": "B. Nauru", "thoughts": "ok"}', ALIGNER_KEYS, "B. Nauru"),
-        # an empty response is kept as is (the published runs judged an empty answer)
-        ('{"critic": "c", "response": ""}', CRITIC_KEYS, ""),
-        # json.loads of the whole reply needs only the response key
-        ('{"response": "alone"}', CRITIC_KEYS, "alone"),
-        ('{"response": 3}', CRITIC_KEYS, "3"),
-        # JSON with extra text: json.loads fails, the regex needs both keys
-        ('Sure! {"critic": "c", "response": "fixed"} Hope it helps.', CRITIC_KEYS, "fixed"),
-        ('```json\n{"response": "r", "thoughts": "t"}\n```', ALIGNER_KEYS, "r"),
-        ('Here: {"thoughts": "t", "response": "either order"}', ALIGNER_KEYS, "either order"),
-        ('Here: {"response": "no critic key"}', CRITIC_KEYS, None),
-        ('Here: {"critic": "c", "response": ""} done', CRITIC_KEYS, ""),
-        ("no json at all", CRITIC_KEYS, None),
-        ("", CRITIC_KEYS, None),
-        ('{"critic": "only"}', CRITIC_KEYS, None),
+        # json.loads of the whole reply: str(parsed.get('response', '')).strip()
+        ('{"critic": "c", "response": "fixed"}', "fixed", "json"),
+        ('{"response": "  B. Nauru \\n", "thoughts": "ok"}', "B. Nauru", "json"),
+        ('{"response": "say \\"B\\"", "thoughts": "t"}', 'say "B"', "json"),
+        ('{"critic": "c", "response": "r", "extra": 1}', "r", "json"),  # three keys
+        ('{"critic": "c", "response": ""}', "", "json"),
+        ('{"response": 3}', "3", "json"),
+        ('{"response": null}', "None", "json"),  # str(None), as published
+        ('{"Response": "capitalised key"}', "", "json_missing"),  # json keys are exact
+        ('{"critic": "only"}', "", "json_missing"),  # a missing key: "" is used
+        # no JSON object: the published .get raised; we keep the earlier text
+        ('["a list", {"response": "r"}]', None, "not_object"),
+        ('"just a string"', None, "not_object"),
+        ("42", None, "not_object"),
+        # a JSON decode error: the response regex (quotes optional, any case, other keys)
+        ('Sure! {"critic": "c", "response": "fixed"} Hope it helps.', "fixed", "regex"),
+        ('```json\n{"response": " padded ", "thoughts": "t"}\n```', "padded", "regex"),
+        ('Here: {"thoughts": "t", "response": "either order"}', "either order", "regex"),
+        ('Here: {"response": "no critic key"}', "no critic key", "regex"),
+        ("{critic: 'c', response: \"unquoted key\"}", "unquoted key", "regex"),
+        ('{"RESPONSE": "upper", "x": 1', "upper", "regex"),
+        ('{"response": \u201ccurly quotes\u201d}', "curly quotes", "regex"),
+        ("{\u201cresponse\u201d: \u201ccurly key\u201d}", None, "unreadable"),  # ” is no "
+        ('x {"response": "open \u201cclose\u201d and more"}', "open \u201cclose", "regex"),
+        ('x {"response": "say \\"B\\" twice"}', "say \\", "regex"),  # ends at the first "
+        ('x {"critic": "c", "thoughts": "t", "response": "three keys"', "three keys", "regex"),
+        ('{"response": "line\nbreak"}', None, "unreadable"),  # . stops at a newline
+        ('x "response": "first\nline" then "response": "second"', "second", "regex"),
+        ('Here: {"critic": "c", "response": ""} done', "", "regex"),
+        ("no json at all", None, "unreadable"),
+        ("", None, "unreadable"),
     ],
 )
-def test_parse_json_response_paper(text: str, keys: tuple[str, ...], expected: str | None) -> None:
-    assert parse_json_response_paper(text, keys) == expected
+def test_read_rewrite_paper(text: str, expected: str | None, how: str) -> None:
+    reading = read_rewrite_paper(text)
+    assert (reading.response, reading.how) == (expected, how)
+
+
+def test_read_rewrite_paper_matches_the_published_regex() -> None:
+    """Where JSON fails, our linear reader captures what the published pattern does."""
+    published = re.compile(r'"?response"?\s*:\s*["\u201c](.*?)["\u201d]\s*}?', re.IGNORECASE)
+    replies = [
+        'a "response": "b\nc" x response: "d" "response":"e"',
+        'response: "abc response:\n"x"',
+        "{'Response': \u201cz\u201d",
+        'response : \n\n "spans lines before the value"',
+        'RESPONSE:"" x',
+        "response: unquoted",
+    ]
+    for reply in replies:
+        match = published.search(reply)
+        expected = None if match is None else match.group(1).strip()
+        assert read_rewrite_paper(reply).response == expected, reply
 
 
 def test_read_rewrite_by_protocol(paper: Protocol, strict: Protocol) -> None:
     empty = '{"critic": "c", "response": ""}'
-    assert paper.read_rewrite(empty, CRITIC_SCHEMA) == ""
-    assert strict.read_rewrite(empty, CRITIC_SCHEMA) is None
+    assert paper.read_rewrite(empty).response == ""
+    assert strict.read_rewrite(empty).response is None
     chatty = 'Sure: {"response": "r"} and {"thoughts": "t"}'
-    assert paper.read_rewrite(chatty, ALIGNER_SCHEMA) is None
-    assert strict.read_rewrite(chatty, ALIGNER_SCHEMA) == "r"
+    assert paper.read_rewrite(chatty).response == "r"
+    assert strict.read_rewrite(chatty).response == "r"
+    listed = '[{"response": "r"}]'
+    assert paper.read_rewrite(listed).how == "not_object"
+    assert strict.read_rewrite(listed).response == "r"
 
 
 def test_runs_record_profile_threshold_and_extractor() -> None:
@@ -431,8 +551,12 @@ NESTED = '{"a":' * 100_000
 REPEATED = '{"critic": "x", "response": "' * 20_000
 
 
-@pytest.mark.parametrize("text", [NESTED, REPEATED, "{" * 100_000])
+CURLY_OPENS = "response: \u201c" * 20_000
+
+
+@pytest.mark.parametrize("text", [NESTED, REPEATED, "{" * 100_000, CURLY_OPENS])
 def test_json_readers_survive_hostile_replies(text: str) -> None:
-    """Deep nesting and many unterminated objects: no crash, no super-linear regex."""
+    """Deep nesting, many unterminated objects, values never closed: no crash, linear time."""
     assert parse_json_response(text) is None
-    assert parse_json_response_paper(text, CRITIC_KEYS) is None
+    reading = read_rewrite_paper(text)
+    assert reading.response in (None, "{")  # REPEATED: the value ends at the next quote

@@ -65,7 +65,7 @@ def setup(handler: Any = scripted) -> tuple[WorkItem, ModelCaller, Any]:
     work = WorkItem(context, item, ["relevant", "mixed", "irrelevant"],
                     ["zero_shot", "cot", "icl", "self_critic", "pref_aligner"])  # fmt: skip
     pool = ClientPool(retry_wait=wait_none(), transport=lambda e: MockTransport(handler))
-    return work, ModelCaller(pool, context), protocol
+    return work, ModelCaller(pool, context, protocol), protocol
 
 
 async def test_a_row_publishes_its_baseline_answers_and_align_requests() -> None:

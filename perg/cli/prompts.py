@@ -20,7 +20,6 @@ from perg.protocol import (
     RoleLayout,
     Setting,
     load_protocol,
-    render_raw_prompt,
 )
 
 BASELINE: Literal["baseline"] = "baseline"
@@ -101,14 +100,15 @@ def run(args: argparse.Namespace) -> int:
             args.setting,
             stage=args.stage,
             response=args.response,
-            layout="merged" if args.layout == "merged" else "system",
+            layout=args.layout,
         )
     except InputError:
         raise
     except ValueError as exc:  # the protocol file or a call that does not exist: input
         raise InputError(str(exc)) from exc
-    if args.layout == "inst":
-        prompt = render_raw_prompt(messages)
+    if args.layout == "inst":  # paper's Pref-Aligner stage 2: the published Janus call
+        aligner = args.method == "pref_aligner" and args.stage == 2
+        prompt = protocol.raw_prompt(messages, "aligner" if aligner else "answer")
         out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
     elif args.json:
         out = orjson.dumps({"messages": messages}, option=orjson.OPT_INDENT_2).decode()

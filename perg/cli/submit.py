@@ -21,7 +21,7 @@ from perg.demo_report import METHOD_NAMES
 from perg.errors import InputError
 from perg.extraction import EXTRACTORS
 from perg.kafka import ensure_topics
-from perg.protocol import DECODING_PROFILES, METHODS, SETTINGS
+from perg.protocol import DECODING_PROFILES, METHODS, ROLE_LAYOUTS, SETTINGS
 from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
 
 # the names the README and the report print, as ids: "chain-of-thought" -> "cot"
@@ -115,8 +115,17 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protocol", default=DEFAULT_PROTOCOL, help="paper, strict, or a protocol file"
     )
-    parser.add_argument("--layout", choices=("system", "merged"), default="system",
-                        help="merged: the model's chat template has no system role")  # fmt: skip
+    parser.add_argument(
+        "--layout",
+        choices=ROLE_LAYOUTS,
+        help="merged: the system text in the user turn (a chat template without "
+        "a system role); inst: one raw [INST] prompt on the completions endpoint "
+        "(Janus); default: the model family's, as published; recorded on the run",
+    )
+    parser.add_argument("--thinking", choices=("on", "off"),
+                        help="a thinking model's switch (Qwen3: chat_template_kwargs "
+                        "enable_thinking; default off); Pref-Aligner stage 2 never "
+                        "thinks")  # fmt: skip
     parser.add_argument(
         "--decoding-profile",
         choices=tuple(DECODING_PROFILES),
@@ -198,6 +207,7 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         lora_endpoint=lora,
         repeat_baseline=args.repeat_baseline,
         layout=args.layout,
+        thinking=None if args.thinking is None else args.thinking == "on",
         dataset_path=args.dataset,
         skip_invalid=args.skip_invalid,
     )

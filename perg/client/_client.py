@@ -181,8 +181,11 @@ class ModelClient:
         seed: int | None = None,
         json_schema: Mapping[str, object] | None = None,
         top_p: float | None = None,
+        chat_template_kwargs: Mapping[str, object] | None = None,
     ) -> Completion:
-        """A chat completion; ``max_tokens`` None sends no limit, ``top_p`` None the server's."""
+        """A chat completion; ``max_tokens`` None sends no limit, ``top_p`` None the server's;
+        ``chat_template_kwargs`` go to the server's chat template as vLLM and SGLang take them
+        (e.g. Qwen3's ``{"enable_thinking": False}``)."""
         request: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": [dict(m) for m in messages],
@@ -197,22 +200,34 @@ class ModelClient:
             request["seed"] = seed
         if json_schema is not None:
             request["response_format"] = response_format(self.endpoint.backend, json_schema)
+        if chat_template_kwargs is not None:
+            request["chat_template_kwargs"] = dict(chat_template_kwargs)
         return await self._post(self._url, request, max_tokens or UNCAPPED_SIZE_TOKENS)
 
     async def complete(
-        self, prompt: str, *, max_tokens: int, temperature: float = 0.0, seed: int | None = None
+        self,
+        prompt: str,
+        *,
+        max_tokens: int | None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        top_p: float | None = None,
     ) -> Completion:
-        """A raw text completion (``{base_url}/completions``), e.g. a LoRA extractor's token."""
+        """A raw text completion (``{base_url}/completions``): a LoRA extractor's token, or a
+        raw-prompt model's answer (``--layout inst``); ``max_tokens`` None sends no limit."""
         request: dict[str, Any] = {
             "model": self.endpoint.model,
             "prompt": prompt,
-            "max_tokens": max_tokens,
             "temperature": temperature,
             "stream": False,
         }
+        if max_tokens is not None:
+            request["max_tokens"] = max_tokens
+        if top_p is not None:
+            request["top_p"] = top_p
         if seed is not None:
             request["seed"] = seed
-        return await self._post(self._completions_url, request, max_tokens)
+        return await self._post(self._completions_url, request, max_tokens or UNCAPPED_SIZE_TOKENS)
 
     async def _post(self, url: str, request: Mapping[str, Any], size_tokens: int) -> Completion:
         """POST ``request`` with retries; ``size_tokens`` sizes its deadline (see timeouts).
@@ -330,9 +345,14 @@ class ModelClient:
         try:
             data = orjson.loads(body)
             choice = data["choices"][0]
-            text = (choice["message"]["content"] if "message" in choice else choice["text"]) or ""
+            message = choice.get("message")
+            text = (message["content"] if message is not None else choice["text"]) or ""
+            # a server's reasoning parser may return a thinking model's thinking apart
+            reasoning = None
+            if isinstance(message, dict):
+                reasoning = message.get("reasoning_content") or message.get("reasoning")
             usage = data.get("usage") or {}
-            if not isinstance(text, str):
+            if not isinstance(text, str) or not isinstance(reasoning, str | None):
                 raise TypeError("message content is not a string")
             return Completion(
                 text=text,
@@ -341,6 +361,7 @@ class ModelClient:
                 tokens_out=usage.get("completion_tokens"),
                 latency_s=latency_s,
                 attempts=attempts,
+                reasoning=reasoning,
             )
         except (orjson.JSONDecodeError, LookupError, TypeError, AttributeError) as exc:
             raise ModelError(

@@ -100,6 +100,9 @@ class Completion:
     """Wall time of the whole call, retries and waiting for a slot included, in seconds."""
     attempts: int
     """1 + the number of retries."""
+    reasoning: str | None = None
+    """A thinking model's thinking, when the server returned it apart from the answer
+    (``reasoning_content``), or as read from the text (``</think>``); else None."""
 
 
 class ModelError(Exception):
