@@ -11,8 +11,8 @@
 --   noise_BR = 1 - P(the repeated no-preference answer is correct | Q*), over the rows whose
 --         baseline was generated twice: the BR a preference-free re-run shows (noise floor)
 -- Missing answers (the paper's results_helper.py), over ALL rows; "no option found" is the
--- authors' answer -1, or our extraction 'unresolved' (a refused or empty answer is wrong, not
--- invalid):
+-- authors' answer -1, or our extraction 'unresolved' or 'error' (the LLM extractor failed: the
+-- authors' -1); a content-filter refusal ('refused') or an empty answer is wrong, not invalid:
 --   NoPrefInvalid = P(the no-preference answer has no option found)
 --   PrefInvalid   = P(the answer given with the preference has no option found) (for
 --         pref_aligner: the aligner's answer)
@@ -57,9 +57,10 @@ WITH base AS (
         coalesce(finish_reason = 'length', false) AS truncated,
         nopref_repeat_extraction IS NOT NULL OR nopref_repeat_answer IS NOT NULL AS repeated,
         coalesce(nopref_repeat_answer = gold_option, false) AS repeat_correct,
-        coalesce(nopref_answer = '-1' OR nopref_extraction = 'unresolved', false)
+        coalesce(nopref_answer = '-1' OR nopref_extraction IN ('unresolved', 'error'), false)
             AS nopref_invalid,
-        coalesce(pref_answer = '-1' OR pref_extraction = 'unresolved', false) AS pref_invalid,
+        coalesce(pref_answer = '-1' OR pref_extraction IN ('unresolved', 'error'), false)
+            AS pref_invalid,
         nopref_answer, pref_answer, nopref_rules_answer, pref_rules_answer
     FROM outcomes
 )
