@@ -60,8 +60,12 @@ def _stats(url: str) -> dict[str, Any]:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of a process so far; NaN once it is gone (another
+    engineer's broker that stopped meanwhile)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -179,9 +183,9 @@ def _scraping(pipeline: Pipeline, every_s: float) -> Iterator[list[int]]:
 
 def p3_metrics_cost(
     bootstrap: str, work: Path, rows: int, warmup: int, rounds: int, every_s: float
-) -> tuple[float, float, int]:
-    """Stored results/s of P3 with metrics off and on (scraped), alternating; the mean of
-    each, and the scrapes made."""
+) -> tuple[list[float], list[float], int]:
+    """Stored results/s of P3 with metrics off and on (scraped), alternating round by round,
+    and the scrapes made."""
     rates: dict[bool, list[float]] = {False: [], True: []}
     scrapes = 0
     for round_ in range(rounds):
@@ -197,7 +201,7 @@ def p3_metrics_cost(
                 else:
                     run = _run(pipeline, rows)
                 rates[metrics].append(run["results"] / run["wall_s"])
-    return statistics.mean(rates[False]), statistics.mean(rates[True]), scrapes
+    return rates[False], rates[True], scrapes
 
 
 def p4_sink(stored: int) -> tuple[float, float]:
@@ -317,9 +321,11 @@ def main() -> None:
                 bootstrap, work, args.instant_rows, args.warmup_rows, args.metrics_rounds,
                 args.scrape_s,
             )  # fmt: skip
+            ratio = statistics.mean(on) / statistics.mean(off)
             say(f"P3 metrics cost, {args.instant_rows} rows x {args.metrics_rounds} rounds: "
-                f"off {off:.0f}, on {on:.0f} stored results/s ({scrapes} scrapes, every "
-                f"{args.scrape_s:g}s per worker): on/off = {on / off:.3f}")  # fmt: skip
+                f"stored results/s off {' '.join(f'{r:.0f}' for r in off)}, on "
+                f"{' '.join(f'{r:.0f}' for r in on)} ({scrapes} scrapes, every "
+                f"{args.scrape_s:g}s per worker): mean on/off = {ratio:.3f}")  # fmt: skip
     if "P4" in only:
         rate, p95_ms = p4_sink(args.stored)
         say(f"P4 sink upsert {rate:.0f} rows/s; live metric query p95 {p95_ms:.1f} ms at "

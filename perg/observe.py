@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from perg.errors import InputError
 from perg.hosts import HostNotAllowed, parse_url_host
 
 log = logging.getLogger("perg.observe")
@@ -165,7 +166,8 @@ class Metrics:
 
 
 async def serve(metrics: Metrics, ready: Callable[[], bool], bind: str, port: int) -> web.AppRunner:
-    """Serve ``/metrics`` and ``/ready`` on ``bind:port``; the caller cleans the runner up."""
+    """Serve ``/metrics`` and ``/ready`` on ``bind:port``; the caller cleans the runner up.
+    :class:`InputError` when that address cannot be bound (in use, not this host's)."""
 
     async def scrape(_: web.Request) -> web.Response:
         headers = {"Content-Type": CONTENT_TYPE_LATEST}
@@ -181,6 +183,13 @@ async def serve(metrics: Metrics, ready: Callable[[], bool], bind: str, port: in
     app.router.add_get("/ready", readiness)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, bind, port).start()
+    try:
+        await web.TCPSite(runner, bind, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise InputError(
+            f"PERG_METRICS_BIND/PERG_METRICS_PORT: cannot serve metrics on {bind}:{port}: "
+            f"{exc.strerror or exc}"
+        ) from exc
     log.info("stage=%s metrics on http://%s:%d/metrics", metrics.service, bind, port)
     return runner

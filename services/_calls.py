@@ -167,8 +167,9 @@ def model_worker(
     pool: ClientPool | None = None,
 ) -> Worker:
     """A worker that runs ``orchestrate`` on each ``record`` of ``source`` with the run's
-    protocol, a model caller over ``pool`` (one client per endpoint for the whole process)
-    and the worker's publisher."""
+    protocol, a model caller over ``pool`` (one client per endpoint for the whole process,
+    counted in the worker's metrics) and the worker's publisher, once every model host of the
+    run is on ``settings.model_hosts``."""
     worker = Worker(name, settings, options, (source,), in_flight=in_flight)
     models = pool or ClientPool(metrics=worker.metrics)
 

@@ -21,6 +21,7 @@ from perg.client import (
     TransportRequest,
     TransportResponse,
 )
+from perg.errors import InputError
 from perg.local import free_port
 from perg.observe import MAX_ENDPOINTS, OTHER_ENDPOINT, Metrics, serve
 
@@ -114,3 +115,13 @@ async def test_ready_follows_the_worker_and_metrics_are_served() -> None:
         assert status == 200 and b"perg_messages_in_flight" in body
     finally:
         await runner.cleanup()
+
+
+async def test_a_busy_port_is_one_clear_error() -> None:
+    port = free_port()
+    first = await serve(Metrics("judge"), lambda: True, "127.0.0.1", port)
+    try:
+        with pytest.raises(InputError, match=rf"cannot serve metrics on 127\.0\.0\.1:{port}"):
+            await serve(Metrics("judge"), lambda: True, "127.0.0.1", port)
+    finally:
+        await first.cleanup()
