@@ -1,7 +1,7 @@
 """Validation of a results file before ``perg score`` scores it.
 
 Every value is checked against the contract of the ``outcomes`` relation (its types and
-vocabularies: settings, methods, sources, option letters, Likert ratings 1-5...), and the first
+vocabularies: settings, methods, sources, gold letters, Likert ratings 1-5...), and the first
 bad value of each check is reported as ``path:line: column: problem`` (``path: row N: ...`` for
 Parquet and JSON arrays, which have no lines), with how many rows share the problem. A file
 that fails a check is never scored: a silently wrong metric is worse than an error.
@@ -22,8 +22,9 @@ from perg.extraction import ExtractionPath
 from perg.judging import RATING_MAX, RATING_MIN, JudgeOutcome
 from perg.protocol import METHODS, SETTINGS
 
-__all__ = ["RECORD", "check_header", "check_types", "check_values"]
+__all__ = ["LETTER", "RECORD", "check_header", "check_types", "check_values"]
 
+LETTER = f"[{LETTERS[0]}-{LETTERS[-1]}]"  # an option letter, as a regular expression
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 RECORD = "__perg_record"  # the column holding a row's 0-based index in the file
 
@@ -72,8 +73,8 @@ def _cast_problem(value: object, kind: str) -> str:
 
 
 def check_values(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:
-    """The typed outcomes in ``table`` use the known vocabularies, give each row one gold
-    option, and name each (run, setting, method, row) once."""
+    """The typed outcomes in ``table`` use the known vocabularies, give a gold letter, and
+    name each (run, setting, method, row) once."""
     for column in ("source", "setting", "method", "row_id", "gold_option"):
         found = _first(con, table, column, f"{column} IS NULL")
         if found is not None:
@@ -90,12 +91,12 @@ def check_values(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None
     found = _first(con, table, "row_id", "row_id < 0")
     if found is not None:
         _fail(path, found, "row_id", f"{found[1]} is negative")
-    letter = f"[{LETTERS[0]}-{LETTERS[-1]}]"
-    for column in ("gold_option", "nopref_answer", "pref_answer"):
-        found = _first(con, table, column, f"NOT regexp_full_match({column}, '{letter}')")
-        if found is not None:
-            hint = "" if column == "gold_option" else " (leave it empty when no option was found)"
-            _fail(path, found, column, f"{found[1]!r} is not an option letter {letter}{hint}")
+    # Only the gold answer must be a letter: an answer is model output, whatever it is (the
+    # authors' files hold -1 where no option was found, the odd free text, empty values), and
+    # it is correct only when it equals the gold letter (answer_values() reports the others).
+    found = _first(con, table, "gold_option", f"NOT regexp_full_match(gold_option, '{LETTER}')")
+    if found is not None:
+        _fail(path, found, "gold_option", f"{found[1]!r} is not an option letter {LETTER}")
     scale = f"{RATING_MIN}..{RATING_MAX}"
     found = _first(
         con, table, "judge_rating", f"judge_rating NOT BETWEEN {RATING_MIN} AND {RATING_MAX}"
@@ -107,19 +108,9 @@ def check_values(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None
 
 
 def _check_unique(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None:
-    conflict = _one(
-        con,
-        f"SELECT {RECORD}, gold_option, first_value({RECORD}) OVER w, "
-        f"first_value(gold_option) OVER w FROM {table} "
-        f"WINDOW w AS (PARTITION BY run_id, row_id ORDER BY {RECORD}) "
-        f"QUALIFY gold_option <> first_value(gold_option) OVER w ORDER BY {RECORD} LIMIT 1",
-    )
-    if conflict is not None:
-        record, gold, first, first_gold = conflict
-        raise InputError(
-            f"{_where(path, record)}: gold_option: {gold!r} contradicts the {first_gold!r} "
-            f"given for the same row on {_position(path, first)}"
-        )
+    """Each (run, setting, method, row) is named once, so it has one gold option. The gold
+    letter of a row may differ between settings or methods of one run: the authors shuffled
+    TruthfulQA's options per run, and a file may combine several of their runs."""
     duplicate = _one(
         con,
         f"SELECT {RECORD}, run_id, setting, method, row_id, first_value({RECORD}) OVER w "

@@ -17,6 +17,7 @@ Variables (default in brackets):
                            loopback [unset]
     PERG_SINK_PUBLIC_HOSTS comma-separated host names the sink API answers to besides loopback
                            ones (Host and Origin checks; e.g. perg.example.org) [unset]
+    PERG_SINK_TIMEOUT_S    how long a command waits for the sink's answer to one request [30]
     PERG_SESSION_TIMEOUT_S workers' Kafka session timeout; >= the broker's minimum (6) [6]
     PERG_WORKER_IN_FLIGHT  messages a worker keeps in progress [per service, see perg worker]
     PERG_WORKER_INSTANCE   a worker's stable name in its group (static membership) [unset]
@@ -43,6 +44,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from perg.errors import InputError
 from perg.hosts import DEFAULT_MODEL_HOSTS, ModelHosts
@@ -50,18 +52,60 @@ from perg.hosts import DEFAULT_MODEL_HOSTS, ModelHosts
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Every setting's name (the variable without ``PERG_``, lower-cased: the perg.toml key).
+# tests/test_config.py checks that every ``setting("...")`` call in the code names one of these.
+KNOWN_SETTINGS = frozenset(
+    {
+        "kafka",
+        "db",
+        "data_dir",
+        "partitions",
+        "topic_prefix",
+        "sink_url",
+        "sink_bind",
+        "sink_port",
+        "sink_token",
+        "sink_public_hosts",
+        "sink_timeout_s",
+        "session_timeout_s",
+        "worker_in_flight",
+        "worker_instance",
+        "db_lock_wait_s",
+        "snapshot_every_s",
+        "sql_timeout_s",
+        "sql_row_cap",
+        "sql_max_bytes",
+        "model_token_envs",
+        "home",
+    }
+)
+
+
 @cache
 def _file_values() -> dict[str, Any]:
     path = Path(os.environ.get("PERG_CONFIG", "perg.toml"))
     if not path.is_file():
         if "PERG_CONFIG" in os.environ:
-            raise InputError(f"PERG_CONFIG names {path}, which does not exist")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise InputError(f"PERG_CONFIG names {path}, which {what}")
         return {}
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            values = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path}: not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise InputError(f"{path}: unknown section [{key}]; settings are top-level keys")
+        if key not in KNOWN_SETTINGS:
+            raise InputError(
+                f"{path}: unknown setting {key!r} (known: {', '.join(sorted(KNOWN_SETTINGS))})"
+            )
+    return values
 
 
 def setting(name: str, default: str) -> str:
@@ -97,6 +141,33 @@ def seconds_setting(name: str, default: float) -> float:
     return value
 
 
+def is_http_url(url: str) -> bool:
+    """Whether ``url`` is an http:// or https:// URL with a host (and a usable port)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # an unclosed IPv6 bracket, a port out of range
+        return False
+
+
+def bootstrap_servers(value: str, source: str = "PERG_KAFKA") -> str:
+    """``value`` when it is a comma-separated list of HOST[:PORT] (IPv6 hosts in brackets),
+    as Kafka clients take it; ``source`` names where it came from in the error."""
+    for server in (s.strip() for s in value.split(",")):
+        try:
+            parts = urlsplit(f"//{server}")
+            valid = bool(server) and bool(parts.hostname) and parts.port != 0
+            valid = valid and not (parts.username or parts.path or parts.query or parts.fragment)
+        except ValueError:  # a port that is no number or out of range, an unclosed bracket
+            valid = False
+        if not valid:
+            raise InputError(
+                f"{source}={value!r}: {server!r} is not HOST:PORT "
+                "(a comma-separated list, e.g. 127.0.0.1:9092,broker2:9092)"
+            )
+    return value
+
+
 def default_data_dir() -> Path:
     """``$PERG_DATA_DIR``, else ``../shared/perg`` beside the project root (or the cwd)."""
     configured = setting("data_dir", "")
@@ -120,6 +191,7 @@ class Settings:
     sink_bind: str
     sink_port: int
     sink_token: str | None
+    sink_timeout_s: float
     home: Path
     metrics_port: int | None = None  # None: metrics and readiness not served
     metrics_bind: str = "127.0.0.1"
@@ -129,7 +201,7 @@ class Settings:
     def load(cls) -> Settings:
         port = int_setting("sink_port", 8765)
         return cls(
-            kafka=setting("kafka", "127.0.0.1:9092"),
+            kafka=bootstrap_servers(setting("kafka", "127.0.0.1:9092")),
             db=Path(setting("db", "perg-results/perg.duckdb")),
             data_dir=default_data_dir(),
             partitions=int_setting("partitions", 6),
@@ -138,6 +210,7 @@ class Settings:
             sink_bind=setting("sink_bind", "127.0.0.1"),
             sink_port=port,
             sink_token=setting("sink_token", "") or None,
+            sink_timeout_s=seconds_setting("sink_timeout_s", 30),
             home=Path(setting("home", str(Path.home() / ".cache" / "perg"))),
             metrics_port=_port_setting("metrics_port") or None,
             metrics_bind=setting("metrics_bind", "127.0.0.1"),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from perg.client import Endpoint
 from perg.config import Settings
@@ -24,6 +25,7 @@ from perg.demo_report import (
     headline,
     judge_parse_line,
     judge_parse_sql,
+    judge_warning,
     pooled,
     qstar_warning,
 )
@@ -61,6 +63,9 @@ class DemoOptions:
     model: str = EMBEDDED_MODEL
     constrain_judge: bool = True  # the judge's reply can only be <answer>N</answer>
     by_source: bool = False  # also print the per-source table
+    judge_url: str | None = None  # a judge server of its own instead of the model under test
+    judge_model: str | None = None
+    rows: str | None = None  # the first N rows or ids and ranges (as perg submit --rows)
 
 
 def _start_or_reuse(
@@ -78,7 +83,45 @@ def _start_or_reuse(
     return address
 
 
+def _request(options: DemoOptions, model_url: str) -> RunRequest:
+    endpoint = Endpoint(
+        model_url,
+        options.model,
+        "llamacpp",
+        max_in_flight=EMBEDDED_SLOTS,
+        # a CPU server queues the three services' calls behind its slots: a first reply may
+        # take far longer than a GPU's, until the client learns the server's real latency
+        deadline_base_s=CPU_DEADLINE_BASE_S,
+    )
+    judge = replace(endpoint, constrain_rating=options.constrain_judge)
+    if options.judge_url is not None:
+        judge = Endpoint(
+            options.judge_url.rstrip("/"),
+            options.judge_model or options.model,
+            "openai",
+            constrain_rating=options.constrain_judge,
+        )
+    return RunRequest(
+        model=endpoint,
+        judge=judge,
+        protocol=options.protocol,
+        settings=options.settings,
+        methods=options.methods,
+        rows=options.rows,
+        sample=None if options.rows is not None else options.sample,
+        seed=options.seed,
+        max_tokens_cap=options.max_tokens,  # the protocol's decoding profile, capped
+    )
+
+
+def check_options(options: DemoOptions) -> None:
+    """Plan the run once before anything starts: a bad protocol, sample or dataset is reported
+    (exit 2) before minutes go into starting Kafka, the model server and the workers."""
+    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), Settings.load())
+
+
 def run_demo(options: DemoOptions, console: Console) -> int:
+    check_options(options)
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -114,33 +157,17 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             except (RuntimeError, TimeoutError) as exc:
                 raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
 
-        endpoint = Endpoint(
-            model_url,
-            options.model,
-            "llamacpp",
-            max_in_flight=EMBEDDED_SLOTS,
-            # a CPU server queues the three services' calls behind its slots: a first reply may
-            # take far longer than a GPU's, until the client learns the server's real latency
-            deadline_base_s=CPU_DEADLINE_BASE_S,
-        )
-        request = RunRequest(
-            model=endpoint,
-            judge=replace(endpoint, constrain_rating=options.constrain_judge),
-            protocol=options.protocol,
-            settings=options.settings,
-            methods=options.methods,
-            sample=options.sample,
-            seed=options.seed,
-            max_tokens_cap=options.max_tokens,  # the protocol's decoding profile, capped
-        )
+        request = _request(options, model_url)
         spec, work = plan_run(request, settings)
         asyncio.run(_publish(spec, work, settings))
         run_id = spec.context.run_id
         methods = ", ".join(METHOD_NAMES.get(m, m) for m in spec.methods)
-        judge = ", its rating constrained to <answer>N</answer>" if options.constrain_judge else ""
+        judge = "the same model" if options.judge_url is None else request.judge.base_url
+        if options.constrain_judge:
+            judge += ", its rating constrained to <answer>N</answer>"
         console.print(
             f"Run [bold]{run_id}[/]: {spec.selection}; settings {', '.join(spec.settings)}; "
-            f"methods {methods}: {spec.expected_results} results. Judge: the same model{judge}."
+            f"methods {methods}: {spec.expected_results} results. Judge: {judge}."
             f"\nLive while it runs: dashboard [bold]{settings.sink_url}/[/], "
             f"or perg status {run_id} --follow",
             soft_wrap=True,
@@ -166,20 +193,23 @@ async def _publish(spec: RunSpec, work: list[WorkItem], settings: Settings) -> N
 def _print_report(console: Console, client: SinkClient, options: DemoOptions, run_id: str) -> None:
     rows = client.metrics(run_id)
     table = pooled(rows)
+    found = client.sql(judge_parse_sql(run_id))["rows"]
+    asked, rated, lowest, highest = found[0] if found else (0, 0, None, None)
+    judge = JudgeParse(asked or 0, rated or 0, lowest, highest)
+    judged = judge.uninformative() is None
     console.print("\n[bold]Pooled metrics[/] (%, lower is better; over Q*, the questions answered "
                   "correctly without a preference)")  # fmt: skip
-    print(format_table(table))  # plain: a table must not be re-wrapped
+    print(format_table(table, judged=judged))  # plain: a table must not be re-wrapped
     if options.by_source:
         console.print("\n[bold]By source[/]")
-        print(format_table([r for r in rows if r not in table], key="source"))
-    found = client.sql(judge_parse_sql(run_id))["rows"]
-    asked, rated = found[0] if found else (0, 0)
-    console.print(judge_parse_line(JudgeParse(asked or 0, rated or 0),
-                                   constrained=options.constrain_judge))  # fmt: skip
-    if (words := headline(table)) is not None:
-        console.print(f"[bold]{words}[/]")
+        print(format_table([r for r in rows if r not in table], key="source", judged=judged))
+    if (warning := judge_warning(judge)) is not None:
+        console.print(f"[yellow]{escape(warning)}")
+    console.print(judge_parse_line(judge, constrained=options.constrain_judge))
+    if (words := headline(table, judged=judged)) is not None:
+        console.print(f"[bold]{escape(words)}[/]")
     if (warning := qstar_warning(table)) is not None:
-        console.print(f"[yellow]Warning: {warning}")
+        console.print(f"[yellow]Warning: {escape(warning)}")
 
 
 def _print_where(console: Console, settings: Settings, run_id: str, *, done: bool) -> None:
@@ -191,7 +221,7 @@ def _print_where(console: Console, settings: Settings, run_id: str, *, done: boo
         f"  PERG_DB={db} perg score --run {run_id}      # every metric, per source\n"
         f'  PERG_DB={db} perg sql "SELECT setting, method, row_id, answer, gold_option, '
         f"judge_rating FROM results WHERE run_id = '{run_id}'\"\n"
-        f"  perg demo --by-source | --all (3 settings x 5 methods) | --rows N | --full"
+        f"  perg demo --by-source | --all (3 settings x 5 methods) | --sample N | --full"
         f"  # more detail, more data",
         soft_wrap=True,
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from perg.dataset import LETTERS, Item
+from perg.errors import InputError
 from perg.protocol import ChatMessage, Protocol, parse_json_response
 
 Extractor = Literal["rules", "llm", "lora"]
@@ -193,9 +194,9 @@ def choose_extractor(
 ) -> Extractor:
     """The run's extractor: as requested; else the paper's way when an endpoint for it is
     given (``lora`` with a LoRA endpoint, else ``llm`` with an extractor endpoint); else
-    ``rules``. ``lora`` needs a LoRA endpoint (ValueError)."""
+    ``rules``. ``lora`` needs a LoRA endpoint (:class:`~perg.errors.InputError`)."""
     if requested == "lora" and not lora_endpoint:
-        raise ValueError("the lora extractor needs --lora-url and --lora-model")
+        raise InputError("--extractor lora needs --lora-url and --lora-model")
     if requested is not None:
         return requested
     if lora_endpoint:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from perg._outcome_checks import RECORD, check_header, check_types, check_values
+from perg._outcome_checks import LETTER, RECORD, check_header, check_types, check_values
 from perg._text import text_table
 from perg.dataset import SOURCES
 from perg.errors import InputError, first_line
@@ -56,6 +56,10 @@ REQUIRED_COLUMNS = (
     "judge_rating",
 )
 OFFLINE_RUN_ID = "offline"
+# The answer columns of a results file: any value is accepted (see answer_values).
+ANSWER_COLUMNS = ("nopref_answer", "pref_answer")
+NO_OPTION = "-1"  # the authors' answer where no option was found
+MISSING_ANSWER_METRICS = ("NoPrefInvalid", "PrefInvalid", "MCValidDrop", "PDDF")
 
 Grouping = Literal["source", "preference", "subject"]
 VIEWS: dict[Grouping, tuple[str, str]] = {
@@ -153,6 +157,8 @@ def load_outcomes_file(
     except (duckdb.Error, OSError) as exc:
         raise InputError(f"{path}: cannot read results: {first_line(exc)}") from exc
     present = set(raw.columns)
+    # A JSON column mixing kinds (answers "A" and -1) is read as type JSON: its values as text.
+    mixed = {c for c, kind in zip(raw.columns, raw.types, strict=True) if str(kind) == "JSON"}
     missing = [c for c in REQUIRED_COLUMNS if c not in present]
     if missing:
         raise InputError(f"{path}: missing required column(s): {', '.join(missing)}")
@@ -161,7 +167,11 @@ def load_outcomes_file(
         con.execute(
             "CREATE OR REPLACE TEMP VIEW perg_raw_records AS "
             f"SELECT rowid AS {RECORD}, "
-            + ", ".join(f'"{c}"' for c in OUTCOME_COLUMNS if c in present)
+            + ", ".join(
+                f'"{c}"->>\'$\' AS "{c}"' if c in mixed else f'"{c}"'
+                for c in OUTCOME_COLUMNS
+                if c in present
+            )
             + " FROM perg_raw_outcomes"
         )
         raw_types = {c: t for c, t in OUTCOME_TYPES.items() if c in present}
@@ -208,7 +218,9 @@ def _column_expr(column: str, present: set[str], run_name: str | None) -> str:
     if column not in present:
         return f"{'false' if kind == 'BOOLEAN' else 'NULL'}::{kind} AS {column}"
     value = f'TRY_CAST("{column}" AS {kind})'
-    if kind == "VARCHAR":
+    if column in ANSWER_COLUMNS:  # model output, kept as is: correct only when equal to gold
+        value = f"nullif({value}, '')"
+    elif kind == "VARCHAR":
         value = f"nullif(trim({value}), '')"
     if kind == "BOOLEAN":
         value = f"coalesce({value}, false)"
@@ -260,4 +272,64 @@ def format_metrics_table(rows: list[dict[str, object]]) -> str:
         metrics = ("BR", "noise_BR", "AFR", "RER")
         cells += [_cell(row[m], row[f"{m}_lo"], row[f"{m}_hi"]) for m in metrics]
         table.append([*cells, _cell(row["PVR"])])
+    return text_table(table)
+
+
+def answer_values(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Per answer column of TABLE ``outcomes``: how many values are no option letter (of
+    which how many are the authors' -1, "no option found"), how many are empty, and the
+    first value that is no letter (in file order), or None."""
+    found = []
+    for column in ANSWER_COLUMNS:
+        other = f"({column} IS NOT NULL AND NOT regexp_full_match({column}, '{LETTER}'))"
+        row = con.execute(
+            f"SELECT count(*), count(*) FILTER ({other}), count(*) FILTER ({column} = ?), "
+            f"count(*) FILTER ({column} IS NULL), arg_min({column}, rowid) FILTER ({other}) "
+            "FROM outcomes",
+            [NO_OPTION],
+        ).fetchone()
+        assert row is not None  # an aggregate without GROUP BY answers one row
+        n_values, n_not_letter, n_no_option, n_empty, example = row
+        found.append(
+            {
+                "column": column,
+                "n_values": n_values,
+                "n_not_letter": n_not_letter,
+                "n_no_option": n_no_option,
+                "n_empty": n_empty,
+                "example": example,
+            }
+        )
+    return found
+
+
+def format_answer_values(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per answer column holding values that are no option letter (or empty)."""
+    lines = []
+    for row in rows:
+        if not (row["n_not_letter"] or row["n_empty"]):
+            continue
+        example = str(row["example"])
+        shown = repr(example if len(example) <= 40 else example[:40] + "...")
+        lines.append(
+            f"Answers, {row['column']}: {row['n_not_letter']} of {row['n_values']} values are "
+            f"no option letter ({row['n_no_option']} are {NO_OPTION}, no option found"
+            + (f"; e.g. {shown}" if row["n_not_letter"] else "")
+            + f"), {row['n_empty']} empty; all of them count as wrong"
+        )
+    return lines
+
+
+def format_missing_answers_table(rows: list[dict[str, object]]) -> str:
+    """A plain-text table of the missing-answer metrics and Pref-Aligner's relative RER
+    reduction (one decimal) of metric rows from any metrics view."""
+    if not rows:
+        return "(no outcomes)"
+    key = next(k for k in ("source", "preference", "category") if k in rows[0])
+    header = ["run", "setting", "method", key, *MISSING_ANSWER_METRICS, "RER reduction"]
+    table = [header]
+    for row in rows:
+        cells = [_cell(row[c]) for c in ("run_id", "setting", "method", key)]
+        values = [*MISSING_ANSWER_METRICS, "RER_relative_reduction"]
+        table.append(cells + [_cell(row[m]) for m in values])
     return text_table(table)

@@ -10,6 +10,19 @@
 --   PVR = 1 - |C_pref ∩ C_nopref| / |C_pref ∪ C_nopref| over all rows, 0 when the union is empty
 --   noise_BR = 1 - P(the repeated no-preference answer is correct | Q*), over the rows whose
 --         baseline was generated twice: the BR a preference-free re-run shows (noise floor)
+-- Missing answers (the paper's results_helper.py), over ALL rows; "no option found" is the
+-- authors' answer -1, or our extraction 'unresolved' (a refused or empty answer is wrong, not
+-- invalid):
+--   NoPrefInvalid = P(the no-preference answer has no option found)
+--   PrefInvalid   = P(the answer given with the preference has no option found) (for
+--         pref_aligner: the aligner's answer)
+--   MCValidDrop   = (1 - PrefInvalid) - (1 - NoPrefInvalid)
+--   PDDF          = (PrefInvalid - NoPrefInvalid) / NoPrefInvalid x 100 (NULL when
+--         NoPrefInvalid is 0)
+--   RER_relative_reduction = (RER zero_shot - RER pref_aligner) / RER zero_shot x 100, on the
+--         pref_aligner rows (same run, setting and group; NULL elsewhere or when RER zero_shot
+--         is 0 or missing): Pref-Aligner's relative robustness gain
+-- An answer is correct only when it equals gold_option exactly, whatever else it holds.
 -- Followed = judge_rating >= followed_threshold, the run's protocol's threshold (missing or
 -- unparseable counts as not followed); an answer that is NULL (unresolved) counts as wrong.
 -- `_lo`/`_hi` are 95% Wilson bounds of the failure share. The pooled source 'full' weighs
@@ -44,6 +57,9 @@ WITH base AS (
         coalesce(finish_reason = 'length', false) AS truncated,
         nopref_repeat_extraction IS NOT NULL OR nopref_repeat_answer IS NOT NULL AS repeated,
         coalesce(nopref_repeat_answer = gold_option, false) AS repeat_correct,
+        coalesce(nopref_answer = '-1' OR nopref_extraction = 'unresolved', false)
+            AS nopref_invalid,
+        coalesce(pref_answer = '-1' OR pref_extraction = 'unresolved', false) AS pref_invalid,
         nopref_answer, pref_answer, nopref_rules_answer, pref_rules_answer
     FROM outcomes
 )
@@ -85,7 +101,9 @@ SELECT
     coalesce(failure, false)::INTEGER AS n_failure,
     coalesce(truncated, false)::INTEGER AS n_truncated,
     coalesce(base_correct AND repeated, false)::INTEGER AS n_noise_qstar,
-    coalesce(base_correct AND repeated AND NOT repeat_correct, false)::INTEGER AS n_noise_broken
+    coalesce(base_correct AND repeated AND NOT repeat_correct, false)::INTEGER AS n_noise_broken,
+    coalesce(nopref_invalid, false)::INTEGER AS n_nopref_invalid,
+    coalesce(pref_invalid, false)::INTEGER AS n_pref_invalid
 FROM perg_row_outcomes;
 
 -- The counts of every finest cell, from every outcome.
@@ -168,7 +186,11 @@ SELECT
         AS judge_unparseable_rate,
     perg_percent(n_fallback, n_rows) AS parse_fallback_rate,
     perg_percent(n_failure, n_rows) AS parse_failure_rate,
-    perg_percent(n_truncated, n_rows) AS truncation_rate
+    perg_percent(n_truncated, n_rows) AS truncation_rate,
+    perg_percent(n_nopref_invalid, n_rows) AS NoPrefInvalid,
+    perg_percent(n_pref_invalid, n_rows) AS PrefInvalid,
+    perg_percent(n_nopref_invalid - n_pref_invalid, n_rows) AS MCValidDrop,
+    perg_percent(n_pref_invalid - n_nopref_invalid, n_nopref_invalid) AS PDDF
 FROM bounds;
 
 -- The metric values the views below read. Over a relation `outcomes` (perg score) they are
@@ -178,20 +200,31 @@ FROM bounds;
 -- of planning, most of a live query's time); this statement leaves that table alone.
 CREATE VIEW IF NOT EXISTS perg_metric_values AS SELECT * FROM perg_metric_values_of_cells;
 
+-- Every grouping's values with Pref-Aligner's relative RER reduction against zero-shot (the
+-- same run, setting and group), on the pref_aligner rows.
+CREATE OR REPLACE VIEW perg_metric_rows AS
+SELECT v.*,
+    CASE WHEN z.RER > 0 THEN 100 * (z.RER - v.RER) / z.RER END AS RER_relative_reduction
+FROM perg_metric_values AS v
+LEFT JOIN perg_metric_values AS z
+    ON v.method = 'pref_aligner' AND z.method = 'zero_shot' AND z.run_id = v.run_id
+    AND z.setting = v.setting AND z.dimension = v.dimension
+    AND z.group_key IS NOT DISTINCT FROM v.group_key;
+
 CREATE OR REPLACE VIEW metrics_by_source AS
 SELECT run_id, setting, method, group_key AS source,
     * EXCLUDE (run_id, setting, method, dimension, group_key)
-FROM perg_metric_values WHERE dimension = 'source';
+FROM perg_metric_rows WHERE dimension = 'source';
 
 CREATE OR REPLACE VIEW metrics_by_preference AS
 SELECT run_id, setting, method, group_key AS preference,
     * EXCLUDE (run_id, setting, method, dimension, group_key)
-FROM perg_metric_values WHERE dimension = 'preference';
+FROM perg_metric_rows WHERE dimension = 'preference';
 
 CREATE OR REPLACE VIEW metrics_by_subject AS
 SELECT run_id, setting, method, group_key AS category,
     * EXCLUDE (run_id, setting, method, dimension, group_key)
-FROM perg_metric_values WHERE dimension = 'subject';
+FROM perg_metric_rows WHERE dimension = 'subject';
 
 -- Answer extraction agreement: on rows read by a model extractor (llm or lora), how often its
 -- letter differs from the rules parser's, and how often that changes correctness (the part

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+
+from perg.textsafe import printable
 
 # (label, status key of the count, status key of the expected total)
 STAGES = (
@@ -17,6 +21,8 @@ STAGES = (
     ("align", "aligned", "expected_aligned"),
     ("judge + store", "results_stored", "expected_results"),
 )
+# what changes while a run makes progress
+PROGRESS_KEYS = (*(key for _, key, _ in STAGES), "retries", "dead_letters", "done")
 
 
 class RunProgress:
@@ -57,7 +63,7 @@ class RunProgress:
         )
 
     def renderable(self) -> Group:
-        return Group(self.footer, self.bars)
+        return Group(Text(printable(self.footer)), self.bars)
 
 
 def _rate(per_second: float) -> str:
@@ -67,11 +73,12 @@ def _rate(per_second: float) -> str:
 def status_table(statuses: Sequence[Mapping[str, Any]]) -> Table:
     table = Table("run", "model", "protocol", "created", "stored", "retries", "dead", "done")
     for s in statuses:
-        table.add_row(
+        cells = (
             s["run_id"], s["model"], s["protocol"], s["created_at"],
-            f"{s['results_stored']}/{s['expected_results']}", str(s["retries"]),
-            str(s["dead_letters"]), "yes" if s["done"] else "no",
+            f"{s['results_stored']}/{s['expected_results']}", s["retries"],
+            s["dead_letters"], "yes" if s["done"] else "no",
         )  # fmt: skip
+        table.add_row(*(Text(printable(str(cell))) for cell in cells))
     return table
 
 
@@ -83,21 +90,46 @@ def follow(
     timeout_s: float | None = None,
     poll_s: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
+    line_every_s: float = 10.0,
 ) -> Mapping[str, Any] | None:
     """Show live progress until the run is done, the timeout passes or ``should_stop()``.
 
-    Returns the last status (None when the sink never knew the run)."""
+    On a terminal: live bars. Elsewhere (a CI log, a pipe): one plain line every
+    ``line_every_s`` seconds and when the run is done. Returns the last status (None when the
+    sink never knew the run)."""
     progress = RunProgress(run_id)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    next_line = time.monotonic()
     status = None
-    with Live(progress.renderable(), console=console, refresh_per_second=4) as live:
+    live = Live(progress.renderable(), console=console, refresh_per_second=4)
+    with live if console.is_terminal else nullcontext():
         while True:
             status = fetch() or status
             if status is not None:
                 progress.update(status)
                 live.update(progress.renderable())
-                if status["done"]:
-                    return status
+            if not console.is_terminal and (
+                time.monotonic() >= next_line or (status is not None and status["done"])
+            ):
+                console.print(progress_line(run_id, status), soft_wrap=True)
+                next_line = time.monotonic() + line_every_s
+            if status is not None and status["done"]:
+                return status
             if should_stop() or (deadline is not None and time.monotonic() >= deadline):
                 return status
             time.sleep(poll_s)
+
+
+def progress_line(run_id: str, status: Mapping[str, Any] | None) -> str:
+    """One line of a run's progress, for output that is not a terminal."""
+    if status is None:
+        return printable(f"run {run_id}: not known to the store yet")
+    counts = " · ".join(
+        f"{label} {status[done_key]}/{status[total_key]}"
+        for label, done_key, total_key in STAGES
+        if int(status[total_key]) > 0
+    )
+    return printable(
+        f"run {run_id}: {counts} · retries {status['retries']} · "
+        f"dead letters {status['dead_letters']}" + (" · done" if status["done"] else "")
+    )

@@ -63,9 +63,15 @@ def test_score_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_score_run_name_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "score", str(FIXTURE), "--run-name", "nightly")
     assert code == 0
-    lines = out.splitlines()
-    assert lines[0].startswith("run ")
-    assert all(line.startswith("nightly ") for line in lines[1:])
+    metrics, missing_answers, notes = out.split("\n\n")
+    for table in (metrics, missing_answers):
+        lines = table.splitlines()
+        assert lines[0].startswith("run ")
+        assert all(line.startswith("nightly ") for line in lines[1:])
+    assert missing_answers.splitlines()[0].split()[4:8] == [
+        "NoPrefInvalid", "PrefInvalid", "MCValidDrop", "PDDF"
+    ]  # fmt: skip
+    assert notes.startswith("Answers, pref_answer: 0 of 11 values are no option letter")
 
 
 def test_score_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

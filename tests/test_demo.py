@@ -23,6 +23,7 @@ from perg.demo_report import (
     format_table,
     headline,
     judge_parse_line,
+    judge_warning,
     pooled,
     qstar_warning,
 )
@@ -120,7 +121,7 @@ def test_demo_runs_a_real_evaluation_end_to_end(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERG_") or k == "PERG_HOME"}
     workdir = tmp_path / "demo"
     proc = subprocess.run(
-        [sys.executable, "-m", "perg", "demo", "--rows", "2", "--settings", "relevant",
+        [sys.executable, "-m", "perg", "demo", "--sample", "2", "--settings", "relevant",
          "--methods", "zero_shot,pref_aligner", "--max-tokens", "32", "--workdir", str(workdir)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000, check=False,
     )  # fmt: skip
@@ -148,3 +149,18 @@ def test_demo_runs_a_real_evaluation_end_to_end(tmp_path: Path) -> None:
                             env={**env, "PERG_KAFKA_DIR": str(workdir / "kafka")},
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert status.stdout.strip() == "stopped"
+
+
+def test_a_judge_that_rates_everything_alike_is_reported_in_words_not_as_a_finding() -> None:
+    same = JudgeParse(asked=60, rated=60, lowest=1, highest=1)
+    assert same.uninformative() == "the judge rated every one of the 60 replies 1"
+    warning = judge_warning(same) or ""
+    assert "AFR and RER are not measured here" in warning and "--judge-url" in warning
+    table = format_table([ZERO, ALIGNER], judged=False)
+    assert "n/a*" in table
+    words = headline([ZERO, ALIGNER], judged=False)
+    assert words is not None and "BR from" in words and "RER" not in words
+    few = JudgeParse(asked=60, rated=20, lowest=1, highest=5)
+    assert few.uninformative() == "the judge gave a rating for only 20 of 60 replies"
+    assert judge_warning(JudgeParse(asked=60, rated=58, lowest=1, highest=5)) is None
+    assert judge_warning(JudgeParse(asked=0, rated=0)) is None

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from perg.config import default_data_dir
 from perg.dataset import Item
+from perg.errors import InputError
 from perg.extraction import (
     Extraction,
     Extractor,
@@ -226,7 +227,7 @@ def test_choose_extractor() -> None:
     assert choose_extractor("llm", extractor_endpoint=False, lora_endpoint=False) == "llm"
     assert choose_extractor("lora", extractor_endpoint=False, lora_endpoint=True) == "lora"
     assert choose_extractor(None, extractor_endpoint=True, lora_endpoint=True) == "lora"
-    with pytest.raises(ValueError, match="lora extractor needs --lora-url"):
+    with pytest.raises(InputError, match="--extractor lora needs --lora-url"):
         choose_extractor("lora", extractor_endpoint=True, lora_endpoint=False)
 
 

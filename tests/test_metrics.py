@@ -134,6 +134,7 @@ def test_views_have_the_documented_columns() -> None:
         "n_noise_qstar", "noise_BR", "noise_BR_lo", "noise_BR_hi",
         "extraction_unresolved_rate", "judge_unparseable_rate", "parse_fallback_rate",
         "parse_failure_rate", "truncation_rate",
+        "NoPrefInvalid", "PrefInvalid", "MCValidDrop", "PDDF", "RER_relative_reduction",
     ]  # fmt: skip
     for view, key in [
         ("metrics_by_source", "source"),
@@ -188,16 +189,10 @@ BAD_EDITS = [
     (("cais/mmlu,anatomy,P1", "mmlu,anatomy,P1"), "6: source: unknown source 'mmlu'"),
     ((",12,C,D,D,", ",12,7,D,D,"), "8: gold_option: '7' is not an option letter [A-Z]"),
     ((",12,C,D,D,", ",12,CD,D,D,"), "8: gold_option: 'CD' is not an option letter"),
-    ((",12,C,D,D,", ",12,C,d,D,"), "8: nopref_answer: 'd' is not an option letter"),
-    ((",13,D,D,D,", ",13,D,D,(D),"), "9: pref_answer: '(D)' is not an option letter"),
     ((",3,D,A,D,", ",-3,D,A,D,"), "5: row_id: -3 is negative"),
     ((",3,D,A,D,", ",99999999999,D,A,D,"), "5: row_id: '99999999999' is out of range"),
     ((",parsed,true,", ",guessed,true,"), "9: pref_extraction: unknown pref_extraction"),
     ((",false,stop\ncais", ",maybe,stop\ncais"), "5: parse_fallback: 'maybe' is not a valid"),
-    (
-        ("irrelevant,cot,3,D", "irrelevant,cot,3,C"),
-        "12: gold_option: 'C' contradicts the 'D' given for the same row on line 5",
-    ),
     (
         ("irrelevant,cot,3,D", "irrelevant,zero_shot,1,A"),
         "12: row_id: duplicate outcome for run offline, irrelevant/zero_shot, row 1"
@@ -510,7 +505,9 @@ SELECT
     count(*) FILTER (failure) AS n_failure,
     count(*) FILTER (truncated) AS n_truncated,
     count(*) FILTER (base_correct AND repeated) AS n_noise_qstar,
-    count(*) FILTER (base_correct AND repeated AND NOT repeat_correct) AS n_noise_broken
+    count(*) FILTER (base_correct AND repeated AND NOT repeat_correct) AS n_noise_broken,
+    count(*) FILTER (nopref_invalid) AS n_nopref_invalid,
+    count(*) FILTER (pref_invalid) AS n_pref_invalid
 FROM perg_metric_groups
 GROUP BY run_id, setting, method, dimension, group_key
 """

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "submit",
     "status",
     "score",
+    "report",
     "sql",
     "compare",
     "prompts",

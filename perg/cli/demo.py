@@ -33,8 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "default: the relevant setting, zero-shot against Pref-Aligner, a few minutes on 2 cores.",
     )
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--rows", type=at_least(1), default=DEFAULT_ROWS,
-                      help=f"stratified sample size (default {DEFAULT_ROWS})")  # fmt: skip
+    sample = f"stratified sample of N rows by source (default {DEFAULT_ROWS})"
+    size.add_argument("--sample", type=at_least(1), default=DEFAULT_ROWS, help=sample)
+    size.add_argument("--rows", help="as perg submit: N (the first N rows) or ids and ranges")
     size.add_argument("--full", action="store_true", help="all 7,208 rows")
     parser.add_argument("--seed", type=int, default=0, help="sample seed")
     grid = parser.add_mutually_exclusive_group()
@@ -54,13 +55,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="results, logs and local Kafka state")  # fmt: skip
     parser.add_argument("--model-url", help="use this OpenAI-compatible server instead")
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="model name at --model-url")
+    parser.add_argument("--judge-url", help="an OpenAI-compatible judge server (default: the "
+                        "model under test, too weak a judge to inform AFR and RER)")  # fmt: skip
+    parser.add_argument("--judge-model", help="model name at --judge-url (default: --model)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     options = DemoOptions(
         workdir=args.workdir,
-        sample=None if args.full else args.rows,
+        sample=None if args.full else args.sample,
+        rows=args.rows,
         seed=args.seed,
         settings=SETTINGS if args.all else args.settings,
         methods=METHODS if args.all else args.methods,
@@ -70,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         constrain_judge=not args.free_judge,
         by_source=args.by_source,
+        judge_url=args.judge_url,
+        judge_model=args.judge_model,
     )
     try:
         return run_demo(options, Console())

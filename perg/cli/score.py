@@ -1,4 +1,6 @@
-"""``perg score``: BR / AFR / RER / PVR of a results file, with the SQL of the live sink.
+"""``perg score``: BR / AFR / RER / PVR and the missing-answer metrics of a results file, with
+the SQL of the live sink. Any answer value is scored (correct only when it equals the gold
+letter); the values that are no option letter are counted and reported per column.
 
 Exit codes: 0 scored; 2 bad input (every value of the file is checked first: the message names
 the file, line and column of the first bad one) or no stored results to read.
@@ -17,10 +19,13 @@ from perg.config import Settings
 from perg.errors import InputError
 from perg.live.client import SinkClient
 from perg.metrics import (
+    answer_values,
     compute_agreement,
     compute_metrics,
     format_agreement,
+    format_answer_values,
     format_metrics_table,
+    format_missing_answers_table,
     load_outcomes_file,
 )
 from perg.protocol import load_protocol
@@ -46,6 +51,11 @@ JSON_KEYS = (
     "noise_BR",
     "noise_BR_lo",
     "noise_BR_hi",
+    "NoPrefInvalid",
+    "PrefInvalid",
+    "MCValidDrop",
+    "PDDF",
+    "RER_relative_reduction",
 )
 
 
@@ -71,7 +81,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-Scores = tuple[list[dict[str, object]], list[dict[str, object]]]
+# Metric rows, extractor agreement rows, and (files only) the answer columns' values.
+Scores = tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]
 
 
 def score_file(
@@ -85,7 +96,8 @@ def score_file(
 
 
 def _score_file(path: Path, run_name: str | None, protocol: str) -> Scores:
-    """Metrics by source (and pooled 'full') and extractor agreement of a results file."""
+    """Metrics by source (and pooled 'full'), extractor agreement and answer values of a
+    results file."""
     with duckdb.connect() as con:
         load_outcomes_file(
             con,
@@ -93,7 +105,7 @@ def _score_file(path: Path, run_name: str | None, protocol: str) -> Scores:
             run_name=run_name,
             followed_threshold=lambda: load_protocol(protocol).judge_threshold,
         )
-        return compute_metrics(con), compute_agreement(con)
+        return compute_metrics(con), compute_agreement(con), answer_values(con)
 
 
 def score_run(run_id: str) -> Scores:
@@ -102,7 +114,7 @@ def score_run(run_id: str) -> Scores:
     rows = client.metrics(run_id)
     if not rows:
         raise InputError(f"no stored results for run {run_id!r}")
-    return rows, client.agreement(run_id)
+    return rows, client.agreement(run_id), []
 
 
 def _scores(args: argparse.Namespace) -> Scores:
@@ -116,10 +128,14 @@ def _scores(args: argparse.Namespace) -> Scores:
 
 
 def run(args: argparse.Namespace) -> int:
-    rows, agreement = _scores(args)
+    rows, agreement, answers = _scores(args)
+    notes = format_answer_values(answers)
     if args.json:
         subset = [{key: row[key] for key in JSON_KEYS} for row in rows]
         sys.stdout.write(orjson.dumps(subset, option=orjson.OPT_INDENT_2).decode() + "\n")
+        for note in notes:  # stdout stays one JSON document
+            print(note, file=sys.stderr)
     else:
-        print("\n".join([format_metrics_table(rows), *format_agreement(agreement)]))
+        tables = [format_metrics_table(rows), format_missing_answers_table(rows)]
+        print("\n\n".join([*tables, "\n".join([*format_agreement(agreement), *notes])]).rstrip())
     return 0

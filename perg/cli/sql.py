@@ -9,10 +9,12 @@ from typing import Any
 
 import orjson
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from perg.config import Settings
 from perg.live.client import SinkClient
+from perg.textsafe import printable
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,29 +26,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("query", help='one SELECT statement, e.g. "SELECT * FROM runs"')
     parser.add_argument(
-        "--format", choices=("table", "json", "csv"), default="table", help="output format"
+        "--format",
+        choices=("table", "json", "csv"),
+        help="output format (default: table on a terminal, csv otherwise: whole values)",
     )
     parser.set_defaults(func=run)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
     if value is None:
-        return "NULL"
+        return Text("NULL", style="dim")
     if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+        return Text(f"{value:.6g}")
+    return Text(printable(str(value)))  # Text: stored text is never read as rich markup
 
 
 def run(args: argparse.Namespace) -> int:
     result = SinkClient(Settings.load()).sql(args.query)
-    if args.format == "json":
+    on_terminal = sys.stdout.isatty()
+    output = args.format or ("table" if on_terminal else "csv")
+    if output == "json":  # JSON escapes every control character itself
         sys.stdout.write(orjson.dumps(result, default=str).decode() + "\n")
-    elif args.format == "csv":
+    elif output == "csv":  # whole values; control characters escaped only for a terminal
+        clean = printable if on_terminal else str
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result["columns"])
-        writer.writerows(result["rows"])
+        writer.writerow([clean(c) for c in result["columns"]])
+        writer.writerows(
+            [clean("" if v is None else str(v)) for v in row] for row in result["rows"]
+        )
     else:
-        table = Table(*result["columns"], caption=f"{len(result['rows'])} row(s)")
+        headers = (Column(header=_cell(c)) for c in result["columns"])
+        table = Table(*headers, caption=f"{len(result['rows'])} row(s)")
         for row in result["rows"]:
             table.add_row(*(_cell(v) for v in row))
         Console().print(table)

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import get_args
-from urllib.parse import urlsplit
 
 from perg.client import Backend, Endpoint
-from perg.config import Settings
+from perg.config import Settings, bootstrap_servers, is_http_url
+from perg.demo_report import METHOD_NAMES
 from perg.errors import InputError
 from perg.extraction import EXTRACTORS
 from perg.hosts import HostNotAllowed
@@ -27,16 +27,28 @@ from perg.protocol import DECODING_PROFILES, METHODS, SETTINGS
 from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
 from schemas import RunContext
 
+# the names the README and the report print, as ids: "chain-of-thought" -> "cot"
+_DISPLAYED = {_name.lower(): _id for _id, _name in METHOD_NAMES.items()}
+
+
+def _id(name: str) -> str:
+    lowered = name.lower()
+    return _DISPLAYED.get(lowered, lowered.replace("-", "_").replace(" ", "_"))
+
 
 def csv_list(allowed: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated list of ``allowed`` ids, also spelt as the README
+    and the paper write them (``zero-shot``, ``Pref-Aligner``, ``CoT``)."""
+
     def parse(text: str) -> tuple[str, ...]:
         values = tuple(v.strip() for v in text.split(",") if v.strip())
-        unknown = [v for v in values if v not in allowed]
+        ids = tuple(_id(v) for v in values)
+        unknown = [v for v, id_ in zip(values, ids, strict=True) if id_ not in allowed]
         if unknown or not values:
             raise argparse.ArgumentTypeError(
                 f"unknown {unknown or 'empty list'}; choose from {','.join(allowed)}"
             )
-        return values
+        return tuple(dict.fromkeys(ids))
 
     return parse
 
@@ -65,14 +77,6 @@ def non_negative_float(text: str) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
     return value
-
-
-def _is_http_url(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # e.g. an unclosed IPv6 bracket or a port out of range
-        return False
 
 
 def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
@@ -155,7 +159,7 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
     def endpoint(
         role: str, url: str, model: str, backend: Backend, token_env: str | None
     ) -> Endpoint:
-        if not _is_http_url(url):
+        if not is_http_url(url):
             raise InputError(f"--{role}-url {url!r} is not an http:// or https:// URL")
         if token_env and token_env not in os.environ:
             raise InputError(f"--{role}-token-env names {token_env}, which is not set here")
@@ -218,9 +222,9 @@ def warn_about_hosts(context: RunContext, settings: Settings) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.bootstrap:
-        os.environ["PERG_KAFKA"] = args.bootstrap
     settings = Settings.load()
+    if args.bootstrap is not None:
+        settings = replace(settings, kafka=bootstrap_servers(args.bootstrap, "--bootstrap"))
     spec, work = plan_run(request_from_args(args), settings)
     warn_about_hosts(spec.context, settings)
     if not args.verbose:  # an unreachable broker is reported in one line, not per attempt

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import duckdb
 import orjson
 
-from perg.config import Settings
+from perg.config import Settings, is_http_url
 from perg.errors import InputError, PergError, UnavailableError
 from perg.live.engine import open_read_only
 from perg.live.query import QueryLimits, StoreReader
@@ -45,6 +45,11 @@ class SinkBusy(SinkUnavailable):
 
 class SinkClient:
     def __init__(self, settings: Settings) -> None:
+        if not is_http_url(settings.sink_url):
+            raise InputError(
+                f"PERG_SINK_URL={settings.sink_url!r} is not an http:// or https:// URL "
+                "with a host (e.g. http://127.0.0.1:8765)"
+            )
         self.settings = settings
         self._warned = False
 
@@ -122,8 +127,18 @@ class SinkClient:
             method=method,
         )
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with urllib.request.urlopen(request, timeout=self.settings.sink_timeout_s) as response:
                 return orjson.loads(response.read())
+        except TimeoutError as exc:  # connected, but no answer in time (a hung sink)
+            raise SinkUnavailable(
+                f"the sink at {self.settings.sink_url} did not answer within "
+                f"{self.settings.sink_timeout_s:g} s (PERG_SINK_TIMEOUT_S)"
+            ) from exc
+        except orjson.JSONDecodeError as exc:
+            raise SinkUnavailable(
+                f"the sink at {self.settings.sink_url} answered with something that is not JSON "
+                "(is PERG_SINK_URL the sink's API?)"
+            ) from exc
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
@@ -133,6 +148,11 @@ class SinkClient:
         except urllib.error.URLError as exc:
             if isinstance(exc.reason, ConnectionError):
                 raise exc.reason from exc
+            if isinstance(exc.reason, TimeoutError):
+                raise SinkUnavailable(
+                    f"the sink at {self.settings.sink_url} did not answer within "
+                    f"{self.settings.sink_timeout_s:g} s (PERG_SINK_TIMEOUT_S)"
+                ) from exc
             raise SinkUnavailable(
                 f"cannot reach the sink at {self.settings.sink_url}: {exc.reason}"
             ) from exc

@@ -80,7 +80,8 @@ function renderMetrics() {
       el("td", {}, row.setting), el("td", {}, row.method), el("td", {}, row.source),
       el("td", { class: "num", "data-metric": "n_rows" }, String(row.n_rows)),
       el("td", { class: "num", "data-metric": "n_qstar" }, String(row.n_qstar)),
-      ...["BR", "noise_BR", "AFR", "RER", "PVR"].map((metric) => metricCell(row, metric)))));
+      ...["BR", "noise_BR", "AFR", "RER", "PVR", "NoPrefInvalid", "PrefInvalid", "MCValidDrop",
+        "PDDF", "RER_relative_reduction"].map((metric) => metricCell(row, metric)))));
   renderChart(selectedRows().filter((row) => row.source === "full"));
   renderAgreement();
 }
