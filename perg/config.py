@@ -76,6 +76,9 @@ KNOWN_SETTINGS = frozenset(
         "sql_row_cap",
         "sql_max_bytes",
         "model_token_envs",
+        "model_hosts",
+        "metrics_port",
+        "metrics_bind",
         "home",
     }
 )
