@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py [--rows 400] [--slots 32] [--service-s 0.25]
         [--scale-rows 200] [--instant-rows 400] [--warmup-rows 100] [--stored 1000000]
-        [--only P1,P2,P3,P4,P5]
+        [--only P1,P2,P3,P4,P5] [--metrics-cost]
 
 Starts Kafka (``$PERG_KAFKA`` if set, else a broker in a temporary folder), the scripted model
 double (``tests/model_double.py``) and the four services (``perg worker``), and prints, each as
@@ -18,6 +18,10 @@ a ratio measured in this run:
 * P4: sink upsert rows/s, and the p95 latency of a live metric query with ``--stored``
   results stored while the sink keeps ingesting;
 * P5: peak RSS of each worker process (VmHWM), after P1 and after P3.
+
+``--metrics-cost``: P3 twice more, on pipelines with metrics off and on (every worker serving
+/metrics, scraped every ``--scrape-s`` seconds, as Prometheus would but more often), each after
+its warm-up, alternating ``--metrics-rounds`` times; prints stored results/s on / off.
 """
 
 from __future__ import annotations
@@ -56,8 +60,12 @@ def _stats(url: str) -> dict[str, Any]:
 
 
 def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds of a process so far; NaN once it is gone (another
+    engineer's broker that stopped meanwhile)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -85,8 +93,11 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 @contextmanager
-def _pipeline(bootstrap: str, workdir: Path, generators: int, *double: str) -> Iterator[Pipeline]:
-    pipeline = Pipeline(bootstrap, workdir, f"bench-{uuid.uuid4().hex[:8]}", generators)
+def _pipeline(
+    bootstrap: str, workdir: Path, generators: int, *double: str, metrics: bool = False
+) -> Iterator[Pipeline]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    pipeline = Pipeline(bootstrap, workdir, prefix, generators, metrics=metrics)
     try:
         pipeline.model_url = pipeline.start_double(*double)
         pipeline.workers.start_all(generators=generators)
@@ -145,6 +156,52 @@ async def _sequential(url: str, calls: int) -> float:
             chat = [{"role": m["role"], "content": m["content"]} for m in messages[i % 10]]
             await client.chat(chat, max_tokens=protocol.max_tokens("answer"))
         return calls / (time.perf_counter() - started)
+
+
+@contextmanager
+def _scraping(pipeline: Pipeline, every_s: float) -> Iterator[list[int]]:
+    """Scrape every worker's /metrics every ``every_s`` seconds meanwhile; yields the count."""
+    urls = [pipeline.workers.metrics_url(name) + "/metrics" for name in pipeline.workers.procs]
+    scrapes = [0]
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.wait(every_s):
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    response.read()
+                scrapes[0] += 1
+
+    thread = threading.Thread(target=scrape, daemon=True)
+    thread.start()
+    try:
+        yield scrapes
+    finally:
+        stop.set()
+        thread.join()
+
+
+def p3_metrics_cost(
+    bootstrap: str, work: Path, rows: int, warmup: int, rounds: int, every_s: float
+) -> tuple[list[float], list[float], int]:
+    """Stored results/s of P3 with metrics off and on (scraped), alternating round by round,
+    and the scrapes made."""
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    scrapes = 0
+    for round_ in range(rounds):
+        for metrics in (False, True):
+            folder = work / f"m{round_}-{int(metrics)}"
+            with _pipeline(bootstrap, folder, 1, metrics=metrics) as pipeline:
+                if warmup > 0:
+                    _run(pipeline, warmup)
+                if metrics:
+                    with _scraping(pipeline, every_s) as count:
+                        run = _run(pipeline, rows)
+                    scrapes += count[0]
+                else:
+                    run = _run(pipeline, rows)
+                rates[metrics].append(run["results"] / run["wall_s"])
+    return rates[False], rates[True], scrapes
 
 
 def p4_sink(stored: int) -> tuple[float, float]:
@@ -206,6 +263,10 @@ def main() -> None:
     parser.add_argument("--warmup-rows", type=int, default=100, help="P3's warm-up run; 0: none")
     parser.add_argument("--stored", type=int, default=1_000_000)
     parser.add_argument("--only", default="P1,P2,P3,P4,P5")
+    parser.add_argument("--metrics-cost", action="store_true",
+                        help="P3 with metrics off vs on (served and scraped)")  # fmt: skip
+    parser.add_argument("--metrics-rounds", type=int, default=2)
+    parser.add_argument("--scrape-s", type=float, default=1.0)
     args = parser.parse_args()
     only = set(args.only.upper().split(","))
     capacity = args.slots / args.service_s
@@ -255,6 +316,16 @@ def main() -> None:
                 per_k = 1000 / max(p3["results"], 1)
                 cpu = ", ".join(f"{n} {v * per_k:.2f}" for n, v in sorted(p3["cpu_s"].items()))
                 say(f"P3 CPU seconds per 1000 stored results, submit to stored: {cpu}")
+        if "P3" in only and args.metrics_cost:
+            off, on, scrapes = p3_metrics_cost(
+                bootstrap, work, args.instant_rows, args.warmup_rows, args.metrics_rounds,
+                args.scrape_s,
+            )  # fmt: skip
+            ratio = statistics.mean(on) / statistics.mean(off)
+            say(f"P3 metrics cost, {args.instant_rows} rows x {args.metrics_rounds} rounds: "
+                f"stored results/s off {' '.join(f'{r:.0f}' for r in off)}, on "
+                f"{' '.join(f'{r:.0f}' for r in on)} ({scrapes} scrapes, every "
+                f"{args.scrape_s:g}s per worker): mean on/off = {ratio:.3f}")  # fmt: skip
     if "P4" in only:
         rate, p95_ms = p4_sink(args.stored)
         say(f"P4 sink upsert {rate:.0f} rows/s; live metric query p95 {p95_ms:.1f} ms at "

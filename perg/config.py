@@ -28,6 +28,10 @@ Variables (default in brackets):
     PERG_SQL_MAX_BYTES     live SQL answer size cap in bytes [16777216]
     PERG_MODEL_TOKEN_ENVS  environment variables a worker may send as a model API token, comma-
                            separated NAME (any host) or NAME@HOST[:PORT]; empty: none [unset]
+    PERG_METRICS_PORT      port of a worker's Prometheus /metrics and /ready; 0: not served [0]
+    PERG_METRICS_BIND      address /metrics and /ready bind [127.0.0.1]
+    PERG_MODEL_HOSTS       model hosts a worker may call: comma-separated host[:port] patterns,
+                           '*' within a label, 'loopback' (see perg/hosts.py) [loopback]
     PERG_HOME              cache of installed tools: Kafka jars, llama.cpp venv [~/.cache/perg]
 """
 
@@ -36,13 +40,14 @@ from __future__ import annotations
 import math
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from perg.errors import InputError
+from perg.hosts import DEFAULT_MODEL_HOSTS, ModelHosts
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +76,9 @@ KNOWN_SETTINGS = frozenset(
         "sql_row_cap",
         "sql_max_bytes",
         "model_token_envs",
+        "model_hosts",
+        "metrics_port",
+        "metrics_bind",
         "home",
     }
 )
@@ -188,6 +196,9 @@ class Settings:
     sink_token: str | None
     sink_timeout_s: float
     home: Path
+    metrics_port: int | None = None  # None: metrics and readiness not served
+    metrics_bind: str = "127.0.0.1"
+    model_hosts: ModelHosts = field(default_factory=lambda: ModelHosts.parse(DEFAULT_MODEL_HOSTS))
 
     @classmethod
     def load(cls) -> Settings:
@@ -204,4 +215,15 @@ class Settings:
             sink_token=setting("sink_token", "") or None,
             sink_timeout_s=seconds_setting("sink_timeout_s", 30),
             home=Path(setting("home", str(Path.home() / ".cache" / "perg"))),
+            metrics_port=_port_setting("metrics_port") or None,
+            metrics_bind=setting("metrics_bind", "127.0.0.1"),
+            model_hosts=ModelHosts.parse(setting("model_hosts", DEFAULT_MODEL_HOSTS)),
         )
+
+
+def _port_setting(name: str) -> int:
+    """``setting(name)`` as a TCP port, 0 (none) to 65535."""
+    port = int_setting(name, 0, minimum=0)
+    if port > 65535:
+        raise InputError(f"PERG_{name.upper()}={port} is not a port (0 to 65535)")
+    return port

@@ -70,20 +70,32 @@ class WorkerGroup:
     """The services as local processes, each ``perg worker SERVICE`` with its own log file.
 
     Each worker gets a stable instance name (``generator-0``...), so one restarted under the
-    same name takes its partitions back at once (static group membership)."""
+    same name takes its partitions back at once (static group membership). With ``metrics``,
+    each serves /metrics and /ready on a port of its own, ``metrics_url(name)``."""
 
-    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_dir: Path, *, metrics: bool = False) -> None:
         self.env = dict(env)
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_ports: dict[str, int] | None = {} if metrics else None
         log_dir.mkdir(parents=True, exist_ok=True)
+
+    def metrics_url(self, name: str) -> str:
+        """Where worker ``name`` serves /metrics and /ready (``metrics=True`` only)."""
+        if self.metrics_ports is None:
+            raise RuntimeError("this worker group serves no metrics")
+        return f"http://127.0.0.1:{self.metrics_ports[name]}"
 
     def start(self, service: str, index: int = 0) -> str:
         name = f"{service}-{index}"
+        env = self.env
+        if self.metrics_ports is not None:  # a restarted worker keeps its port
+            port = self.metrics_ports.setdefault(name, free_port())
+            env = {**env, "PERG_METRICS_PORT": str(port)}
         with (self.log_dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "perg", "worker", service, "--instance", name],
-                env=self.env,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

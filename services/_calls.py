@@ -11,11 +11,12 @@ thinking switch) in the run's layout (``inst``: one raw ``[INST]`` prompt on the
 endpoint); the judge and extractor endpoints always greedily, temperature 0 and seed 42, as
 the paper's gpt-4o-mini calls (pref_eval_utils.py, mcq_extractor_utils.py).
 
-Failures: a client that cannot be set up for an endpoint (its token variable unset or
-refused: nothing was sent) and a 4xx reply other than 408/409/429 (the request itself is
-wrong) are :class:`PermanentError` (a 4xx: :class:`RejectedCall`), dead-lettered without
-retries; everything else (5xx, 429, timeouts, resets, after the client's own retries) is
-retried by the runtime.
+Failures: a run naming a model host the worker may not call (``PERG_MODEL_HOSTS``, checked for
+every endpoint of the run before any call: nothing is sent anywhere), a client that cannot be
+set up for an endpoint (its token variable unset or refused: nothing was sent), a redirect
+(never followed) and a 4xx reply other than 408/409/429 (the request itself is wrong; a
+:class:`RejectedCall`) are :class:`PermanentError`, dead-lettered without retries; everything
+else (5xx, 429, timeouts, resets, after the client's own retries) is retried by the runtime.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TypeVar
 
 from perg.client import ClientPool, Completion, Endpoint, ModelClient, ModelError
 from perg.config import Settings
+from perg.hosts import HostNotAllowed, ModelHosts
 from perg.protocol import (
     JUDGE_SEED,
     STRICT_RETRY_TEMPERATURE,
@@ -175,11 +177,14 @@ class ModelCaller:
 
 @contextmanager
 def _permanent_client_errors(stage: str) -> Iterator[None]:
-    """A 4xx reply other than 408/409/429 means the request itself is wrong: permanent."""
+    """A redirect (not followed), or a 4xx reply other than 408/409/429 (the request itself
+    is wrong): permanent."""
     try:
         yield
     except ModelError as exc:
         status = exc.status
+        if status is not None and 300 <= status < 400:
+            raise PermanentError(f"stage {stage}: {exc}") from exc
         if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
             raise RejectedCall(f"stage {stage}: {exc}", status) from exc
         raise
@@ -194,6 +199,17 @@ def _record(stage: str, completion: Completion) -> CallRecord:
         tokens_out=completion.tokens_out,
         finish_reason=completion.finish_reason,
     )
+
+
+def check_hosts(hosts: ModelHosts, context: RunContext) -> None:
+    """Refuse a run naming any model host not on ``hosts``, before any of its calls."""
+    endpoints = (context.model, context.judge, context.extractor_endpoint, context.lora_endpoint)
+    for endpoint in endpoints:
+        if endpoint is not None:
+            try:
+                hosts.check(endpoint.base_url)
+            except HostNotAllowed as exc:
+                raise PermanentError(f"run {context.run_id}: {exc}") from exc
 
 
 M = TypeVar("M", bound=Record)
@@ -212,13 +228,15 @@ def model_worker(
     pool: ClientPool | None = None,
 ) -> Worker:
     """A worker that runs ``orchestrate`` on each ``record`` of ``source`` with the run's
-    protocol, a model caller over ``pool`` (one client per endpoint for the whole process)
-    and the worker's publisher."""
-    models = pool or ClientPool()
+    protocol, a model caller over ``pool`` (one client per endpoint for the whole process,
+    counted in the worker's metrics) and the worker's publisher, once every model host of the
+    run is on ``settings.model_hosts``."""
     worker = Worker(name, settings, options, (source,), in_flight=in_flight)
+    models = pool or ClientPool(metrics=worker.metrics)
 
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]
+        check_hosts(settings.model_hosts, context)
         protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
         await orchestrate(message, ModelCaller(models, context, protocol), protocol, worker.publish)
 

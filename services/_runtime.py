@@ -29,6 +29,12 @@ leaves the group on a graceful stop. faust is not used at all.
 
 Memory is bounded whatever the queue depth: at most ``in_flight`` messages are taken from the
 consumer, whose prefetch is bounded by ``FETCH_MAX_BYTES``.
+
+Metrics (perg.observe) are counted here: messages consumed and finished per topic by the loop,
+retried and dead-lettered by :class:`RecordHandler`, in progress and each partition's lag read
+from the ledgers at every scrape. With ``PERG_METRICS_PORT`` set the worker serves them, and
+``/ready``: 200 once its consumer has joined the group (after the lifespan opened what the
+service needs, e.g. the sink's results file), 503 before and while stopping.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import signal
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -56,6 +62,7 @@ from aiokafka.structs import TopicPartition
 from perg.config import Settings, int_setting, seconds_setting, setting
 from perg.errors import InputError
 from perg.kafka import ensure_topics
+from perg.observe import Metrics, serve
 from schemas import DeadLetter, Record, SchemaError, TopicSpec
 from schemas.topics import DEAD_LETTERS
 
@@ -140,8 +147,11 @@ class PartitionLedger:
         self._started: deque[int] = deque()
         self._finished: set[int] = set()
         self.committable: int | None = None
+        self.resumed_at: int | None = None  # the first offset started: the group's commit
 
     def start(self, offset: int) -> None:
+        if self.resumed_at is None:
+            self.resumed_at = offset
         self._started.append(offset)
 
     def finish(self, offset: int) -> None:
@@ -272,6 +282,7 @@ class RecordHandler(Generic[R]):
     handle: Callable[[R], Awaitable[None]]
     publisher: Publisher
     retry_wait_s: float = 0.5
+    metrics: Metrics = field(default_factory=lambda: Metrics("unserved"))
 
     async def __call__(self, message: Message) -> None:
         try:
@@ -304,6 +315,7 @@ class RecordHandler(Generic[R]):
                         message, f"failed after {attempt} attempts: {_describe(exc)}"
                     )
                     return
+                self.metrics.retried.labels(self.service, message.topic).inc()
                 log.warning("stage=%s %s attempt %d failed: %s; retrying",
                             self.service, _where(message), attempt, _describe(exc))  # fmt: skip
                 await asyncio.sleep(self.retry_wait_s * 2**attempt)
@@ -318,6 +330,7 @@ class RecordHandler(Generic[R]):
                 await self.publisher.send_raw(
                     self.publisher.topic(DEAD_LETTERS), message.key, letter.encode()
                 )
+                self.metrics.dead_lettered.labels(self.service, message.topic).inc()
                 return
             except PublishError as exc:  # Kafka away: wait for it, as for any output
                 if kafka.spent():
@@ -391,6 +404,33 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
         self.stopping = asyncio.Event()
+        self.joined = False  # the consumer has joined its group (partitions assigned)
+        self.metrics = Metrics(name)
+        self.metrics.watch(in_flight=self._in_progress, lag=self._lag)
+
+    @property
+    def ready(self) -> bool:
+        """Consuming: the lifespan is open and the consumer has joined its group."""
+        return self.joined and not self.stopping.is_set()
+
+    def _in_progress(self) -> int:
+        return sum(ledger.in_progress for ledger in self._ledgers.values())
+
+    def _lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, end offset as last fetched - committed offset) of each owned
+        partition whose end is known; before a commit of its own, the worker's committed
+        offset is where it resumed (the group's)."""
+        consumer = self._consumer
+        if consumer is None:
+            return []
+        lags = []
+        for tp in consumer.assignment():
+            end = consumer.highwater(tp)
+            ledger = self._ledgers.get(tp)
+            committed = self._committed.get(tp, ledger.resumed_at if ledger else None)
+            if end is not None and committed is not None:
+                lags.append((tp.topic, tp.partition, max(end - committed, 0)))
+        return lags
 
     @property
     def publisher(self) -> Publisher:
@@ -405,7 +445,9 @@ class Worker:
         """Handle each message as ``record`` with retries and dead letters, concurrently."""
 
         async def one(message: Message) -> None:
-            await RecordHandler(self.name, record, handle, self.publisher)(message)
+            await RecordHandler(self.name, record, handle, self.publisher, metrics=self.metrics)(
+                message
+            )
 
         self.serve_messages(one)
 
@@ -421,6 +463,19 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        settings = self.settings
+        served = None
+        if settings.metrics_port is not None:
+            served = await serve(
+                self.metrics, lambda: self.ready, settings.metrics_bind, settings.metrics_port
+            )
+        try:
+            await self._run()
+        finally:
+            if served is not None:
+                await served.cleanup()
+
+    async def _run(self) -> None:
         await ensure_topics(self.settings)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka,
@@ -494,6 +549,7 @@ class Worker:
                 continue
             batches = await consumer.getmany(timeout_ms=200, max_records=free)
             for tp, messages in batches.items():
+                self.metrics.consumed.labels(self.name, tp.topic).inc(len(messages))
                 ledger = self._ledgers.setdefault(tp, PartitionLedger())
                 for message in messages:
                     ledger.start(message.offset)
@@ -513,6 +569,7 @@ class Worker:
         ledger = self._ledgers.get(tp)
         if ledger is not None:
             ledger.finish(offset)
+        self.metrics.finished.labels(self.name, tp.topic).inc()
 
     async def _batch_loop(
         self, consumer: AIOKafkaConsumer, handle: Callable[[list[Message]], Awaitable[None]]
@@ -522,16 +579,23 @@ class Worker:
             messages = [m for ms in batches.values() for m in ms]
             if not messages:
                 continue
+            for tp, ms in batches.items():
+                self.metrics.consumed.labels(self.name, tp.topic).inc(len(ms))
+                ledger = self._ledgers.setdefault(tp, PartitionLedger())
+                for message in ms:
+                    ledger.start(message.offset)
             try:
                 await handle(messages)
             except Exception as exc:
                 self.on_fatal(f"stage={self.name} batch of {len(messages)}: {exc!r}")
                 return
             for tp, ms in batches.items():
-                ledger = self._ledgers.setdefault(tp, PartitionLedger())
+                self.metrics.finished.labels(self.name, tp.topic).inc(len(ms))
+                owned = self._ledgers.get(tp)
+                if owned is None:  # revoked meanwhile: the new owner redoes it
+                    continue
                 for message in ms:
-                    ledger.start(message.offset)
-                    ledger.finish(message.offset)
+                    owned.finish(message.offset)
             await self._commit()
 
     async def _drain(self, grace_s: float) -> None:
@@ -596,6 +660,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.worker.revoked(list(revoked))
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.worker.joined = True
         log.info("stage=%s assigned %s", self.worker.name,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))  # fmt: skip
 

@@ -108,7 +108,8 @@ class Sink:
         self._store = await asyncio.to_thread(open_store, self.settings, wait_s)
         settings = self.settings
         check_bind(settings.sink_bind, settings.sink_token)
-        runner = web.AppRunner(create_app(self.store, token=settings.sink_token))
+        app = create_app(self.store, token=settings.sink_token, metrics=worker.metrics)
+        runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, settings.sink_bind, settings.sink_port).start()
         log.info("stage=sink API on http://%s:%d", settings.sink_bind, settings.sink_port)
@@ -140,15 +141,17 @@ class Sink:
         for spec, _ in batch.runs:
             log.info("stage=sink run=%s registered (%d results expected)",
                      spec.context.run_id, spec.expected_results)  # fmt: skip
-        await self.save(self._save_runs, batch.runs, batch)
-        await self.save(self.store.save_progress, batch.generations, batch)
-        stored = await self.save(self.store.save_verdicts, batch.verdicts, batch)
+        await self.save("runs", self._save_runs, batch.runs, batch)
+        await self.save("progress", self.store.save_progress, batch.generations, batch)
+        stored = await self.save("verdicts", self.store.save_verdicts, batch.verdicts, batch)
         # Dead letters come last: every rejection above is one of them. Saving them may reject
         # a dead letter read from Kafka; the letter the sink makes for it is saved in a second
         # round (and one of the sink's own letters is never rejected into a third).
         letters = list(batch.letters)
-        await self.save(self.store.save_dead_letters, letters, batch)
-        await self.save(self.store.save_dead_letters, batch.letters[len(letters) :], batch)
+        await self.save("dead_letters", self.store.save_dead_letters, letters, batch)
+        await self.save(
+            "dead_letters", self.store.save_dead_letters, batch.letters[len(letters) :], batch
+        )
         await self.worker.publisher.publish_many(
             RESULTS, [(partition_key(r.run_id, r.row_id), r) for r in stored]
         )
@@ -181,27 +184,30 @@ class Sink:
         log.error("stage=sink dead-letter %s[%d]@%d run=%s row=%s: %s", message.topic,
                   message.partition, message.offset, letter.run_id, letter.row_id,
                   letter.reason)  # fmt: skip
+        self.worker.metrics.dead_lettered.labels("sink", message.topic).inc()
         batch.letters.append((letter, None))
 
     async def save(
         self,
+        table: str,
         save: Callable[[list[R]], Any],
         items: Sequence[tuple[R, Message | None]],
         batch: Batch,
     ) -> list[Any]:
-        """Store ``items`` in one transaction and return what ``save`` returned (as a list).
+        """Store ``items`` in one transaction (counted as ``table``'s rows written) and return
+        what ``save`` returned (as a list).
         When the store rejects the batch, each record is stored alone and the ones at fault
         become dead letters; failures that are not a record's fault propagate."""
         if not items:
             return []
         try:
-            result = await self.write(save, [record for record, _ in items])
+            result = await self.write(table, save, [record for record, _ in items])
             return result if isinstance(result, list) else []
         except RECORD_ERRORS as exc:
             if len(items) > 1:
                 stored: list[Any] = []
                 for item in items:
-                    stored.extend(await self.save(save, [item], batch))
+                    stored.extend(await self.save(table, save, [item], batch))
                 return stored
             message = items[0][1]
             if message is None:  # a dead letter the sink built itself: never loop on it
@@ -209,11 +215,16 @@ class Sink:
             self.reject(batch, message, f"the store rejected it: {type(exc).__name__}: {exc}")
             return []
 
-    async def write(self, save: Callable[[list[R]], Any], records: list[R]) -> Any:
+    async def write(self, table: str, save: Callable[[list[R]], Any], records: list[R]) -> Any:
+        metrics = self.worker.metrics
         delay = FIRST_RETRY_S
         for attempt in range(1, STORE_ATTEMPTS + 1):
             try:
-                return await asyncio.to_thread(save, records)
+                started = time.perf_counter()
+                result = await asyncio.to_thread(save, records)
+                metrics.write_seconds.labels(table).observe(time.perf_counter() - started)
+                metrics.rows_written.labels(table).inc(len(records))
+                return result
             except RECORD_ERRORS:
                 raise
             except Exception as exc:

@@ -44,6 +44,7 @@ class Pipeline:
     workdir: Path
     prefix: str
     generators: int = 2
+    metrics: bool = False  # each worker serves /metrics and /ready (workers.metrics_url)
     env: dict[str, str] = field(init=False)
     workers: WorkerGroup = field(init=False)
     doubles: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
@@ -62,7 +63,7 @@ class Pipeline:
             "PERG_SESSION_TIMEOUT_S": "10",
             "PERG_SNAPSHOT_EVERY_S": "2",
         }
-        self.workers = WorkerGroup(self.env, self.workdir / "logs")
+        self.workers = WorkerGroup(self.env, self.workdir / "logs", metrics=self.metrics)
 
     def start_double(self, *options: str) -> str:
         """Start a scripted model double (options as on its command line); return its URL."""
@@ -153,8 +154,10 @@ class Pipeline:
 
 
 @contextmanager
-def running_pipeline(bootstrap: str, workdir: Path, prefix: str) -> Iterator[Pipeline]:
-    pipeline = Pipeline(bootstrap, workdir, prefix)
+def running_pipeline(
+    bootstrap: str, workdir: Path, prefix: str, *, metrics: bool = False
+) -> Iterator[Pipeline]:
+    pipeline = Pipeline(bootstrap, workdir, prefix, metrics=metrics)
     try:
         pipeline.start()
         yield pipeline

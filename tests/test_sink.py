@@ -87,13 +87,13 @@ async def test_a_record_the_store_rejects_is_dead_lettered_and_the_rest_stored(
 
     batch = Batch()
     items = [(v, _Message(i, v.encode())) for i, v in enumerate(batch_verdicts)]
-    stored = await sink.save(save, items, batch)
+    stored = await sink.save("verdicts", save, items, batch)
     assert len(stored) == len(batch_verdicts) - 1
     [(letter, _)] = batch.letters
     assert isinstance(letter, DeadLetter) and letter.offset == 4
     assert "the store rejected it: ConversionException" in letter.reason
     assert letter.run_id == "run-p"
-    await sink.save(sink.store.save_dead_letters, batch.letters, batch)
+    await sink.save("dead_letters", sink.store.save_dead_letters, batch.letters, batch)
     [(count,)] = sink.store.con.execute("SELECT count(*) FROM dead_letters").fetchall()
     assert count == 1
     sink.store.close()
@@ -113,5 +113,5 @@ async def test_a_store_failure_not_the_records_is_retried_then_raised(
     monkeypatch.setattr("services.sink.STORE_ATTEMPTS", 3)
     monkeypatch.setattr("services.sink.FIRST_RETRY_S", 0.01)
     with pytest.raises(duckdb.IOException):
-        await sink.write(disk_full, [])
+        await sink.write("verdicts", disk_full, [])
     assert len(attempts) == 3

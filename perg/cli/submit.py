@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +21,11 @@ from perg.config import Settings, bootstrap_servers, is_http_url
 from perg.demo_report import METHOD_NAMES
 from perg.errors import InputError
 from perg.extraction import EXTRACTORS
+from perg.hosts import HostNotAllowed
 from perg.kafka import ensure_topics
 from perg.protocol import DECODING_PROFILES, METHODS, ROLE_LAYOUTS, SETTINGS
 from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
+from schemas import RunContext
 
 # the names the README and the report print, as ids: "chain-of-thought" -> "cot"
 _DISPLAYED = {_name.lower(): _id for _id, _name in METHOD_NAMES.items()}
@@ -213,11 +216,27 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
     )
 
 
+def warn_about_hosts(context: RunContext, settings: Settings) -> None:
+    """Warn (stderr) about URLs this machine's PERG_MODEL_HOSTS refuses: workers with the same
+    list will dead-letter the run. The workers decide; theirs may differ."""
+    for role, endpoint in (("model", context.model), ("judge", context.judge),
+                           ("extractor", context.extractor_endpoint),
+                           ("lora", context.lora_endpoint)):  # fmt: skip
+        if endpoint is None:
+            continue
+        try:
+            settings.model_hosts.check(endpoint.base_url)
+        except HostNotAllowed as exc:
+            print(f"perg submit: warning: --{role}-url: {exc}; workers with this allow-list "
+                  "will dead-letter the run", file=sys.stderr)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     settings = Settings.load()
     if args.bootstrap is not None:
         settings = replace(settings, kafka=bootstrap_servers(args.bootstrap, "--bootstrap"))
     spec, work = plan_run(request_from_args(args), settings)
+    warn_about_hosts(spec.context, settings)
     if not args.verbose:  # an unreachable broker is reported in one line, not per attempt
         logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 

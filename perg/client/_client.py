@@ -24,6 +24,7 @@ from tenacity.wait import wait_base
 from perg.client._transport import AiohttpTransport, Transport, TransportResponse
 from perg.client._types import Backend, Completion, Endpoint, ModelError, Timeouts, TransportError
 from perg.config import setting
+from perg.observe import EndpointMetrics, Metrics
 
 logger = logging.getLogger("perg.client")
 
@@ -127,7 +128,9 @@ class ModelClient:
     Retried: 429, 502, 503, 504, connection errors and timeouts, with ``retry_wait`` between
     attempts (default: random exponential backoff, 0.5 s base, 20 s cap), and never sooner
     than a ``Retry-After`` the server sent (capped at 120 s). Any other non-2xx status raises
-    ModelError at once. A slot is held only while a request is on the wire.
+    ModelError at once (a redirect too: it is never followed). A slot is held only while a
+    request is on the wire. Calls, attempts' failures and retries, latency and tokens are
+    counted in ``metrics`` (perg.observe; default: a registry nobody serves).
 
     Every attempt has a deadline (:meth:`timeouts`): ``connect_timeout_s`` to connect, and for
     the reply one sized to the request (its ``max_tokens``), then following the slowest recent
@@ -141,8 +144,10 @@ class ModelClient:
         transport: Transport | None = None,
         *,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
+        metrics: EndpointMetrics | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self._metrics = metrics or Metrics("client").endpoint(endpoint.base_url)
         self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
         self._completions_url = endpoint.base_url.rstrip("/") + "/completions"
         if transport is None:
@@ -237,13 +242,24 @@ class ModelClient:
         hands over to :meth:`_retry`."""
         body = orjson.dumps(request)
         started = time.perf_counter()
+        metrics = self._metrics
         try:
-            response, attempts = await self._attempt(url, body, size_tokens, 1), 1
-        except _RetryableError as failure:
-            response, attempts = await self._retry(url, body, size_tokens, failure)
-        return self._parse(
-            url, response.body, latency_s=time.perf_counter() - started, attempts=attempts
-        )
+            try:
+                response, attempts = await self._attempt(url, body, size_tokens, 1), 1
+            except _RetryableError as failure:
+                response, attempts = await self._retry(url, body, size_tokens, failure)
+            latency_s = time.perf_counter() - started
+            completion = self._parse(url, response.body, latency_s=latency_s, attempts=attempts)
+        except ModelError:
+            metrics.calls_failed.inc()
+            raise
+        metrics.calls_ok.inc()
+        metrics.latency.observe(latency_s)
+        if completion.tokens_in is not None:
+            metrics.tokens_in.observe(completion.tokens_in)
+        if completion.tokens_out is not None:
+            metrics.tokens_out.observe(completion.tokens_out)
+        return completion
 
     async def _retry(
         self, url: str, body: bytes, size_tokens: int, failure: _RetryableError
@@ -297,11 +313,14 @@ class ModelClient:
             try:
                 response = await self._post_watched(url, body, max_tokens, attempt)
             except TransportError as exc:
+                metrics = self._metrics
+                (metrics.timeouts if exc.timed_out else metrics.connection_errors).inc()
                 raise _RetryableError(f"endpoint {url}: {exc}", None, None) from exc
             reply_s = time.perf_counter() - sent
         if 200 <= response.status < 300:
             self._learn(max_tokens, reply_s)
             return response
+        self._metrics.http_error(response.status)
         message = f"endpoint {url}: HTTP {response.status}: {_excerpt(response.body)}"
         if response.status in RETRY_STATUSES:
             raise _RetryableError(message, response.status, response.retry_after_s)
@@ -327,7 +346,7 @@ class ModelClient:
                     del self._on_wire[scope]
         except TimeoutError:
             deadline = self.timeouts(max_tokens, attempt).total_s
-            raise TransportError(f"no reply within {deadline:.3g}s") from None
+            raise TransportError(f"no reply within {deadline:.3g}s", timed_out=True) from None
 
     async def _hold_to_deadlines(self) -> None:
         """While calls are on the wire, every ``WATCH_EVERY_S``: bring each call's deadline
@@ -369,6 +388,7 @@ class ModelClient:
             ) from exc
 
     def _log_retry(self, state: RetryCallState) -> None:
+        self._metrics.retries.inc()
         exc = state.outcome.exception() if state.outcome else None
         status = getattr(exc, "status", None)
         logger.warning(
@@ -403,16 +423,19 @@ class ClientPool:
     """One ModelClient per Endpoint, shared by a worker process; created on first ``get``.
 
     ``transport`` makes each client's transport (default: aiohttp); tests pass a
-    ``MockTransport`` factory to run services in-process."""
+    ``MockTransport`` factory to run services in-process. The clients count their calls in
+    ``metrics`` (a worker's; default: a registry nobody serves)."""
 
     def __init__(
         self,
         *,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         transport: Callable[[Endpoint], Transport] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._retry_wait = retry_wait
         self._transport = transport
+        self._metrics = metrics or Metrics("client")
         self._clients: dict[Endpoint, ModelClient] = {}
 
     def get(self, endpoint: Endpoint) -> ModelClient:
@@ -420,7 +443,12 @@ class ClientPool:
         client = self._clients.get(endpoint)
         if client is None:
             transport = self._transport(endpoint) if self._transport else None
-            client = ModelClient(endpoint, transport, retry_wait=self._retry_wait)
+            client = ModelClient(
+                endpoint,
+                transport,
+                retry_wait=self._retry_wait,
+                metrics=self._metrics.endpoint(endpoint.base_url),
+            )
             self._clients[endpoint] = client
         return client
 

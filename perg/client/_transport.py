@@ -80,8 +80,9 @@ class AiohttpTransport:
         try:
             # no sock_read: it could never fire before total, and re-arms a timer per read
             timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s)
+            # never to another host than the one checked (perg.hosts): a 3xx is the reply
             async with self._session.post(
-                url, data=body, headers=headers, timeout=timeout
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as response:
                 return TransportResponse(
                     response.status,
@@ -89,7 +90,8 @@ class AiohttpTransport:
                     parse_retry_after(response.headers.get("Retry-After")),
                 )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+            timed_out = isinstance(exc, TimeoutError)
+            raise TransportError(f"{type(exc).__name__}: {exc}", timed_out=timed_out) from exc
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -120,7 +122,8 @@ class MockTransport:
             async with asyncio.timeout(timeouts.total_s):
                 return await result
         except TimeoutError as exc:
-            raise TransportError(f"timed out after {timeouts.total_s:.3g}s") from exc
+            message = f"timed out after {timeouts.total_s:.3g}s"
+            raise TransportError(message, timed_out=True) from exc
 
     async def aclose(self) -> None:
         return None

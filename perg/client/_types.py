@@ -117,4 +117,10 @@ class ModelError(Exception):
 
 
 class TransportError(Exception):
-    """A transport could not get a response: connection failure or timeout (retried)."""
+    """A transport could not get a response: connection failure or timeout (retried).
+
+    ``timed_out`` tells a deadline that passed from a connection that failed."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out

@@ -45,6 +45,7 @@ from perg.live.query import (
 )
 from perg.live.sqlguard import QueryRefused
 from perg.metrics import Grouping
+from perg.observe import Metrics
 from perg.store import ResultStore
 
 log = logging.getLogger("perg.live.api")
@@ -54,6 +55,7 @@ TOKEN: web.AppKey[str | None] = web.AppKey("token", str)
 PUBLIC_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("public_hosts", frozenset)
 SQL_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("sql_slots", asyncio.Semaphore)
 EVENT_INTERVAL_S: web.AppKey[float] = web.AppKey("event_interval_s", float)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 STATIC_DIR = Path(str(resources.files("perg.live").joinpath("static")))
 COOKIE = "perg_token"
 MIN_TOKEN_CHARS = 16
@@ -226,18 +228,24 @@ async def sql(request: web.Request) -> web.Response:
     if slots.locked():
         return _error(f"{MAX_CONCURRENT_SQL} queries are running already; retry shortly", 429)
     async with slots:
-        try:
-            response: web.Response = await _in_thread(request, lambda r: _answer(r, query, fmt))
-            return response
-        except QueryTimeout as exc:
-            return _error(str(exc), 408)
-        except (QueryRefused, EngineRefused, RowCapExceeded, ResultTooLarge) as exc:
-            return _error(str(exc), 400)
-        except duckdb.Error as exc:
-            return _error(f"the query failed: {_engine_message(exc)}", 400)
-        except Exception:  # a user query must never surface as a 500
-            log.exception("stage=api live SQL failed unexpectedly")
-            return _error("the query failed (see the sink's log)", 400)
+        with request.app[METRICS].live_query_seconds.time():
+            return await _run_sql(request, query, fmt)
+
+
+async def _run_sql(request: web.Request, query: str, fmt: str) -> web.Response:
+    """The answer to ``query``, or a 4xx with the reason (never a 500)."""
+    try:
+        response: web.Response = await _in_thread(request, lambda r: _answer(r, query, fmt))
+        return response
+    except QueryTimeout as exc:
+        return _error(str(exc), 408)
+    except (QueryRefused, EngineRefused, RowCapExceeded, ResultTooLarge) as exc:
+        return _error(str(exc), 400)
+    except duckdb.Error as exc:
+        return _error(f"the query failed: {_engine_message(exc)}", 400)
+    except Exception:  # a user query must never surface as a 500
+        log.exception("stage=api live SQL failed unexpectedly")
+        return _error("the query failed (see the sink's log)", 400)
 
 
 def _answer(reader: StoreReader, query: str, fmt: str) -> web.Response:
@@ -325,13 +333,14 @@ def create_app(
     max_bytes: int | None = None,
     public_hosts: frozenset[str] | None = None,
     event_interval_s: float = 1.0,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The API over ``store``, whose database is hardened first (:func:`perg.live.engine.harden`:
     no file access, configuration locked). Query limits default to ``PERG_SQL_TIMEOUT_S`` (10 s),
     ``PERG_SQL_ROW_CAP`` (10,000 rows) and ``PERG_SQL_MAX_BYTES`` (16 MiB); ``public_hosts`` to
     ``PERG_SINK_PUBLIC_HOSTS``. Shortens the process's thread switch interval
     (:func:`perg.live.query.favour_live_queries`). Raises ValueError for a token shorter than
-    16 characters."""
+    16 characters. Live SQL latency is counted in ``metrics`` (the sink worker's)."""
     check_token(token)
     configured = QueryLimits.from_settings()
     limits = QueryLimits(
@@ -348,6 +357,7 @@ def create_app(
     app[PUBLIC_HOSTS] = public_hosts_setting() if public_hosts is None else public_hosts
     app[SQL_SLOTS] = asyncio.Semaphore(MAX_CONCURRENT_SQL)
     app[EVENT_INTERVAL_S] = event_interval_s
+    app[METRICS] = metrics or Metrics("sink")
     app.router.add_get("/health", health)
     app.router.add_get("/api/runs", runs)
     app.router.add_get("/api/runs/{run_id}/status", run_status)
