@@ -65,12 +65,17 @@ def _rate(per_second: float) -> str:
 
 
 def status_table(statuses: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table("run", "model", "protocol", "created", "stored", "retries", "dead", "done")
+    table = Table("run", "model", "lineage", "version", "protocol", "created", "stored",
+                  "retries", "dead", "state")  # fmt: skip
     for s in statuses:
+        state = s.get("state") or ("done" if s["done"] else "running")
+        if state == "cancelled":
+            state = "cancelled (partial)"
         table.add_row(
-            s["run_id"], s["model"], s["protocol"], s["created_at"],
+            s["run_id"], s["model"], s.get("lineage") or "-", s.get("version") or "-",
+            s["protocol"], s["created_at"],
             f"{s['results_stored']}/{s['expected_results']}", str(s["retries"]),
-            str(s["dead_letters"]), "yes" if s["done"] else "no",
+            str(s["dead_letters"]), state,
         )  # fmt: skip
     return table
 
@@ -84,7 +89,8 @@ def follow(
     poll_s: float = 1.0,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Mapping[str, Any] | None:
-    """Show live progress until the run is done, the timeout passes or ``should_stop()``.
+    """Show live progress until the run is done or cancelled, the timeout passes or
+    ``should_stop()``.
 
     Returns the last status (None when the sink never knew the run)."""
     progress = RunProgress(run_id)
@@ -96,7 +102,7 @@ def follow(
             if status is not None:
                 progress.update(status)
                 live.update(progress.renderable())
-                if status["done"]:
+                if status["done"] or status.get("state") == "cancelled":
                     return status
             if should_stop() or (deadline is not None and time.monotonic() >= deadline):
                 return status

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,7 +31,8 @@ from perg.config import Settings
 from perg.protocol import STRICT_RETRY_TEMPERATURE, ChatMessage, Protocol, load_protocol
 from schemas import CallRecord, Record, RunContext, TopicSpec
 
-from ._runtime import PermanentError, Publish, Worker, WorkerOptions
+from ._cancels import CancelledRuns
+from ._runtime import PermanentError, Publish, RunCancelled, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services")
 
@@ -64,12 +65,22 @@ def client_for(pool: ClientPool, endpoint: Endpoint) -> ModelClient:
         ) from exc
 
 
+def _never_cancelled(run_id: str) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class ModelCaller:
-    """Calls the endpoints of one run and records every call."""
+    """Calls the endpoints of one run and records every call; once the run is cancelled
+    (``cancelled(run_id)``), every call raises :class:`RunCancelled` instead."""
 
     pool: ClientPool
     context: RunContext
+    cancelled: Callable[[str], bool] = _never_cancelled
+
+    def _check_cancelled(self, stage: str) -> None:
+        if self.cancelled(self.context.run_id):
+            raise RunCancelled(f"run {self.context.run_id} cancelled before its {stage} call")
 
     async def call(
         self,
@@ -81,6 +92,7 @@ class ModelCaller:
         json_schema: Mapping[str, object] | None = None,
         attempt: int = 0,
     ) -> tuple[Completion, CallRecord]:
+        self._check_cancelled(stage)
         decoding = self.context.decoding
         under_test = stage not in JUDGE_SIDE_STAGES  # the judge's and extractor's: greedy
         if attempt:
@@ -105,6 +117,7 @@ class ModelCaller:
         self, endpoint: Endpoint, prompt: str, *, stage: str, max_tokens: int
     ) -> tuple[Completion, CallRecord]:
         """A greedy raw completion (the LoRA extractor's one token)."""
+        self._check_cancelled(stage)
         client = client_for(self.pool, endpoint)
         with _permanent_client_errors(stage):
             completion = await client.complete(
@@ -153,14 +166,29 @@ def model_worker(
 ) -> Worker:
     """A worker that runs ``orchestrate`` on each ``record`` of ``source`` with the run's
     protocol, a model caller over ``pool`` (one client per endpoint for the whole process)
-    and the worker's publisher."""
+    and the worker's publisher. A message of a cancelled run is finished without a model
+    call (services/_cancels.py)."""
     models = pool or ClientPool()
-    worker = Worker(name, settings, options, (source,), in_flight=in_flight)
+    cancelled = CancelledRuns(settings, name)
+
+    @asynccontextmanager
+    async def watching_cancels(_: Worker) -> AsyncIterator[None]:
+        async with cancelled.watching():
+            yield
+
+    worker = Worker(
+        name, settings, options, (source,), in_flight=in_flight, lifespan=watching_cancels
+    )
 
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]
+        if context.run_id in cancelled:
+            log.debug("stage=%s run=%s cancelled: finished without a model call",
+                      name, context.run_id)  # fmt: skip
+            return
         protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
-        await orchestrate(message, ModelCaller(models, context), protocol, worker.publish)
+        caller = ModelCaller(models, context, cancelled.is_cancelled)
+        await orchestrate(message, caller, protocol, worker.publish)
 
     worker.serve(record, handle)
     return worker

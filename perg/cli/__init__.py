@@ -26,6 +26,9 @@ COMMAND_MODULES = (
     "score",
     "sql",
     "compare",
+    "accept",
+    "history",
+    "cancel",
     "prompts",
     "worker",
 )
