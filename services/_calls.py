@@ -72,7 +72,8 @@ def _never_cancelled(run_id: str) -> bool:
 @dataclass(frozen=True)
 class ModelCaller:
     """Calls the endpoints of one run and records every call; once the run is cancelled
-    (``cancelled(run_id)``), every call raises :class:`RunCancelled` instead."""
+    (``cancelled(run_id)``), every call raises :class:`RunCancelled` instead, also one that
+    was waiting for a free slot of its endpoint (checked again right before it is sent)."""
 
     pool: ClientPool
     context: RunContext
@@ -110,6 +111,7 @@ class ModelCaller:
                 seed=None if decoding.seed is None else decoding.seed + attempt,
                 json_schema=json_schema,
                 top_p=decoding.top_p if under_test else None,
+                before_send=lambda: self._check_cancelled(stage),
             )
         return completion, _record(stage, completion)
 
@@ -121,7 +123,11 @@ class ModelCaller:
         client = client_for(self.pool, endpoint)
         with _permanent_client_errors(stage):
             completion = await client.complete(
-                prompt, max_tokens=max_tokens, temperature=0.0, seed=self.context.decoding.seed
+                prompt,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                seed=self.context.decoding.seed,
+                before_send=lambda: self._check_cancelled(stage),
             )
         return completion, _record(stage, completion)
 

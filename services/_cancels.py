@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
@@ -54,9 +55,7 @@ class CancelledRuns:
         )
         await consumer.start()
         try:
-            topic = CANCELS.name(self.settings.topic_prefix)
-            await consumer.topics()  # fetch the topic's metadata
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            partitions = await self._partitions()
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             await self._catch_up(consumer, partitions)
@@ -69,6 +68,23 @@ class CancelledRuns:
                     await follower
         finally:
             await consumer.stop()
+
+    async def _partitions(self) -> list[TopicPartition]:
+        """The topic's partitions, once the broker's metadata has them (a topic created a
+        moment ago may not be in it yet)."""
+        topic = CANCELS.name(self.settings.topic_prefix)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka)
+        await admin.start()
+        try:
+            async with asyncio.timeout(CATCH_UP_S):
+                while True:
+                    for found in await admin.describe_topics([topic]):
+                        numbers = sorted(p["partition"] for p in found["partitions"])
+                        if found["error_code"] == 0 and numbers:
+                            return [TopicPartition(topic, n) for n in numbers]
+                    await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
 
     async def _catch_up(self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> None:
         ends = await consumer.end_offsets(partitions)

@@ -3,6 +3,7 @@ commands' refusals (no broker needed: every refusal comes before anything is pub
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections import Counter
@@ -305,3 +306,29 @@ async def test_the_model_caller_makes_no_call_for_a_cancelled_run() -> None:
     with pytest.raises(RunCancelled, match="cancelled before its answer call"):
         await caller.call(endpoint, [{"role": "user", "content": "hi"}], stage="answer",
                           max_tokens=5)  # fmt: skip
+
+
+async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled() -> None:
+    """One slot: the first call is on the wire when the run is cancelled and completes; the
+    second, waiting for the slot, is never sent."""
+    from model_double import ScriptedModelServer, ScriptedReply
+
+    async with ScriptedModelServer(lambda _: ScriptedReply("ok", delay_s=0.5)) as server:
+        endpoint = Endpoint(server.base_url, "m", max_in_flight=1)
+        context = RunContext("r", endpoint, endpoint, "paper", "x")
+        cancelled: set[str] = set()
+        async with ClientPool() as pool:
+            caller = ModelCaller(pool, context, cancelled.__contains__)
+            messages = [{"role": "user", "content": "hi"}]
+            first = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
+                                                    max_tokens=5))  # fmt: skip
+            second = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
+                                                     max_tokens=5))  # fmt: skip
+            while not server.stats["received"]:
+                await asyncio.sleep(0.01)
+            cancelled.add("r")
+            completion, _ = await first
+            assert completion.text == "ok"
+            with pytest.raises(RunCancelled):
+                await second
+        assert server.stats["received"] == 1
