@@ -244,6 +244,8 @@ def offline(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["accept", "v3-run"], "cancelled"),
         (["accept", "nope"], "unknown run 'nope'"),
         (["cancel", "nope"], "unknown run 'nope'"),
+        (["accept", "v1-run", "--note", "x" * 2001], "--note: at most 2000 characters"),
+        (["cancel", "v3-run", "--reason", "x" * 2001], "--reason: at most 2000 characters"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
