@@ -334,3 +334,11 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
             with pytest.raises(RunCancelled):
                 await second
         assert server.stats["received"] == 1
+
+
+def test_status_wait_stops_at_a_cancelled_run(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "v3-run", "--wait", "--timeout", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "run cancelled; 40/120 results stored (partial)" in err
