@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
     RequestTimedOutError,
@@ -16,9 +18,9 @@ from aiokafka.errors import (
 
 from perg.config import Settings
 from perg.errors import UnavailableError
-from schemas import ALL_TOPICS
+from schemas import ALL_TOPICS, Record, TopicSpec
 
-__all__ = ["KafkaUnavailable", "ensure_topics", "reaching_kafka"]
+__all__ = ["KafkaUnavailable", "ensure_topics", "publish_records", "reaching_kafka"]
 
 # What aiokafka raises when no broker answers (connection refused, unknown host, timeouts).
 _UNREACHABLE = (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
@@ -66,3 +68,27 @@ async def ensure_topics(settings: Settings) -> None:
                     await admin.create_topics(missing)
         finally:
             await admin.close()
+
+
+async def publish_records(
+    settings: Settings, topic: TopicSpec, records: Sequence[tuple[bytes, Record]]
+) -> None:
+    """Publish ``(key, record)`` pairs to ``topic`` (created if missing) and wait for the
+    broker's acknowledgement (``acks=all``); :class:`KafkaUnavailable` when unreachable."""
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, acks="all")
+    with reaching_kafka(settings):
+        await producer.start()
+        try:
+            for key, record in records:
+                await producer.send_and_wait(
+                    topic.name(settings.topic_prefix), record.encode(), key=key
+                )
+        except _UNREACHABLE:
+            raise
+        except KafkaError as exc:  # not taken: one line for the user, not a traceback
+            raise KafkaUnavailable(
+                f"Kafka at {settings.kafka} did not take the record ({type(exc).__name__}: {exc})"
+            ) from exc
+        finally:
+            await producer.stop()

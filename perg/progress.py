@@ -71,12 +71,17 @@ def _rate(per_second: float) -> str:
 
 
 def status_table(statuses: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table("run", "model", "protocol", "created", "stored", "retries", "dead", "done")
+    table = Table("run", "model", "lineage", "version", "protocol", "created", "stored",
+                  "retries", "dead", "state")  # fmt: skip
     for s in statuses:
+        state = s.get("state") or ("done" if s["done"] else "running")
+        if state == "cancelled":
+            state = "cancelled (partial)"
         cells = (
-            s["run_id"], s["model"], s["protocol"], s["created_at"],
+            s["run_id"], s["model"], s.get("lineage") or "-", s.get("version") or "-",
+            s["protocol"], s["created_at"],
             f"{s['results_stored']}/{s['expected_results']}", s["retries"],
-            s["dead_letters"], "yes" if s["done"] else "no",
+            s["dead_letters"], state,
         )  # fmt: skip
         table.add_row(*(Text(printable(str(cell))) for cell in cells))
     return table
@@ -92,7 +97,8 @@ def follow(
     should_stop: Callable[[], bool] = lambda: False,
     line_every_s: float = 10.0,
 ) -> Mapping[str, Any] | None:
-    """Show live progress until the run is done, the timeout passes or ``should_stop()``.
+    """Show live progress until the run is done or cancelled, the timeout passes or
+    ``should_stop()``.
 
     On a terminal: live bars. Elsewhere (a CI log, a pipe): one plain line every
     ``line_every_s`` seconds and when the run is done. Returns the last status (None when the
@@ -109,15 +115,19 @@ def follow(
                 progress.update(status)
                 live.update(progress.renderable())
             if not console.is_terminal and (
-                time.monotonic() >= next_line or (status is not None and status["done"])
+                time.monotonic() >= next_line or (status is not None and _finished(status))
             ):
                 console.print(progress_line(run_id, status), soft_wrap=True)
                 next_line = time.monotonic() + line_every_s
-            if status is not None and status["done"]:
+            if status is not None and _finished(status):
                 return status
             if should_stop() or (deadline is not None and time.monotonic() >= deadline):
                 return status
             time.sleep(poll_s)
+
+
+def _finished(status: Mapping[str, Any]) -> bool:
+    return bool(status["done"]) or status.get("state") == "cancelled"
 
 
 def progress_line(run_id: str, status: Mapping[str, Any] | None) -> str:
@@ -131,5 +141,7 @@ def progress_line(run_id: str, status: Mapping[str, Any] | None) -> str:
     )
     return printable(
         f"run {run_id}: {counts} · retries {status['retries']} · "
-        f"dead letters {status['dead_letters']}" + (" · done" if status["done"] else "")
+        f"dead letters {status['dead_letters']}"
+        + (" · cancelled" if status.get("state") == "cancelled" else "")
+        + (" · done" if status["done"] else "")
     )

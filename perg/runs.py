@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 
 from perg.client import Endpoint
 from perg.config import Settings
-from perg.dataset import DATASET_FILE, load_dataset, select_rows, stratified_sample
+from perg.dataset import DATASET_FILE, Item, load_dataset, select_rows, stratified_sample
 from perg.errors import InputError
 from perg.extraction import Extractor, choose_extractor
 from perg.kafka import reaching_kafka
@@ -37,10 +39,26 @@ from perg.protocol import (
     has_thinking_switch,
     load_protocol,
 )
-from schemas import Decoding, RunContext, RunSpec, StageTokens, WorkItem, partition_key
+from schemas import (
+    Decoding,
+    RunContext,
+    RunSpec,
+    SchemaError,
+    StageTokens,
+    WorkItem,
+    check_label,
+    partition_key,
+)
 from schemas.topics import RUNS, WORK
 
-__all__ = ["DEFAULT_PROTOCOL", "RunRequest", "new_run_id", "plan_run", "publish_run"]
+__all__ = [
+    "DEFAULT_PROTOCOL",
+    "RunRequest",
+    "new_run_id",
+    "plan_run",
+    "publish_run",
+    "shuffle_within_strata",
+]
 
 log = logging.getLogger("perg.runs")
 
@@ -77,6 +95,36 @@ class RunRequest:
     temperature: float | None = None
     decode_seed: int | None = None
     max_tokens_cap: int | None = None
+    lineage: str | None = None  # the deployed model evaluated (letters, digits, ._-; <= 64)
+    version: str | None = None  # the version under test (the same characters)
+    shuffle_seed: int | None = None  # of the work's order; None: the sample seed
+
+
+def shuffle_within_strata(items: Sequence[Item], seed: int) -> list[Item]:
+    """``items`` in a seeded random order that keeps every prefix stratified by source.
+
+    Each source's rows are shuffled (``random.Random(seed)``), then interleaved: the next row
+    comes from the source furthest behind its share of the rows so far (ties: the source
+    named first). So the first k rows a sequential gate sees are a random, stratified sample
+    of the run, not source by source."""
+    rng = random.Random(seed)
+    strata: dict[str, list[Item]] = {}
+    for item in items:
+        strata.setdefault(item.source, []).append(item)
+    sources = sorted(strata)
+    for source in sources:
+        rng.shuffle(strata[source])
+    total = len(items)
+    taken = dict.fromkeys(sources, 0)
+    order: list[Item] = []
+    for position in range(1, total + 1):
+        source = max(
+            (s for s in sources if taken[s] < len(strata[s])),
+            key=lambda s: position * len(strata[s]) / total - taken[s],
+        )
+        order.append(strata[source][taken[source]])
+        taken[source] += 1
+    return order
 
 
 def decoding_from_profile(
@@ -129,6 +177,8 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
     if dataset.skipped:
         selection += f" ({len(dataset.skipped)} invalid rows skipped)"
     decoding = request.decoding or _decoding(request, protocol)
+    shuffle_seed = request.seed if request.shuffle_seed is None else request.shuffle_seed
+    items = shuffle_within_strata(items, shuffle_seed)
     context = RunContext(
         run_id=new_run_id(request.model.model),
         model=request.model,
@@ -156,12 +206,20 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         settings=list(request.settings),
         methods=list(request.methods),
         followed_threshold=protocol.judge_threshold,
+        lineage=request.lineage,
+        version_label=request.version,
+        shuffle_seed=shuffle_seed,
     )
     work = [WorkItem(context, item, spec.settings, spec.methods) for item in items]
     return spec, work
 
 
 def _check_request(request: RunRequest) -> None:
+    for flag, label in (("--lineage", request.lineage), ("--version", request.version)):
+        try:
+            check_label(label, flag)
+        except SchemaError as exc:
+            raise InputError(str(exc)) from None
     if request.rows is not None and request.sample is not None:
         raise InputError("give either rows or a sample, not both")
     if not request.settings or not request.methods:

@@ -37,9 +37,12 @@ from perg.metrics import create_metric_views, metrics_sql
 from schemas import (
     BASELINE_METHOD,
     BASELINE_REPEAT_METHOD,
+    Acceptance,
     DeadLetter,
+    GateDecision,
     Generation,
     Result,
+    RunCancel,
     RunSpec,
     Verdict,
 )
@@ -52,6 +55,8 @@ __all__ = [
 ]
 
 STORE_SQL = resources.files("perg").joinpath("store.sql").read_text(encoding="utf-8")
+# The lineage views (run_states, lineage_history): after the metric views they read.
+LINEAGE_SQL = resources.files("perg").joinpath("lineage.sql").read_text(encoding="utf-8")
 
 
 # -- one row type per table of store.sql (tests/test_store.py checks they match) ----------------
@@ -77,6 +82,9 @@ class RunRow(TypedDict):
     followed_threshold: int | None  # the run's protocol's judge threshold (followed = rating >= it)
     extractor: str  # rules, llm or lora
     decoding_profile: str
+    lineage: str | None  # perg submit --lineage
+    version: str | None  # perg submit --version
+    shuffle_seed: int | None  # the seed of the work's order
 
 
 class Usage(TypedDict):
@@ -170,6 +178,28 @@ class DeadLetterRow(TypedDict):
     original_sha256: str | None
 
 
+class RunCancelRow(TypedDict):
+    run_id: str
+    cancelled_at: datetime
+    reason: str
+
+
+class AcceptanceRow(TypedDict):
+    run_id: str
+    lineage: str
+    accepted_at: datetime
+    note: str
+
+
+class GateDecisionRow(TypedDict):
+    candidate_run_id: str
+    reference_run_id: str
+    lineage: str | None
+    passed: bool
+    decided_at: datetime
+    summary: str
+
+
 ROW_TYPES: dict[str, type] = {
     "runs": RunRow,
     "baselines": BaselineRow,
@@ -177,6 +207,9 @@ ROW_TYPES: dict[str, type] = {
     "baseline_repeats": BaselineRepeatRow,
     "progress": ProgressRow,
     "dead_letters": DeadLetterRow,
+    "run_cancels": RunCancelRow,
+    "acceptances": AcceptanceRow,
+    "gate_decisions": GateDecisionRow,
 }
 
 
@@ -206,6 +239,9 @@ class RunStatus:
     dead_letters: int
     expected_repeats: int = 0  # repeated baselines of a run with a noise floor
     repeats_stored: int = 0
+    cancelled: bool = False  # perg cancel (or the sequential gate) stopped it
+    lineage: str | None = None
+    version: str | None = None
 
     @property
     def done(self) -> bool:
@@ -216,13 +252,28 @@ class RunStatus:
             and self.repeats_stored >= self.expected_repeats
         )
 
+    @property
+    def state(self) -> str:
+        """``done``, else ``cancelled`` (its stored results are partial), else ``running``."""
+        return "done" if self.done else "cancelled" if self.cancelled else "running"
+
     def as_dict(self) -> dict[str, Any]:
-        """The fields and ``done``, JSON-ready."""
-        return {**dataclasses.asdict(self), "done": self.done}
+        """The fields, ``done``, ``state`` and ``partial`` (not done), JSON-ready."""
+        return {
+            **dataclasses.asdict(self),
+            "done": self.done,
+            "state": self.state,
+            "partial": not self.done,
+        }
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _utc(timestamp: str) -> datetime:
+    """An ISO 8601 time stamp as a naive UTC datetime (the store's TIMESTAMP columns)."""
+    return datetime.fromisoformat(timestamp).astimezone(UTC).replace(tzinfo=None)
 
 
 def _usage_columns(verdicts: Sequence[Verdict]) -> list[list[Any]]:
@@ -422,6 +473,7 @@ class ResultStore:
                 con.execute(STORE_SQL)
                 create_metric_views(con)
                 _ensure_kept_tables(con)
+                con.execute(LINEAGE_SQL)
 
     def close(self) -> None:
         """Close the database (every cursor with it)."""
@@ -438,7 +490,7 @@ class ResultStore:
         ctx = spec.context
         row = RunRow(
             run_id=ctx.run_id,
-            created_at=datetime.fromisoformat(spec.created_at).astimezone(UTC).replace(tzinfo=None),
+            created_at=_utc(spec.created_at),
             model=ctx.model.model,
             model_url=ctx.model.base_url,
             judge_model=ctx.judge.model,
@@ -456,6 +508,9 @@ class ResultStore:
             followed_threshold=spec.followed_threshold,
             extractor=ctx.extractor,
             decoding_profile=ctx.decoding.profile,
+            lineage=spec.lineage,
+            version=spec.version_label,
+            shuffle_seed=spec.shuffle_seed,
         )
         with self._transaction() as con:
             _upsert(con, "runs", _row_table([row]))
@@ -543,6 +598,44 @@ class ResultStore:
         with self._transaction() as con:
             _upsert(con, "dead_letters", _row_table(rows))
 
+    def save_cancels(self, cancels: Sequence[RunCancel]) -> None:
+        """Upsert run cancellations (one per run: a later one replaces it)."""
+        rows = [
+            RunCancelRow(run_id=c.run_id, cancelled_at=_utc(c.cancelled_at), reason=c.reason)
+            for c in cancels
+        ]
+        self._append("run_cancels", rows)
+
+    def save_acceptances(self, acceptances: Sequence[Acceptance]) -> None:
+        """Append acceptances (a redelivered one is stored once)."""
+        rows = [
+            AcceptanceRow(
+                run_id=a.run_id, lineage=a.lineage, accepted_at=_utc(a.accepted_at), note=a.note
+            )
+            for a in acceptances
+        ]
+        self._append("acceptances", rows)
+
+    def save_gate_decisions(self, decisions: Sequence[GateDecision]) -> None:
+        """Append gate verdicts (a redelivered one is stored once)."""
+        rows = [
+            GateDecisionRow(
+                candidate_run_id=d.candidate_run_id,
+                reference_run_id=d.reference_run_id,
+                lineage=d.lineage,
+                passed=d.passed,
+                decided_at=_utc(d.decided_at),
+                summary=d.summary,
+            )
+            for d in decisions
+        ]
+        self._append("gate_decisions", rows)
+
+    def _append(self, table: str, rows: Sequence[Any]) -> None:
+        if rows:
+            with self._transaction() as con:
+                _upsert(con, table, _row_table(rows))
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self.con)
 
@@ -555,6 +648,9 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "baseline_repeats": ("run_id", "row_id"),
     "progress": ("run_id", "row_id", "setting", "method", "stage"),
     "dead_letters": ("service", "topic", "partition", "offset"),
+    "run_cancels": ("run_id",),
+    "acceptances": ("run_id", "accepted_at"),
+    "gate_decisions": ("candidate_run_id", "decided_at"),
 }
 
 
@@ -778,13 +874,17 @@ SELECT
     coalesce(d.n, 0),
     CASE WHEN coalesce(r.spec->>'$.context.repeat_baseline' = 'true', false)
         THEN r.n_rows ELSE 0 END,
-    coalesce(x.n, 0)
+    coalesce(x.n, 0),
+    c.run_id IS NOT NULL,
+    r.lineage,
+    r.version
 FROM picked AS r
 LEFT JOIN generations AS g USING (run_id)
 LEFT JOIN stored_baselines AS b USING (run_id)
 LEFT JOIN stored_results AS s USING (run_id)
 LEFT JOIN letters AS d USING (run_id)
 LEFT JOIN repeats AS x USING (run_id)
+LEFT JOIN run_cancels AS c USING (run_id)
 ORDER BY r.created_at
 """
 

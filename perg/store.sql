@@ -23,7 +23,10 @@ CREATE TABLE IF NOT EXISTS runs (
     followed_threshold INTEGER,
     extractor        VARCHAR,
     decoding_profile VARCHAR,
-    spec             JSON
+    spec             JSON,
+    lineage          VARCHAR,  -- perg submit --lineage: the deployed model evaluated
+    version          VARCHAR,  -- perg submit --version: the version under test
+    shuffle_seed     BIGINT    -- the seed of the work's order (shuffled within sources)
 );
 
 -- The no-preference baseline: once per (run, row), shared by every setting and method.
@@ -123,10 +126,41 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     PRIMARY KEY (service, topic, "partition", "offset")
 );
 
+-- Cancelled runs (perg cancel, the sequential gate): the last cancellation of each run.
+CREATE TABLE IF NOT EXISTS run_cancels (
+    run_id       VARCHAR PRIMARY KEY,
+    cancelled_at TIMESTAMP,
+    reason       VARCHAR
+);
+
+-- Acceptances (perg accept): an append-only history, never a rewrite of results; the latest
+-- acceptance of a lineage is its reference.
+CREATE TABLE IF NOT EXISTS acceptances (
+    run_id      VARCHAR,
+    lineage     VARCHAR,
+    accepted_at TIMESTAMP,
+    note        VARCHAR,
+    PRIMARY KEY (run_id, accepted_at)
+);
+
+-- Gate verdicts (perg gate): an append-only history.
+CREATE TABLE IF NOT EXISTS gate_decisions (
+    candidate_run_id VARCHAR,
+    reference_run_id VARCHAR,
+    lineage          VARCHAR,
+    passed           BOOLEAN,
+    decided_at       TIMESTAMP,
+    summary          VARCHAR,
+    PRIMARY KEY (candidate_run_id, decided_at)
+);
+
 -- Columns added after the first release: stores made before them upgrade in place.
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS followed_threshold INTEGER;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS extractor VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS decoding_profile VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS lineage VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS version VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS shuffle_seed BIGINT;
 ALTER TABLE baselines ADD COLUMN IF NOT EXISTS extractor VARCHAR;
 ALTER TABLE baselines ADD COLUMN IF NOT EXISTS rules_answer VARCHAR;
 ALTER TABLE results ADD COLUMN IF NOT EXISTS extractor VARCHAR;

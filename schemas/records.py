@@ -7,6 +7,9 @@
     judge       ──Verdict──▶ verdicts                    ──▶ sink
     sink        ──Result──▶ results (change feed of stored rows)
     any service ──DeadLetter──▶ dead-letters             ──▶ sink
+    perg cancel ──RunCancel──▶ cancels (compacted)       ──▶ generator, aligner, judge, sink
+    perg accept ──Acceptance──▶ acceptances (compacted, one key each: append-only) ──▶ sink
+    perg gate   ──GateDecision──▶ gate-decisions (the same)                      ──▶ sink
 
 Every record carries its idempotency key ``(run_id, row_id, setting, method, stage)``. The Kafka
 message key is ``run_id:row_id``, so everything about one row of one run stays in order on one
@@ -21,6 +24,7 @@ dead-lettered at the contract and never reaches the writer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, NamedTuple
 
@@ -68,6 +72,19 @@ class IdempotencyKey(NamedTuple):
     setting: str
     method: str
     stage: Stage
+
+
+# A lineage name or a version label: letters, digits and ``._-``, at most 64 characters.
+LABEL_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def check_label(value: str | None, path: str) -> None:
+    """SchemaError unless ``value`` is None or a valid lineage name / version label."""
+    if value is not None and not LABEL_PATTERN.fullmatch(value):
+        raise SchemaError(
+            f"{path}: {value!r:.80} is not a valid name (letters, digits and ._- only, "
+            "1 to 64 characters)"
+        )
 
 
 def _check_item(item: Item, path: str) -> None:
@@ -197,10 +214,20 @@ class RunSpec(Record):
     """The prompting methods evaluated."""
     followed_threshold: int | None = None
     """The protocol's ``judge.followed_threshold``: the lowest rating that counts as followed."""
+    lineage: str | None = None
+    """The deployed model this run evaluates (``perg submit --lineage``); None: no lineage."""
+    version_label: str | None = None
+    """The version under test: an image tag, a git SHA, a model revision (``--version``;
+    not ``version``, which every message's envelope uses for its contract's version)."""
+    shuffle_seed: int | None = None
+    """Seed of the shuffle within strata that ordered ``row_ids`` (the order the work was
+    published in); None: runs submitted before the shuffle, in dataset order."""
 
     def check(self) -> None:
         if len(self.row_ids) * len(self.settings) * len(self.methods) > INT32_MAX:
             raise SchemaError(f"{self.SCHEMA}.row_ids: too many expected results")
+        check_label(self.lineage, f"{self.SCHEMA}.lineage")
+        check_label(self.version_label, f"{self.SCHEMA}.version_label")
 
     @property
     def expected_results(self) -> int:
@@ -430,3 +457,68 @@ class DeadLetter(Record):
     def check(self) -> None:
         if len(self.original_b64) > 4 * (self.MAX_ORIGINAL_BYTES // 3 + 1):
             raise SchemaError(f"{self.SCHEMA}.original_b64: over {self.MAX_ORIGINAL_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancel(Record):
+    """A run's cancellation: the model workers stop calling models for it (messages not yet
+    started are finished without a call), and the sink marks it cancelled."""
+
+    SCHEMA = "perg.run_cancel"
+
+    run_id: str
+    """The run cancelled."""
+    cancelled_at: Timestamp
+    """When (ISO 8601, UTC)."""
+    reason: str = ""
+    """Who or what cancelled it, in words (``perg cancel``, the sequential gate...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance(Record):
+    """A complete run recorded as the accepted state of its lineage (append-only history:
+    the latest acceptance of a lineage is its reference)."""
+
+    SCHEMA = "perg.acceptance"
+
+    run_id: str
+    """The run accepted."""
+    lineage: str
+    """Its lineage."""
+    accepted_at: Timestamp
+    """When (ISO 8601, UTC)."""
+    note: str = ""
+    """The user's note (``perg accept --note``)."""
+
+    def check(self) -> None:
+        check_label(self.lineage, f"{self.SCHEMA}.lineage")
+
+    @property
+    def message_key(self) -> bytes:
+        """One key per acceptance: compaction keeps every one."""
+        return f"{self.run_id}@{self.accepted_at}".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision(Record):
+    """A gate's verdict on a candidate run against a reference run (``perg gate``)."""
+
+    SCHEMA = "perg.gate_decision"
+
+    candidate_run_id: str
+    """The run gated."""
+    reference_run_id: str
+    """The run it was gated against."""
+    passed: bool
+    """No gated metric was significantly worse beyond its threshold."""
+    decided_at: Timestamp
+    """When (ISO 8601, UTC)."""
+    lineage: str | None = None
+    """The lineage whose accepted run was the reference (``perg gate --lineage``)."""
+    summary: str = ""
+    """The verdict line as printed."""
+
+    @property
+    def message_key(self) -> bytes:
+        """One key per decision: compaction keeps every one."""
+        return f"{self.candidate_run_id}@{self.decided_at}".encode()

@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._codec import Record
-from .records import AlignRequest, DeadLetter, Generation, Result, RunSpec, Verdict, WorkItem
+from .records import (
+    Acceptance,
+    AlignRequest,
+    DeadLetter,
+    GateDecision,
+    Generation,
+    Result,
+    RunCancel,
+    RunSpec,
+    Verdict,
+    WorkItem,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,5 +38,12 @@ GENERATIONS = TopicSpec("generations", Generation)
 VERDICTS = TopicSpec("verdicts", Verdict)
 RESULTS = TopicSpec("results", Result)
 DEAD_LETTERS = TopicSpec("dead-letters", DeadLetter)
+CANCELS = TopicSpec("cancels", RunCancel, compacted=True)  # keyed by run: the last per run
+# One key per record: compaction keeps every one (an append-only history).
+ACCEPTANCES = TopicSpec("acceptances", Acceptance, compacted=True)
+GATE_DECISIONS = TopicSpec("gate-decisions", GateDecision, compacted=True)
 
-ALL_TOPICS = (RUNS, WORK, ALIGN, GENERATIONS, VERDICTS, RESULTS, DEAD_LETTERS)
+ALL_TOPICS = (
+    RUNS, WORK, ALIGN, GENERATIONS, VERDICTS, RESULTS, DEAD_LETTERS,
+    CANCELS, ACCEPTANCES, GATE_DECISIONS,
+)  # fmt: skip

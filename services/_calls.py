@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -44,7 +44,8 @@ from perg.protocol import (
 )
 from schemas import CallRecord, Record, RunContext, TopicSpec
 
-from ._runtime import PermanentError, Publish, Worker, WorkerOptions
+from ._cancels import CancelledRuns
+from ._runtime import PermanentError, Publish, RunCancelled, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services")
 
@@ -85,13 +86,25 @@ class RejectedCall(PermanentError):
         self.status = status
 
 
+def _never_cancelled(run_id: str) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class ModelCaller:
-    """Calls the endpoints of one run with its protocol and records every call."""
+    """Calls the endpoints of one run with its protocol and records every call; once the run
+    is cancelled (``cancelled(run_id)``), every call raises :class:`RunCancelled` instead, also
+    one that was waiting for a free slot of its endpoint (checked again right before it is
+    sent)."""
 
     pool: ClientPool
     context: RunContext
     protocol: Protocol
+    cancelled: Callable[[str], bool] = _never_cancelled
+
+    def _check_cancelled(self, stage: str) -> None:
+        if self.cancelled(self.context.run_id):
+            raise RunCancelled(f"run {self.context.run_id} cancelled before its {stage} call")
 
     def max_tokens(self, kind: PromptKind, *, under_test: bool) -> int | None:
         """The max_tokens of a prompt kind: the decoding profile's own stage limit or the
@@ -119,6 +132,7 @@ class ModelCaller:
         """One call; the model under test's reply comes without its thinking (kept in
         ``Completion.reasoning``) and, in the ``inst`` layout, as the protocol reads a raw
         completion."""
+        self._check_cancelled(stage)
         decoding = self.context.decoding
         under_test = stage not in JUDGE_SIDE_STAGES  # the judge's and extractor's: greedy
         if attempt:
@@ -155,6 +169,7 @@ class ModelCaller:
                 json_schema=json_schema,
                 top_p=top_p,
                 chat_template_kwargs=switch,
+                before_send=lambda: self._check_cancelled(stage),
             )
         if thinking is not None:
             answer, thought = split_thinking(completion.text)
@@ -167,10 +182,15 @@ class ModelCaller:
         self, endpoint: Endpoint, prompt: str, *, stage: str, max_tokens: int
     ) -> tuple[Completion, CallRecord]:
         """A greedy raw completion (the LoRA extractor's one token)."""
+        self._check_cancelled(stage)
         client = client_for(self.pool, endpoint)
         with _permanent_client_errors(stage):
             completion = await client.complete(
-                prompt, max_tokens=max_tokens, temperature=0.0, seed=JUDGE_SEED
+                prompt,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                seed=JUDGE_SEED,
+                before_send=lambda: self._check_cancelled(stage),
             )
         return completion, _record(stage, completion)
 
@@ -230,15 +250,30 @@ def model_worker(
     """A worker that runs ``orchestrate`` on each ``record`` of ``source`` with the run's
     protocol, a model caller over ``pool`` (one client per endpoint for the whole process,
     counted in the worker's metrics) and the worker's publisher, once every model host of the
-    run is on ``settings.model_hosts``."""
-    worker = Worker(name, settings, options, (source,), in_flight=in_flight)
+    run is on ``settings.model_hosts``. A message of a cancelled run is finished without a
+    model call (services/_cancels.py)."""
+    cancelled = CancelledRuns(settings, name)
+
+    @asynccontextmanager
+    async def watching_cancels(_: Worker) -> AsyncIterator[None]:
+        async with cancelled.watching():
+            yield
+
+    worker = Worker(
+        name, settings, options, (source,), in_flight=in_flight, lifespan=watching_cancels
+    )
     models = pool or ClientPool(metrics=worker.metrics)
 
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]
+        if context.run_id in cancelled:
+            log.debug("stage=%s run=%s cancelled: finished without a model call",
+                      name, context.run_id)  # fmt: skip
+            return
         check_hosts(settings.model_hosts, context)
         protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
-        await orchestrate(message, ModelCaller(models, context, protocol), protocol, worker.publish)
+        caller = ModelCaller(models, context, protocol, cancelled.is_cancelled)
+        await orchestrate(message, caller, protocol, worker.publish)
 
     worker.serve(record, handle)
     return worker

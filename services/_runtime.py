@@ -102,6 +102,11 @@ class PermanentError(Exception):
     """A message that can never succeed here: dead-lettered at once, no retries."""
 
 
+class RunCancelled(Exception):
+    """The message's run was cancelled (``perg cancel``): the message is finished as it is,
+    without more model calls, and committed; nothing is dead-lettered."""
+
+
 class PublishError(Exception):
     """Kafka did not take an output (not the message's fault): retried, then the worker stops."""
 
@@ -298,6 +303,10 @@ class RecordHandler(Generic[R]):
                 await self.handle(record)
                 return
             except Exception as exc:
+                if _cause(exc, RunCancelled) is not None:
+                    log.debug("stage=%s %s: run cancelled, finished without more model calls",
+                              self.service, _where(message))  # fmt: skip
+                    return
                 permanent = _cause(exc, PermanentError)
                 if permanent is not None:
                     await self.dead_letter(message, str(permanent))

@@ -1,10 +1,11 @@
 """Sink: the one process that owns the DuckDB results file.
 
-Consumes ``runs``, ``generations`` (stage progress), ``verdicts`` and ``dead-letters`` in
-batches; every batch is one upsert transaction per table keyed by the idempotency key, so
-redeliveries never duplicate a row, and the batch's offsets are committed only after it is
-stored. Stored rows are announced on ``results``. It also serves the HTTP API (status, metrics,
-live SQL, dashboard) and writes periodic Parquet snapshots.
+Consumes ``runs``, ``generations`` (stage progress), ``verdicts``, ``dead-letters``,
+``cancels``, ``acceptances`` and ``gate-decisions`` in batches; every batch is one upsert
+transaction per table keyed by the idempotency key, so redeliveries never duplicate a row,
+and the batch's offsets are committed only after it is stored. Stored rows are announced on
+``results``. It also serves the HTTP API (status, metrics, live SQL, dashboard) and writes
+periodic Parquet snapshots.
 
 Failures:
 - the write lock is taken with backoff (a reader may hold the file briefly), for up to
@@ -33,8 +34,28 @@ from perg.errors import first_line
 from perg.live.api import check_bind, create_app
 from perg.live.snapshots import write_snapshot
 from perg.store import ResultStore
-from schemas import DeadLetter, Generation, Record, RunSpec, SchemaError, Verdict, partition_key
-from schemas.topics import DEAD_LETTERS, GENERATIONS, RESULTS, RUNS, VERDICTS
+from schemas import (
+    Acceptance,
+    DeadLetter,
+    GateDecision,
+    Generation,
+    Record,
+    RunCancel,
+    RunSpec,
+    SchemaError,
+    Verdict,
+    partition_key,
+)
+from schemas.topics import (
+    ACCEPTANCES,
+    CANCELS,
+    DEAD_LETTERS,
+    GATE_DECISIONS,
+    GENERATIONS,
+    RESULTS,
+    RUNS,
+    VERDICTS,
+)
 
 from ._runtime import Message, Worker, WorkerOptions, dead_letter_for
 
@@ -87,6 +108,9 @@ class Batch:
     generations: list[tuple[Generation, Message]] = field(default_factory=list)
     verdicts: list[tuple[Verdict, Message]] = field(default_factory=list)
     letters: list[tuple[DeadLetter, Message | None]] = field(default_factory=list)
+    cancels: list[tuple[RunCancel, Message]] = field(default_factory=list)
+    acceptances: list[tuple[Acceptance, Message]] = field(default_factory=list)
+    decisions: list[tuple[GateDecision, Message]] = field(default_factory=list)
 
 
 class Sink:
@@ -144,6 +168,11 @@ class Sink:
         await self.save("runs", self._save_runs, batch.runs, batch)
         await self.save("progress", self.store.save_progress, batch.generations, batch)
         stored = await self.save("verdicts", self.store.save_verdicts, batch.verdicts, batch)
+        for cancel, _ in batch.cancels:
+            log.info("stage=sink run=%s cancelled (%s)", cancel.run_id, cancel.reason)
+        await self.save("run_cancels", self.store.save_cancels, batch.cancels, batch)
+        await self.save("acceptances", self.store.save_acceptances, batch.acceptances, batch)
+        await self.save("gate_decisions", self.store.save_gate_decisions, batch.decisions, batch)
         # Dead letters come last: every rejection above is one of them. Saving them may reject
         # a dead letter read from Kafka; the letter the sink makes for it is saved in a second
         # round (and one of the sink's own letters is never rejected into a third).
@@ -169,6 +198,9 @@ class Sink:
             GENERATIONS.name(self.prefix): (Generation, batch.generations),
             VERDICTS.name(self.prefix): (Verdict, batch.verdicts),
             DEAD_LETTERS.name(self.prefix): (DeadLetter, batch.letters),
+            CANCELS.name(self.prefix): (RunCancel, batch.cancels),
+            ACCEPTANCES.name(self.prefix): (Acceptance, batch.acceptances),
+            GATE_DECISIONS.name(self.prefix): (GateDecision, batch.decisions),
         }
         for message in messages:
             record_type, into = targets[message.topic]
@@ -239,11 +271,10 @@ class Sink:
 
 
 def build_app(settings: Settings, options: WorkerOptions) -> Worker:
-    """The sink worker: stores runs, progress, verdicts and dead letters; serves the API."""
-    worker = Worker(
-        "sink", settings, options, (RUNS, GENERATIONS, VERDICTS, DEAD_LETTERS),
-        in_flight=DEFAULT_BATCH,
-    )  # fmt: skip
+    """The sink worker: stores runs, progress, verdicts, dead letters, cancellations,
+    acceptances and gate decisions; serves the API."""
+    inputs = (RUNS, GENERATIONS, VERDICTS, DEAD_LETTERS, CANCELS, ACCEPTANCES, GATE_DECISIONS)
+    worker = Worker("sink", settings, options, inputs, in_flight=DEFAULT_BATCH)
     sink = Sink(settings, worker)
     worker.lifespan = sink.lifespan
     worker.serve_batches(sink.store_batch)

@@ -25,7 +25,8 @@ Two server-wide behaviours, for the chaos suite and the pipeline benchmark (``Se
   an HTTP 503 or 429 with ``Retry-After: 1``, a connection closed without a reply, or a reply
   that comes only after S seconds. Faults never change what a successful call answers.
 
-``GET /stats`` reports calls served, faults injected by kind, and the slot-seconds busy.
+``GET /stats`` reports calls received (``received``: counted on arrival, before any queueing
+or fault), calls served (``calls``), faults injected by kind, and the slot-seconds busy.
 
 Decision rules of ``perg_script`` (pure functions of the messages; all hashes are sha256 of UTF-8
 text read as a big-endian integer, see ``stable_hash``):
@@ -365,6 +366,7 @@ class ScriptedModelServer:
                 raise TypeError("messages must be a list")
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             return _error(400, f"Input validation error: {exc}")
+        self.stats["received"] += 1
         shape = self.shape
         if shape.fault_percent and self._faults.random() * 100 < shape.fault_percent:
             fault = self._faults.choice(shape.faults)

@@ -70,10 +70,13 @@ def assert_cells_exact(store: ResultStore) -> None:
     values = cells(store.con, "perg_metric_values")
     assert values == cells(store.con, "perg_metric_values_of_cells")
     reference = store.con.execute(STATUSES_BY_SUBQUERIES, [None, None]).fetchall()
-    assert [dataclasses.astuple(s) for s in run_statuses(store.con)] == reference
+    # the counts (the fields after them, cancelled, lineage and version, are not counted)
+    counts = len(reference[0]) if reference else 0
+    assert [dataclasses.astuple(s)[:counts] for s in run_statuses(store.con)] == reference
     for run in RUNS:
         expected = [row for row in reference if row[0] == run]
-        assert [dataclasses.astuple(s) for s in run_statuses(store.con, run)] == expected
+        statuses = run_statuses(store.con, run)
+        assert [dataclasses.astuple(s)[:counts] for s in statuses] == expected
 
 
 @dataclasses.dataclass(frozen=True)

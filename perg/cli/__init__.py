@@ -27,6 +27,9 @@ COMMAND_MODULES = (
     "report",
     "sql",
     "compare",
+    "accept",
+    "history",
+    "cancel",
     "prompts",
     "worker",
 )

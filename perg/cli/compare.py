@@ -1,21 +1,29 @@
-"""``perg compare REFERENCE CANDIDATE`` and ``perg gate REFERENCE CANDIDATE``.
+"""``perg compare REFERENCE CANDIDATE`` and ``perg gate (REFERENCE | --lineage NAME) CANDIDATE``.
 
 compare prints, per setting x method and per source, each metric of both runs, the difference
 and a paired significance test; gate adds thresholds and exits 1 when the candidate is
-significantly worse beyond one (0 otherwise, 2 on bad input).
+significantly worse beyond one (0 otherwise, 2 on bad input). With ``--lineage`` the reference
+is the lineage's latest accepted run, and the verdict is recorded (perg history);
+``--accept-on-pass`` accepts the candidate when the gate passes.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import orjson
 
 from perg._text import text_table
 from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
 from perg.config import Settings
+from perg.errors import InputError
+from perg.kafka import KafkaUnavailable
+from perg.lineage import accept_run, accepted_reference, record_gate_decision
 from perg.live.client import SinkClient
+from schemas import GateDecision
 
 COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
            "Δ shared", "noise floor", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
@@ -35,7 +43,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "on the rows both runs share in Q*, and McNemar's test is significant; 0 otherwise; 2 on "
         "bad input (unknown run, different dataset or protocol).",
     )
-    _common(gate)
+    gate.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="REFERENCE CANDIDATE, or only CANDIDATE with --lineage",
+    )
+    _options(gate)
+    gate.add_argument(
+        "--lineage",
+        metavar="NAME",
+        help="gate against the latest accepted run of this lineage (perg accept)",
+    )
+    gate.add_argument(
+        "--accept-on-pass",
+        action="store_true",
+        help="when the gate passes, record the candidate as the lineage's accepted run",
+    )
     gate.add_argument(
         "--max-rer-increase",
         type=float,
@@ -63,6 +87,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "reference", help="run id of the reference run (the accepted one to compare against)"
     )
     parser.add_argument("candidate", help="run id of the candidate")
+    _options(parser)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
     parser.add_argument("--correction", choices=("holm", "none"), default="holm",
                         help="multiple-test correction (default holm)")  # fmt: skip
@@ -77,11 +105,51 @@ def run_compare(args: argparse.Namespace) -> int:
     return _run(args, None)
 
 
+def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
+    """The reference and candidate of ``perg gate``: both given, or the lineage's latest
+    accepted run and the candidate."""
+    if args.lineage is None:
+        if len(args.runs) != 2:
+            raise InputError("give REFERENCE CANDIDATE, or --lineage NAME CANDIDATE")
+        return args.runs[0], args.runs[1]
+    if len(args.runs) != 1:
+        raise InputError("with --lineage give only the CANDIDATE run")
+    return accepted_reference(client, args.lineage), args.runs[0]
+
+
 def run_gate(args: argparse.Namespace) -> int:
     thresholds = Thresholds(
         BR=args.max_br_increase, AFR=args.max_afr_increase, RER=args.max_rer_increase
     )
-    return _run(args, thresholds)
+    settings = Settings.load()
+    client = SinkClient(settings)
+    args.reference, args.candidate = _gate_runs(args, client)
+    code = _run(args, thresholds)
+    passed = code == 0
+    if args.lineage is not None:
+        _record_decision(settings, args, passed)
+    if passed and args.accept_on_pass:
+        note = f"perg gate --accept-on-pass: passed against {args.reference}"
+        acceptance, _ = accept_run(settings, client, args.candidate, note)
+        print(f"perg gate: accepted {acceptance.run_id} in lineage {acceptance.lineage}",
+              file=sys.stderr)  # fmt: skip
+    return code
+
+
+def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool) -> None:
+    """Record the verdict for perg history; Kafka away changes neither verdict nor exit code."""
+    decision = GateDecision(
+        candidate_run_id=args.candidate,
+        reference_run_id=args.reference,
+        passed=passed,
+        decided_at=datetime.now(UTC).isoformat(),
+        lineage=args.lineage,
+        summary="PASS" if passed else "FAIL",
+    )
+    try:
+        record_gate_decision(settings, decision)
+    except KafkaUnavailable as exc:
+        print(f"perg gate: the verdict was not recorded for perg history: {exc}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:

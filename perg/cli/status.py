@@ -90,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if last is None:
         print(f"perg status: run {args.run!r} never appeared", file=sys.stderr)
         return 1
+    if not last["done"] and last.get("state") == "cancelled":
+        print(f"perg status: run cancelled; {last['results_stored']}/"
+              f"{last['expected_results']} results stored (partial)", file=sys.stderr)  # fmt: skip
+        return 1
     if not last["done"]:
         why = (
             f"nothing new stored for {args.stall_timeout:g} s (--stall-timeout)"

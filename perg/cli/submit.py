@@ -150,6 +150,22 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         "--skip-invalid", action="store_true", help="evaluate the valid rows; report the bad ones"
     )
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default $PERG_KAFKA)")
+    parser.add_argument(
+        "--lineage",
+        metavar="NAME",
+        help="the deployed model this run evaluates (letters, digits, ._-)",
+    )
+    parser.add_argument(
+        "--version",
+        metavar="LABEL",
+        help="the version under test: an image tag, a git SHA, a revision",
+    )
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        metavar="N",
+        help="seed of the rows' order, shuffled within sources (default --seed)",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -213,6 +229,9 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         thinking=None if args.thinking is None else args.thinking == "on",
         dataset_path=args.dataset,
         skip_invalid=args.skip_invalid,
+        lineage=args.lineage,
+        version=args.version,
+        shuffle_seed=args.shuffle_seed,
     )
 
 

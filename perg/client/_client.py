@@ -38,6 +38,8 @@ LEARN_AFTER = 8  # replies of one request size before deadlines follow observed 
 WATCH_EVERY_S = 0.5  # how often a call on the wire re-reads its deadline
 MIN_DEADLINE_S = 5.0  # a learned deadline is never shorter (scheduling jitter, GC pauses)
 UNCAPPED_SIZE_TOKENS = 4096  # sizes the deadline of a call sent without max_tokens
+# Runs right before an attempt is sent, once its slot is free; what it raises withdraws the call.
+BeforeSend = Callable[[], None]
 
 
 class _RetryableError(Exception):
@@ -187,10 +189,13 @@ class ModelClient:
         json_schema: Mapping[str, object] | None = None,
         top_p: float | None = None,
         chat_template_kwargs: Mapping[str, object] | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Completion:
         """A chat completion; ``max_tokens`` None sends no limit, ``top_p`` None the server's;
         ``chat_template_kwargs`` go to the server's chat template as vLLM and SGLang take them
-        (e.g. Qwen3's ``{"enable_thinking": False}``)."""
+        (e.g. Qwen3's ``{"enable_thinking": False}``). ``before_send`` runs once a slot is free,
+        before each attempt goes on the wire: what it raises withdraws the call (e.g. its run
+        was cancelled while it queued for a slot)."""
         request: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": [dict(m) for m in messages],
@@ -207,7 +212,8 @@ class ModelClient:
             request["response_format"] = response_format(self.endpoint.backend, json_schema)
         if chat_template_kwargs is not None:
             request["chat_template_kwargs"] = dict(chat_template_kwargs)
-        return await self._post(self._url, request, max_tokens or UNCAPPED_SIZE_TOKENS)
+        size_tokens = max_tokens or UNCAPPED_SIZE_TOKENS
+        return await self._post(self._url, request, size_tokens, before_send)
 
     async def complete(
         self,
@@ -217,6 +223,7 @@ class ModelClient:
         temperature: float = 0.0,
         seed: int | None = None,
         top_p: float | None = None,
+        before_send: BeforeSend | None = None,
     ) -> Completion:
         """A raw text completion (``{base_url}/completions``): a LoRA extractor's token, or a
         raw-prompt model's answer (``--layout inst``); ``max_tokens`` None sends no limit."""
@@ -232,9 +239,16 @@ class ModelClient:
             request["top_p"] = top_p
         if seed is not None:
             request["seed"] = seed
-        return await self._post(self._completions_url, request, max_tokens or UNCAPPED_SIZE_TOKENS)
+        size_tokens = max_tokens or UNCAPPED_SIZE_TOKENS
+        return await self._post(self._completions_url, request, size_tokens, before_send)
 
-    async def _post(self, url: str, request: Mapping[str, Any], size_tokens: int) -> Completion:
+    async def _post(
+        self,
+        url: str,
+        request: Mapping[str, Any],
+        size_tokens: int,
+        before_send: BeforeSend | None = None,
+    ) -> Completion:
         """POST ``request`` with retries; ``size_tokens`` sizes its deadline (see timeouts).
 
         The first attempt runs directly: tenacity's bookkeeping costs about as much CPU as a
@@ -245,9 +259,10 @@ class ModelClient:
         metrics = self._metrics
         try:
             try:
-                response, attempts = await self._attempt(url, body, size_tokens, 1), 1
+                response = await self._attempt(url, body, size_tokens, 1, before_send)
+                attempts = 1
             except _RetryableError as failure:
-                response, attempts = await self._retry(url, body, size_tokens, failure)
+                response, attempts = await self._retry(url, body, size_tokens, failure, before_send)
             latency_s = time.perf_counter() - started
             completion = self._parse(url, response.body, latency_s=latency_s, attempts=attempts)
         except ModelError:
@@ -262,7 +277,12 @@ class ModelClient:
         return completion
 
     async def _retry(
-        self, url: str, body: bytes, size_tokens: int, failure: _RetryableError
+        self,
+        url: str,
+        body: bytes,
+        size_tokens: int,
+        failure: _RetryableError,
+        before_send: BeforeSend | None = None,
     ) -> tuple[TransportResponse, int]:
         """Attempts after a failed first one, under tenacity's policy: the endpoint's retry
         budget, a wait that honours Retry-After, a log line per retry. The first failure is
@@ -273,7 +293,7 @@ class ModelClient:
             number: int = retrying.statistics["attempt_number"]
             if number == 1:
                 raise failure
-            return await self._attempt(url, body, size_tokens, number)
+            return await self._attempt(url, body, size_tokens, number, before_send)
 
         try:
             response: TransportResponse = await retrying(attempt)
@@ -306,9 +326,16 @@ class ModelClient:
         self._replies[max_tokens] = (seen + 1, max(reply_s, slowest * LATENCY_DECAY))
 
     async def _attempt(
-        self, url: str, body: bytes, max_tokens: int, attempt: int
+        self,
+        url: str,
+        body: bytes,
+        max_tokens: int,
+        attempt: int,
+        before_send: BeforeSend | None = None,
     ) -> TransportResponse:
         async with self._slots:
+            if before_send is not None:
+                before_send()
             sent = time.perf_counter()
             try:
                 response = await self._post_watched(url, body, max_tokens, attempt)

@@ -38,6 +38,7 @@ from perg.live.sqlfunctions import ALLOWED_FUNCTIONS
 
 DOCUMENTED_TABLES = frozenset({
     "runs", "baselines", "baseline_repeats", "results", "progress", "dead_letters", "outcomes",
+    "run_cancels", "acceptances", "gate_decisions", "run_states", "lineage_history",
     "metrics_by_source", "metrics_by_preference", "metrics_by_subject", "extraction_agreement",
     # the intermediate views of perg/metrics.sql (perg compare reads them)
     "perg_row_outcomes", "perg_metric_groups", "perg_metric_counts", "perg_metric_failures",
