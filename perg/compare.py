@@ -158,6 +158,40 @@ class Comparison:
         }
 
 
+def check_alpha(alpha: float, where: str = "--alpha") -> float:
+    """InputError unless ``alpha`` is a probability strictly between 0 and 1."""
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise InputError(f"{where}: must be a number strictly between 0 and 1, got {alpha!r}")
+    return alpha
+
+
+def check_threshold(points: float | None, where: str) -> float | None:
+    """InputError unless ``points`` (a tolerated increase) is None or within 0..100 points."""
+    if points is not None and not (math.isfinite(points) and 0 <= points <= 100):
+        raise InputError(f"{where}: must be a number of points from 0 to 100, got {points!r}")
+    return points
+
+
+_STATE_SQL = "SELECT state, results_stored, expected_results FROM run_states WHERE run_id = {a}"
+
+
+def candidate_partial(source: ResultSource, candidate: str, *, allow_partial: bool) -> str | None:
+    """A warning naming how partial an incomplete or cancelled candidate is (None when it is
+    complete); InputError for such a candidate unless ``allow_partial``."""
+    rows = _rows(source.sql(_STATE_SQL.format(a=_literal(candidate))))
+    if not rows or rows[0]["state"] == "done":
+        return None
+    state = rows[0]
+    kind = "cancelled" if state["state"] == "cancelled" else "incomplete"
+    what = (
+        f"candidate {candidate!r} is {kind} "
+        f"({state['results_stored']}/{state['expected_results']} results stored)"
+    )
+    if not allow_partial:
+        raise CompareInputError(f"{what}: gate it once it is done, or pass --partial")
+    return f"{what}: gated on its partial results (--partial)"
+
+
 def _literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -230,9 +264,17 @@ def compare_runs(
     thresholds: Thresholds | None = None,
     correction: Correction = "holm",
     allow_mismatch: bool = False,
+    allow_partial: bool = False,
 ) -> Comparison:
-    """Compare two runs; with ``thresholds``, also decide the gate."""
+    """Compare two runs; with ``thresholds``, also decide the gate (an incomplete or
+    cancelled candidate only with ``allow_partial``, said in the warnings)."""
+    check_alpha(alpha)
+    if reference == candidate:
+        raise CompareInputError(f"run {candidate!r} cannot be compared with itself")
     a, b, warnings = load_runs(source, reference, candidate, allow_mismatch=allow_mismatch)
+    if thresholds is not None:
+        partial = candidate_partial(source, candidate, allow_partial=allow_partial)
+        warnings += [partial] if partial else []
     values: dict[Key, dict[str, Mapping[str, Any]]] = {}
     for role, run_id in (("reference", reference), ("candidate", candidate)):
         for row in source.metrics(run_id):

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import orjson
 
 from perg._text import text_table
-from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
+from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, check_threshold, compare_runs
 from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--accept-on-pass",
         action="store_true",
         help="when the gate passes, record the candidate as the lineage's accepted run",
+    )
+    gate.add_argument(
+        "--partial",
+        action="store_true",
+        help="gate an incomplete or cancelled candidate on the results stored so far "
+        "(said in the verdict); refused otherwise",
     )
     gate.add_argument(
         "--max-rer-increase",
@@ -119,7 +125,9 @@ def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
 
 def run_gate(args: argparse.Namespace) -> int:
     thresholds = Thresholds(
-        BR=args.max_br_increase, AFR=args.max_afr_increase, RER=args.max_rer_increase
+        BR=check_threshold(args.max_br_increase, "--max-br-increase"),
+        AFR=check_threshold(args.max_afr_increase, "--max-afr-increase"),
+        RER=check_threshold(args.max_rer_increase, "--max-rer-increase"),
     )
     settings = Settings.load()
     client = SinkClient(settings)
@@ -161,6 +169,7 @@ def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
         thresholds=thresholds,
         correction=args.correction,
         allow_mismatch=args.allow_mismatch,
+        allow_partial=getattr(args, "partial", False),
     )
     if args.json:
         print(orjson.dumps(comparison.as_dict(), option=orjson.OPT_INDENT_2).decode())
