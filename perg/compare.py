@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from perg.errors import InputError
+from perg.power import detectable_increase
 
 TESTED_METRICS = ("BR", "AFR", "RER")
 NOISE_METRICS = ("BR", "RER")  # the metrics that count broken answers
@@ -33,6 +34,7 @@ TEST_NAME = (
     "McNemar exact test (two-sided) on the per-row failure, over the rows in Q* of both runs"
 )
 Correction = Literal["holm", "none"]
+DETECT_POWER = 0.8  # the power of the detectable increase a gate states
 
 
 class CompareInputError(InputError):
@@ -99,6 +101,7 @@ class Cell:
     test_significant: bool = False  # p adjusted < alpha
     significant: bool = False  # and the change exceeds the noise floor
     gate_failed: bool = False
+    detectable: float | None = None  # points the gate fails with DETECT_POWER on these rows
 
     @property
     def within_noise(self) -> bool:
@@ -329,3 +332,12 @@ def _decide(comparison: Comparison) -> None:
         cell.gate_failed = (
             limit is not None and cell.significant and increase is not None and increase > limit
         )
+        if limit is not None and cell.reference is not None:
+            cell.detectable = detectable_increase(
+                cell.n_shared,
+                alpha=comparison.alpha / len(family),
+                power=DETECT_POWER,
+                limit=limit,
+                floor=cell.noise_floor or 0.0,
+                ceiling=100 - cell.reference,
+            )

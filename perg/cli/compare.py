@@ -17,7 +17,15 @@ from datetime import UTC, datetime
 import orjson
 
 from perg._text import text_table
-from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, check_threshold, compare_runs
+from perg.compare import (
+    DETECT_POWER,
+    TEST_NAME,
+    Cell,
+    Comparison,
+    Thresholds,
+    check_threshold,
+    compare_runs,
+)
 from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
@@ -237,12 +245,33 @@ def _method_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
+def _seen(comparison: Comparison) -> str:
+    """What the shared rows could detect: the largest detectable increase over gated cells."""
+    cells = [c for c in comparison.cells if c.source == "full" and c.n_shared]
+    gated = [c for c in cells if comparison.thresholds and comparison.thresholds.of(c.metric)
+             is not None]  # fmt: skip
+    if not gated:
+        return ""
+    blind = [c for c in gated if c.detectable is None]
+    worst = max(gated, key=lambda c: c.detectable or 0.0)
+    if blind:
+        c = blind[0]
+        return (f"On {c.n_shared} shared rows {c.setting}/{c.method} {c.metric} could not detect "
+                f"any increase with {DETECT_POWER:.0%} power.")  # fmt: skip
+    return (f"Detectable on the shared rows ({DETECT_POWER:.0%} power): increases of "
+            f"{worst.detectable:.2f} points and more ({worst.setting}/{worst.method} "
+            f"{worst.metric}, {worst.n_shared} rows); smaller ones could not have been "
+            "seen.")  # fmt: skip
+
+
 def _verdict(comparison: Comparison) -> str:
     if comparison.thresholds is None:
         worse = [c for c in comparison.cells if c.source == "full" and _mark(c) == "worse"]
         return f"{len(worse)} pooled metric(s) significantly worse in the candidate."
     if not comparison.failures:
-        return "PASS: no gated metric is significantly worse beyond its threshold."
+        return "PASS: no gated metric is significantly worse beyond its threshold. " + _seen(
+            comparison
+        )
     return "FAIL: " + "; ".join(
         f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points "
         f"on {c.n_shared} shared rows (p adj {_p(c)})"
