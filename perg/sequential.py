@@ -70,14 +70,21 @@ class SequentialRule:
     power: float
     tests: int
 
+    def fails(self, worse: int, better: int, rows: int, margin: float) -> bool:
+        """This metric's increase is conclusive and beyond ``margin`` points."""
+        return (
+            rows > 0
+            and 100 * (worse - better) / rows > margin
+            and fail_evalue(worse, better) >= self.tests / self.alpha
+        )
+
     def decide(self, cells: list[tuple[int, int, int, float, float]]) -> Decision:
         """``cells``: per gated metric (worse, better, rows, margin, care): the increase must
         exceed ``margin`` points to fail (threshold, noise floor), ``care`` is the size cared
         about."""
-        fail_at, pass_at = self.tests / self.alpha, 1 / (1 - self.power)
-        for w, b, n, margin, _ in cells:
-            if n and 100 * (w - b) / n > margin and fail_evalue(w, b) >= fail_at:
-                return "fail"
+        if any(self.fails(w, b, n, margin) for w, b, n, margin, _ in cells):
+            return "fail"
+        pass_at = 1 / (1 - self.power)
         if cells and all(pass_evalue(w, b, n, care) >= pass_at for w, b, n, _, care in cells):
             return "pass"
         return "continue"

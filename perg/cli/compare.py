@@ -17,20 +17,24 @@ from datetime import UTC, datetime
 import orjson
 
 from perg._text import text_table
+from perg.cancel import cancel_run
+from perg.cli.plan import plan_rows
 from perg.compare import (
     DETECT_POWER,
     TEST_NAME,
     Cell,
     Comparison,
     Thresholds,
+    check_alpha,
     check_threshold,
     compare_runs,
 )
 from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
-from perg.lineage import accept_run, accepted_reference, record_gate_decision
+from perg.lineage import accept_run, accepted_reference, record_gate_decision, run_state
 from perg.live.client import SinkClient
+from perg.sequential_gate import follow_gate
 from schemas import GateDecision
 
 COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
@@ -68,6 +72,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="when the gate passes, record the candidate as the lineage's accepted run",
     )
+    gate.add_argument(
+        "--sequential",
+        action="store_true",
+        help="follow the candidate while it runs, decide as soon as the verdict is settled "
+        "(always-valid e-processes), then cancel the rest of the run",
+    )
+    gate.add_argument("--max-rows", type=int, metavar="N",
+                      help="with --sequential: decide by N candidate rows")  # fmt: skip
+    gate.add_argument("--power", type=float, default=0.8,
+                      help="with --sequential: power of the early pass (default 0.8)")  # fmt: skip
+    gate.add_argument("--mde", type=float, metavar="POINTS",
+                      help="with --sequential: the increase to exclude before passing early "
+                      "(default: what the fixed gate detects at max rows, perg plan)")  # fmt: skip
     gate.add_argument(
         "--partial",
         action="store_true",
@@ -116,7 +133,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    return _run(args, None)
+    return _report(args, _comparison(args, SinkClient(Settings.load()), None))
 
 
 def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
@@ -137,19 +154,58 @@ def run_gate(args: argparse.Namespace) -> int:
         AFR=check_threshold(args.max_afr_increase, "--max-afr-increase"),
         RER=check_threshold(args.max_rer_increase, "--max-rer-increase"),
     )
+    check_alpha(args.alpha)
     settings = Settings.load()
     client = SinkClient(settings)
     args.reference, args.candidate = _gate_runs(args, client)
-    code = _run(args, thresholds)
+    if args.sequential:
+        comparison = _sequential(args, settings, client, thresholds)
+    else:
+        comparison = _comparison(args, client, thresholds)
+    code = _report(args, comparison)
     passed = code == 0
     if args.lineage is not None:
         _record_decision(settings, args, passed)
     if passed and args.accept_on_pass:
         note = f"perg gate --accept-on-pass: passed against {args.reference}"
-        acceptance, _ = accept_run(settings, client, args.candidate, note)
+        acceptance, _ = accept_run(
+            settings, client, args.candidate, note, allow_partial=args.sequential
+        )
         print(f"perg gate: accepted {acceptance.run_id} in lineage {acceptance.lineage}",
               file=sys.stderr)  # fmt: skip
     return code
+
+
+def _sequential(
+    args: argparse.Namespace, settings: Settings, client: SinkClient, thresholds: Thresholds
+) -> Comparison:
+    """Follow the candidate until the sequential gate decides; cancel what remains."""
+    if args.max_rows is not None and args.max_rows < 1:
+        raise InputError(f"--max-rows: must be a positive number of rows, got {args.max_rows}")
+    power = check_alpha(args.power, "--power")
+    state = run_state(client, args.candidate)
+    rows = args.max_rows or (state["n_rows"] if state else None)
+    planned = {
+        (p["setting"], p["method"], p["metric"]): p["detectable_increase"]
+        for p in plan_rows(client.metrics(args.reference), thresholds, rows=rows or 1,
+                           alpha=args.alpha, power=power, mde=None)
+    }  # fmt: skip
+
+    def care(cell: Cell) -> float:
+        found = planned.get((cell.setting, cell.method, cell.metric))
+        return args.mde if args.mde is not None else 100.0 if found is None else found
+
+    comparison, verdict = follow_gate(
+        client, args.reference, args.candidate,
+        thresholds=thresholds, alpha=args.alpha, power=power, care=care,
+        max_rows=args.max_rows, correction=args.correction, allow_mismatch=args.allow_mismatch,
+    )  # fmt: skip
+    if verdict.stop_early:
+        reason = f"perg gate --sequential: {verdict.decision} at {verdict.rows} rows"
+        if not cancel_run(settings, client, args.candidate, reason):
+            print("perg gate: the cancellation was published but not yet stored by the sink",
+                  file=sys.stderr)  # fmt: skip
+    return comparison
 
 
 def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool) -> None:
@@ -168,17 +224,22 @@ def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool)
         print(f"perg gate: the verdict was not recorded for perg history: {exc}", file=sys.stderr)
 
 
-def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
-    comparison = compare_runs(
-        SinkClient(Settings.load()),
+def _comparison(
+    args: argparse.Namespace, client: SinkClient, thresholds: Thresholds | None
+) -> Comparison:
+    return compare_runs(
+        client,
         args.reference,
         args.candidate,
         alpha=args.alpha,
         thresholds=thresholds,
         correction=args.correction,
         allow_mismatch=args.allow_mismatch,
-        allow_partial=getattr(args, "partial", False),
+        allow_partial=thresholds is not None and args.partial,
     )
+
+
+def _report(args: argparse.Namespace, comparison: Comparison) -> int:
     if args.json:
         print(orjson.dumps(comparison.as_dict(), option=orjson.OPT_INDENT_2).decode())
     elif args.markdown:
