@@ -9,15 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures.live.runs import fails, make_spec, write_run
 
 from perg.cli import main
 from perg.power import detectable_increase, gate_power, rows_needed
 from perg.sequential import fail_evalue, pass_evalue
+from perg.store import ResultStore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gate_simulation
 
 pytest_plugins = ["test_compare"]  # its results-file fixtures: base, worse, noise
+BASE_WRONG = fails("nopref", 20, per_cell=False)
+METHODS = ("zero_shot",)
 
 
 def test_power_grows_with_the_increase_and_the_rows() -> None:
@@ -107,3 +111,62 @@ def test_gate_states_what_its_shared_rows_could_detect(
     cells = json.loads(capsys.readouterr().out)["cells"]
     rer = [c for c in cells if c["source"] == "full" and c["metric"] == "RER"]
     assert all(0 < c["detectable"] < 10 for c in rer)
+
+
+# --- the sequential gate on a results file ---------------------------------------------------
+
+
+@pytest.fixture
+def streaming_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """base (400 rows); 'regressed' (8 points more breakage) and 'same' (identical outcomes),
+    each with half of its 400 rows stored so far. Returns the cancellations asked for."""
+    path = tmp_path / "perg.duckdb"
+    store = ResultStore(path)
+    rules = {"base_wrong": BASE_WRONG, "unfollowed": fails("follow", 10)}
+    write_run(store, make_spec("base", 400, methods=METHODS), pref_wrong=fails("pref", 10), **rules)
+    for run_id, pref in (("regressed", 18), ("same", 10)):
+        write_run(store, make_spec(run_id, 200, methods=METHODS), pref_wrong=fails("pref", pref),
+                  **rules)  # fmt: skip
+    store.con.execute(  # the specs asked for twice the rows stored: still running
+        "UPDATE runs SET n_rows = 2 * n_rows, expected_results = 2 * expected_results "
+        "WHERE run_id <> 'base'"
+    )
+    store.close()
+    monkeypatch.setenv("PERG_DB", str(path))
+    monkeypatch.setenv("PERG_SINK_URL", "http://127.0.0.1:9")
+    cancelled: list[tuple[str, str]] = []
+
+    def cancel_run(settings: object, client: object, run_id: str, reason: str) -> bool:
+        cancelled.append((run_id, reason))
+        return True
+
+    monkeypatch.setattr("perg.cli.compare.cancel_run", cancel_run)  # no broker in this test
+    return cancelled
+
+
+def test_sequential_gate_fails_early_and_cancels(
+    streaming_db: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gate", "base", "regressed", "--sequential", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    early = "sequential gate: FAIL settled early (e-process beyond alpha) at 200/400"
+    assert any(w.startswith(early)
+               for w in report["warnings"])  # fmt: skip
+    assert any(c["gate_failed"] and c["metric"] == "RER" for c in report["cells"])
+    assert streaming_db == [("regressed", "perg gate --sequential: fail at 200 rows")]
+
+
+def test_sequential_gate_passes_early_and_cancels(
+    streaming_db: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gate", "base", "same", "--sequential"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS settled early (the increase cared about is excluded) at 200/400 rows" in out
+    assert streaming_db == [("same", "perg gate --sequential: pass at 200 rows")]
+
+
+def test_without_sequential_the_partial_candidate_is_refused(
+    streaming_db: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gate", "base", "same"]) == 2
+    assert "is incomplete" in capsys.readouterr().err and not streaming_db
