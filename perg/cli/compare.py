@@ -13,10 +13,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 
 from perg._text import text_table
+from perg.alerts import (
+    AlertUnreachable,
+    check_webhook,
+    github_error,
+    github_summary,
+    github_summary_path,
+    post_verdict,
+)
 from perg.cancel import cancel_run
 from perg.cli.plan import plan_rows
 from perg.compare import (
@@ -39,6 +48,12 @@ from schemas import GateDecision
 
 COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
            "Δ shared", "noise floor", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
+
+
+# per metric in the webhook's JSON
+PAYLOAD_FIELDS = ("setting", "method", "metric", "reference", "candidate", "delta",
+                  "paired_delta", "n_shared", "p_value", "p_adjusted", "noise_floor",
+                  "detectable", "gate_failed")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -85,6 +100,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gate.add_argument("--mde", type=float, metavar="POINTS",
                       help="with --sequential: the increase to exclude before passing early "
                       "(default: what the fixed gate detects at max rows, perg plan)")  # fmt: skip
+    gate.add_argument("--webhook", metavar="URL",
+                      help="POST the verdict as JSON here (timeout, retries; unreachable: "
+                      "said on stderr, the verdict stands)")  # fmt: skip
+    gate.add_argument("--github", action="store_true",
+                      help="GitHub Actions: the Markdown table to $GITHUB_STEP_SUMMARY, "
+                      "::error lines for failed metrics")  # fmt: skip
     gate.add_argument(
         "--partial",
         action="store_true",
@@ -155,6 +176,8 @@ def run_gate(args: argparse.Namespace) -> int:
         RER=check_threshold(args.max_rer_increase, "--max-rer-increase"),
     )
     check_alpha(args.alpha)
+    webhook = check_webhook(args.webhook) if args.webhook else None
+    summary = github_summary_path() if args.github else None
     settings = Settings.load()
     client = SinkClient(settings)
     args.reference, args.candidate = _gate_runs(args, client)
@@ -164,6 +187,13 @@ def run_gate(args: argparse.Namespace) -> int:
         comparison = _comparison(args, client, thresholds)
     code = _report(args, comparison)
     passed = code == 0
+    if summary is not None:
+        _github(summary, comparison)
+    if webhook is not None:
+        try:
+            post_verdict(webhook, verdict_payload(args, settings, client, comparison))
+        except AlertUnreachable as exc:
+            print(f"perg gate: the verdict was not posted (it stands): {exc}", file=sys.stderr)
     if args.lineage is not None:
         _record_decision(settings, args, passed)
     if passed and args.accept_on_pass:
@@ -174,6 +204,43 @@ def run_gate(args: argparse.Namespace) -> int:
         print(f"perg gate: accepted {acceptance.run_id} in lineage {acceptance.lineage}",
               file=sys.stderr)  # fmt: skip
     return code
+
+
+def verdict_payload(
+    args: argparse.Namespace, settings: Settings, client: SinkClient, comparison: Comparison
+) -> dict[str, object]:
+    """The webhook's JSON: lineage, versions, per gated metric its values, deltas, p-values and
+    detectable increase, and the dashboard link."""
+    versions = {
+        role: (run_state(client, run_id) or {}).get("version")
+        for role, run_id in (("reference", args.reference), ("candidate", args.candidate))
+    }
+    return {
+        "lineage": args.lineage,
+        "reference": {"run_id": args.reference, "version": versions["reference"]},
+        "candidate": {"run_id": args.candidate, "version": versions["candidate"]},
+        "passed": not comparison.failures,
+        "verdict": _verdict(comparison),
+        "alpha": comparison.alpha,
+        "warnings": comparison.warnings,
+        "metrics": [
+            {key: cell.as_dict()[key] for key in PAYLOAD_FIELDS}
+            for cell in comparison.cells
+            if cell.source == "full" and cell.p_value is not None
+        ],
+        "dashboard": settings.sink_url.rstrip("/") + "/",
+    }
+
+
+def _github(summary: Path, comparison: Comparison) -> None:
+    """The Markdown table to the job summary; one ::error line per failed metric (stdout)."""
+    github_summary(summary, markdown(comparison))
+    for c in comparison.failures:
+        print(github_error(
+            f"PERG gate: {c.metric} regression",
+            f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points on "
+            f"{c.n_shared} shared rows (p adj {_p(c)})",
+        ))  # fmt: skip
 
 
 def _sequential(
