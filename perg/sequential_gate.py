@@ -67,7 +67,7 @@ def follow_gate(
     max_rows: int | None,
     correction: Correction = "holm",
     allow_mismatch: bool = False,
-    poll_s: float = 2.0,
+    poll_s: float = 1.0,
 ) -> tuple[Comparison, SequentialVerdict]:
     """Follow ``candidate`` until decided; return the final comparison (its gate failures set
     by the sequential decision when one was reached) and the verdict."""
