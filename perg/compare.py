@@ -77,6 +77,15 @@ class Thresholds:
     AFR: float | None = None
     RER: float | None = 1.0
 
+    @classmethod
+    def checked(cls, *, br: float | None, afr: float | None, rer: float | None) -> Thresholds:
+        """Thresholds from the command line's --max-*-increase flags, each range-checked."""
+        return cls(
+            BR=check_threshold(br, "--max-br-increase"),
+            AFR=check_threshold(afr, "--max-afr-increase"),
+            RER=check_threshold(rer, "--max-rer-increase"),
+        )
+
     def of(self, metric: str) -> float | None:
         value: float | None = getattr(self, metric, None)
         return value

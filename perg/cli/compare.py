@@ -35,7 +35,6 @@ from perg.compare import (
     Comparison,
     Thresholds,
     check_alpha,
-    check_threshold,
     compare_runs,
 )
 from perg.config import Settings
@@ -170,10 +169,8 @@ def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    thresholds = Thresholds(
-        BR=check_threshold(args.max_br_increase, "--max-br-increase"),
-        AFR=check_threshold(args.max_afr_increase, "--max-afr-increase"),
-        RER=check_threshold(args.max_rer_increase, "--max-rer-increase"),
+    thresholds = Thresholds.checked(
+        br=args.max_br_increase, afr=args.max_afr_increase, rer=args.max_rer_increase
     )
     check_alpha(args.alpha)
     webhook = check_webhook(args.webhook) if args.webhook else None

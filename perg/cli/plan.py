@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from perg._text import text_table
-from perg.compare import TESTED_METRICS, Thresholds, check_alpha, check_threshold
+from perg.compare import TESTED_METRICS, Thresholds, check_alpha
 from perg.config import Settings
 from perg.errors import InputError
 from perg.lineage import accepted_reference
@@ -93,10 +93,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--rows: must be a positive number of rows, got {args.rows}")
     if args.mde is not None and not (math.isfinite(args.mde) and 0 < args.mde <= 100):
         raise InputError(f"--mde: must be a number of points in (0, 100], got {args.mde!r}")
-    thresholds = Thresholds(
-        BR=check_threshold(args.max_br_increase, "--max-br-increase"),
-        AFR=check_threshold(args.max_afr_increase, "--max-afr-increase"),
-        RER=check_threshold(args.max_rer_increase, "--max-rer-increase"),
+    thresholds = Thresholds.checked(
+        br=args.max_br_increase, afr=args.max_afr_increase, rer=args.max_rer_increase
     )
     client = SinkClient(Settings.load())
     reference = args.reference or accepted_reference(client, args.lineage)
