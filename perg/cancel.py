@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import publish_records
-from perg.lineage import STORED_WAIT_S, Queryable, run_state, sql_literal, wait_stored
+from perg.lineage import (
+    STORED_WAIT_S,
+    Queryable,
+    check_note,
+    run_state,
+    sql_literal,
+    wait_stored,
+)
 from schemas import RunCancel
 from schemas.topics import CANCELS
 
@@ -42,6 +49,7 @@ def cancel_run(
 ) -> bool:
     """Cancel a known run (InputError for an unknown one); return whether the sink stored
     the cancellation within ``wait_s``."""
+    check_note(reason, "--reason")
     if run_state(client, run_id) is None:
         raise InputError(f"unknown run {run_id!r}")
     asyncio.run(publish_cancel(settings, run_id, reason))

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
     RequestTimedOutError,
@@ -83,5 +84,11 @@ async def publish_records(
                 await producer.send_and_wait(
                     topic.name(settings.topic_prefix), record.encode(), key=key
                 )
+        except _UNREACHABLE:
+            raise
+        except KafkaError as exc:  # not taken: one line for the user, not a traceback
+            raise KafkaUnavailable(
+                f"Kafka at {settings.kafka} did not take the record ({type(exc).__name__}: {exc})"
+            ) from exc
         finally:
             await producer.stop()

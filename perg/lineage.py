@@ -26,11 +26,13 @@ from schemas import Acceptance, GateDecision, SchemaError, check_label
 from schemas.topics import ACCEPTANCES, GATE_DECISIONS
 
 __all__ = [
+    "MAX_NOTE_CHARS",
     "STORED_WAIT_S",
     "Queryable",
     "accept_run",
     "accepted_reference",
     "check_lineage",
+    "check_note",
     "lineage_history",
     "record_gate_decision",
     "run_state",
@@ -41,6 +43,13 @@ __all__ = [
 log = logging.getLogger("perg.lineage")
 
 STORED_WAIT_S = 30.0  # how long a command waits for the sink to store what it published
+MAX_NOTE_CHARS = 2000  # an acceptance's note, a cancellation's reason
+
+
+def check_note(text: str, flag: str) -> None:
+    """InputError when a note is too long to travel (a message has a size limit)."""
+    if len(text) > MAX_NOTE_CHARS:
+        raise InputError(f"{flag}: at most {MAX_NOTE_CHARS} characters, got {len(text)}")
 
 
 class Queryable(Protocol):
@@ -130,6 +139,7 @@ def accept_run(
     whether the sink stored it within ``wait_s``. Refuses an unknown run, a run without a
     lineage, and (unless ``allow_partial``: a sequential gate's explicit verdict) an
     incomplete or cancelled run."""
+    check_note(note, "--note")
     state = run_state(client, run_id)
     if state is None:
         raise InputError(f"unknown run {run_id!r}")

@@ -244,6 +244,8 @@ def offline(db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (["accept", "v3-run"], "cancelled"),
         (["accept", "nope"], "unknown run 'nope'"),
         (["cancel", "nope"], "unknown run 'nope'"),
+        (["accept", "v1-run", "--note", "x" * 2001], "--note: at most 2000 characters"),
+        (["cancel", "v3-run", "--reason", "x" * 2001], "--reason: at most 2000 characters"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(
@@ -332,3 +334,11 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
             with pytest.raises(RunCancelled):
                 await second
         assert server.stats["received"] == 1
+
+
+def test_status_wait_stops_at_a_cancelled_run(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "v3-run", "--wait", "--timeout", "60"]) == 1
+    err = capsys.readouterr().err
+    assert "run cancelled; 40/120 results stored (partial)" in err

@@ -78,6 +78,8 @@ def test_cancel_stops_the_model_calls_and_keeps_the_partial_results(pipeline: Pi
     new_calls = received(slow) - at_cancel
     assert new_calls <= MAX_IN_FLIGHT * MODEL_WORKERS, new_calls
     expected_calls = 60 * (1 + 3 * 5 + 3)  # baseline, 3 settings x 5 answers, 3 aligner rewrites
+    print(f"model calls: {at_cancel} before the cancel, {new_calls} after it (bound "
+          f"{MAX_IN_FLIGHT * MODEL_WORKERS}), of {expected_calls} for the whole run")  # fmt: skip
     assert received(slow) < expected_calls / 2
 
     status = pipeline.status(run_id)

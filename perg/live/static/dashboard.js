@@ -37,6 +37,12 @@ function metricCell(row, metric) {
   return cell;
 }
 
+// done, cancelled (its stored results are partial) or running, as GET /api/runs says
+function runState(run) {
+  const shown = run.state || (run.done ? "done" : "running");
+  return shown === "cancelled" ? "cancelled (partial)" : shown;
+}
+
 function renderRuns() {
   const body = document.querySelector("#runs tbody");
   body.replaceChildren(...state.runs.map((run) => {
@@ -50,7 +56,7 @@ function renderRuns() {
       el("td", { class: "num" }, `${run.baselines_stored} / ${run.n_rows}`),
       el("td", { class: "num" }, String(run.retries)),
       el("td", { class: "num" }, String(run.dead_letters)),
-      el("td", { "data-field": "state" }, run.done ? "done" : "running"));
+      el("td", { "data-field": "state" }, runState(run)));
   }));
   document.getElementById("no-runs").hidden = state.runs.length > 0;
   for (const id of ["metric-run", "compare-reference", "compare-candidate"]) fillSelect(id);
