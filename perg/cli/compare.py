@@ -42,7 +42,7 @@ from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
 from perg.lineage import accept_run, accepted_reference, record_gate_decision, run_state
 from perg.live.client import SinkClient
-from perg.sequential_gate import follow_gate
+from perg.sequential_gate import SequentialVerdict, follow_gate
 from schemas import GateDecision
 
 COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
@@ -178,12 +178,15 @@ def run_gate(args: argparse.Namespace) -> int:
     settings = Settings.load()
     client = SinkClient(settings)
     args.reference, args.candidate = _gate_runs(args, client)
+    verdict = None
     if args.sequential:
-        comparison = _sequential(args, settings, client, thresholds)
+        comparison, verdict = _sequential(args, client, thresholds)
     else:
         comparison = _comparison(args, client, thresholds)
     code = _report(args, comparison)
     passed = code == 0
+    if verdict is not None and verdict.stop_early:
+        _cancel_rest(settings, client, args.candidate, verdict)
     if summary is not None:
         _github(summary, comparison)
     if webhook is not None:
@@ -241,14 +244,14 @@ def _github(summary: Path, comparison: Comparison) -> None:
 
 
 def _sequential(
-    args: argparse.Namespace, settings: Settings, client: SinkClient, thresholds: Thresholds
-) -> Comparison:
-    """Follow the candidate until the sequential gate decides; cancel what remains."""
+    args: argparse.Namespace, client: SinkClient, thresholds: Thresholds
+) -> tuple[Comparison, SequentialVerdict]:
+    """Follow the candidate until the sequential gate decides."""
     if args.max_rows is not None and args.max_rows < 1:
         raise InputError(f"--max-rows: must be a positive number of rows, got {args.max_rows}")
     power = check_alpha(args.power, "--power")
-    state = run_state(client, args.candidate)
-    rows = args.max_rows or (state["n_rows"] if state else None)
+    state = run_state(client, args.candidate) or run_state(client, args.reference) or {}
+    rows = args.max_rows or state.get("n_rows")  # the candidate's, until it shows: the reference's
     planned = {
         (p["setting"], p["method"], p["metric"]): p["detectable_increase"]
         for p in plan_rows(client.metrics(args.reference), thresholds, rows=rows or 1,
@@ -264,12 +267,22 @@ def _sequential(
         thresholds=thresholds, alpha=args.alpha, power=power, care=care,
         max_rows=args.max_rows, correction=args.correction, allow_mismatch=args.allow_mismatch,
     )  # fmt: skip
-    if verdict.stop_early:
-        reason = f"perg gate --sequential: {verdict.decision} at {verdict.rows} rows"
-        if not cancel_run(settings, client, args.candidate, reason):
-            print("perg gate: the cancellation was published but not yet stored by the sink",
-                  file=sys.stderr)  # fmt: skip
-    return comparison
+    return comparison, verdict
+
+
+def _cancel_rest(
+    settings: Settings, client: SinkClient, candidate: str, verdict: SequentialVerdict
+) -> None:
+    """Cancel what remains of a run the sequential gate decided; Kafka away keeps the verdict."""
+    reason = f"perg gate --sequential: {verdict.decision} at {verdict.rows} rows"
+    try:
+        stored = cancel_run(settings, client, candidate, reason)
+    except KafkaUnavailable as exc:
+        print(f"perg gate: the rest of the run was NOT cancelled: {exc}", file=sys.stderr)
+        return
+    if not stored:
+        print("perg gate: the cancellation was published but not yet stored by the sink",
+              file=sys.stderr)  # fmt: skip
 
 
 def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool) -> None:
