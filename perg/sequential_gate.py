@@ -94,10 +94,8 @@ def follow_gate(
         time.sleep(poll_s)
     if comparison is None:
         raise InputError(f"candidate {candidate!r} shares no rows in Q* with {reference!r}")
-    if decision != "continue":
-        margins = dict(zip(map(id, cells), _inputs(cells, thresholds, care), strict=True))
-        for cell in _gated(comparison):
-            w, b, n, margin, _ = margins[id(cell)]
+    if decision != "continue":  # the sequential verdict replaces the fixed-N one
+        for cell, (w, b, n, margin, _) in zip(cells, _inputs(cells, thresholds, care), strict=True):
             cell.gate_failed = decision == "fail" and rule.fails(w, b, n, margin)
     verdict = SequentialVerdict(decision, rows, limit, stop_early=state["state"] == "running")
     comparison.warnings.append(_say(verdict))
