@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
 from perg.errors import InputError
+from perg.power import detectable_increase
 
 TESTED_METRICS = ("BR", "AFR", "RER")
 NOISE_METRICS = ("BR", "RER")  # the metrics that count broken answers
@@ -33,6 +34,7 @@ TEST_NAME = (
     "McNemar exact test (two-sided) on the per-row failure, over the rows in Q* of both runs"
 )
 Correction = Literal["holm", "none"]
+DETECT_POWER = 0.8  # the power of the detectable increase a gate states
 
 
 class CompareInputError(InputError):
@@ -75,6 +77,15 @@ class Thresholds:
     AFR: float | None = None
     RER: float | None = 1.0
 
+    @classmethod
+    def checked(cls, *, br: float | None, afr: float | None, rer: float | None) -> Thresholds:
+        """Thresholds from the command line's --max-*-increase flags, each range-checked."""
+        return cls(
+            BR=check_threshold(br, "--max-br-increase"),
+            AFR=check_threshold(afr, "--max-afr-increase"),
+            RER=check_threshold(rer, "--max-rer-increase"),
+        )
+
     def of(self, metric: str) -> float | None:
         value: float | None = getattr(self, metric, None)
         return value
@@ -99,6 +110,7 @@ class Cell:
     test_significant: bool = False  # p adjusted < alpha
     significant: bool = False  # and the change exceeds the noise floor
     gate_failed: bool = False
+    detectable: float | None = None  # points the gate fails with DETECT_POWER on these rows
 
     @property
     def within_noise(self) -> bool:
@@ -156,6 +168,40 @@ class Comparison:
             "warnings": self.warnings,
             "cells": [c.as_dict() for c in self.cells],
         }
+
+
+def check_alpha(alpha: float, where: str = "--alpha") -> float:
+    """InputError unless ``alpha`` is a probability strictly between 0 and 1."""
+    if not (math.isfinite(alpha) and 0 < alpha < 1):
+        raise InputError(f"{where}: must be a number strictly between 0 and 1, got {alpha!r}")
+    return alpha
+
+
+def check_threshold(points: float | None, where: str) -> float | None:
+    """InputError unless ``points`` (a tolerated increase) is None or within 0..100 points."""
+    if points is not None and not (math.isfinite(points) and 0 <= points <= 100):
+        raise InputError(f"{where}: must be a number of points from 0 to 100, got {points!r}")
+    return points
+
+
+_STATE_SQL = "SELECT state, results_stored, expected_results FROM run_states WHERE run_id = {a}"
+
+
+def candidate_partial(source: ResultSource, candidate: str, *, allow_partial: bool) -> str | None:
+    """A warning naming how partial an incomplete or cancelled candidate is (None when it is
+    complete); InputError for such a candidate unless ``allow_partial``."""
+    rows = _rows(source.sql(_STATE_SQL.format(a=_literal(candidate))))
+    if not rows or rows[0]["state"] == "done":
+        return None
+    state = rows[0]
+    kind = "cancelled" if state["state"] == "cancelled" else "incomplete"
+    what = (
+        f"candidate {candidate!r} is {kind} "
+        f"({state['results_stored']}/{state['expected_results']} results stored)"
+    )
+    if not allow_partial:
+        raise CompareInputError(f"{what}: gate it once it is done, or pass --partial")
+    return f"{what}: gated on its partial results (--partial)"
 
 
 def _literal(value: str) -> str:
@@ -230,9 +276,17 @@ def compare_runs(
     thresholds: Thresholds | None = None,
     correction: Correction = "holm",
     allow_mismatch: bool = False,
+    allow_partial: bool = False,
 ) -> Comparison:
-    """Compare two runs; with ``thresholds``, also decide the gate."""
+    """Compare two runs; with ``thresholds``, also decide the gate (an incomplete or
+    cancelled candidate only with ``allow_partial``, said in the warnings)."""
+    check_alpha(alpha)
+    if reference == candidate:
+        raise CompareInputError(f"run {candidate!r} cannot be compared with itself")
     a, b, warnings = load_runs(source, reference, candidate, allow_mismatch=allow_mismatch)
+    if thresholds is not None:
+        partial = candidate_partial(source, candidate, allow_partial=allow_partial)
+        warnings += [partial] if partial else []
     values: dict[Key, dict[str, Mapping[str, Any]]] = {}
     for role, run_id in (("reference", reference), ("candidate", candidate)):
         for row in source.metrics(run_id):
@@ -287,3 +341,12 @@ def _decide(comparison: Comparison) -> None:
         cell.gate_failed = (
             limit is not None and cell.significant and increase is not None and increase > limit
         )
+        if limit is not None and cell.reference is not None:
+            cell.detectable = detectable_increase(
+                cell.n_shared,
+                alpha=comparison.alpha / len(family),
+                power=DETECT_POWER,
+                limit=limit,
+                floor=cell.noise_floor or 0.0,
+                ceiling=100 - cell.reference,
+            )

@@ -174,3 +174,58 @@ def test_a_regression_within_the_noise_floor_is_not_significant(
     out = capsys.readouterr().out
     assert "noise floor" in out and " noise" in out
     # without repeats the same regression fails the gate (test_gate_flags_a_known_regression)
+
+
+# --- a gate that cannot be switched off by accident (issue 17 item 8) -------------------------
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--alpha", "2"], ["--alpha", "-1"], ["--alpha", "0"], ["--alpha", "nan"],
+        ["--alpha", "inf"], ["--alpha", "1"], ["--max-br-increase", "nan"],
+        ["--max-br-increase", "-5"], ["--max-br-increase", "1e308"],
+        ["--max-rer-increase", "inf"], ["--max-afr-increase", "-0.1"],
+    ],
+)  # fmt: skip
+def test_out_of_range_alpha_and_thresholds_exit_2(
+    offline: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    assert main(["gate", "base", "worse", *flags]) == 2
+    err = capsys.readouterr().err
+    assert flags[0] in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_is_never_gated_against_itself(
+    offline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gate", "base", "base"]) == 2
+    assert "cannot be compared with itself" in capsys.readouterr().err
+
+
+@pytest.fixture
+def partial_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """base, and a candidate with about half its results stored."""
+    path = tmp_path / "perg.duckdb"
+    store = ResultStore(path)
+    rules = {"base_wrong": BASE_WRONG, "unfollowed": fails("follow", 10)}
+    write_run(store, make_spec("base", 200, methods=METHODS), pref_wrong=fails("pref", 10), **rules)
+    write_run(store, make_spec("half", 100, methods=METHODS), pref_wrong=fails("pref", 10), **rules)
+    store.con.execute(  # the spec asked for twice the rows stored
+        "UPDATE runs SET n_rows = 2 * n_rows, expected_results = 2 * expected_results "
+        "WHERE run_id = 'half'"
+    )
+    store.close()
+    monkeypatch.setenv("PERG_DB", str(path))
+    monkeypatch.setenv("PERG_SINK_URL", "http://127.0.0.1:9")
+    return path
+
+
+def test_an_incomplete_candidate_needs_partial(
+    partial_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["gate", "base", "half"]) == 2
+    assert "is incomplete" in capsys.readouterr().err
+    assert main(["gate", "base", "half", "--partial", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert any("gated on its partial results (--partial)" in w for w in report["warnings"])

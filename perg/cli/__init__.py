@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "report",
     "sql",
     "compare",
+    "plan",
     "accept",
     "history",
     "cancel",

@@ -13,20 +13,46 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import orjson
 
 from perg._text import text_table
-from perg.compare import TEST_NAME, Cell, Comparison, Thresholds, compare_runs
+from perg.alerts import (
+    AlertUnreachable,
+    check_webhook,
+    github_error,
+    github_summary,
+    github_summary_path,
+    post_verdict,
+)
+from perg.cancel import cancel_run
+from perg.cli.plan import plan_rows
+from perg.compare import (
+    DETECT_POWER,
+    TEST_NAME,
+    Cell,
+    Comparison,
+    Thresholds,
+    check_alpha,
+    compare_runs,
+)
 from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
-from perg.lineage import accept_run, accepted_reference, record_gate_decision
+from perg.lineage import accept_run, accepted_reference, record_gate_decision, run_state
 from perg.live.client import SinkClient
+from perg.sequential_gate import SequentialVerdict, follow_gate
 from schemas import GateDecision
 
 COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
            "Δ shared", "noise floor", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
+
+
+# per metric in the webhook's JSON
+PAYLOAD_FIELDS = ("setting", "method", "metric", "reference", "candidate", "delta",
+                  "paired_delta", "n_shared", "p_value", "p_adjusted", "noise_floor",
+                  "detectable", "gate_failed")  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -59,6 +85,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--accept-on-pass",
         action="store_true",
         help="when the gate passes, record the candidate as the lineage's accepted run",
+    )
+    gate.add_argument(
+        "--sequential",
+        action="store_true",
+        help="follow the candidate while it runs, decide as soon as the verdict is settled "
+        "(always-valid e-processes), then cancel the rest of the run",
+    )
+    gate.add_argument("--max-rows", type=int, metavar="N",
+                      help="with --sequential: decide by N candidate rows")  # fmt: skip
+    gate.add_argument("--power", type=float, default=0.8,
+                      help="with --sequential: power of the early pass (default 0.8)")  # fmt: skip
+    gate.add_argument("--mde", type=float, metavar="POINTS",
+                      help="with --sequential: the increase to exclude before passing early "
+                      "(default: what the fixed gate detects at max rows, perg plan)")  # fmt: skip
+    gate.add_argument("--webhook", metavar="URL",
+                      help="POST the verdict as JSON here (timeout, retries; unreachable: "
+                      "said on stderr, the verdict stands)")  # fmt: skip
+    gate.add_argument("--github", action="store_true",
+                      help="GitHub Actions: the Markdown table to $GITHUB_STEP_SUMMARY, "
+                      "::error lines for failed metrics")  # fmt: skip
+    gate.add_argument(
+        "--partial",
+        action="store_true",
+        help="gate an incomplete or cancelled candidate on the results stored so far "
+        "(said in the verdict); refused otherwise",
     )
     gate.add_argument(
         "--max-rer-increase",
@@ -102,7 +153,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    return _run(args, None)
+    return _report(args, _comparison(args, SinkClient(Settings.load()), None))
 
 
 def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
@@ -118,22 +169,120 @@ def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    thresholds = Thresholds(
-        BR=args.max_br_increase, AFR=args.max_afr_increase, RER=args.max_rer_increase
+    thresholds = Thresholds.checked(
+        br=args.max_br_increase, afr=args.max_afr_increase, rer=args.max_rer_increase
     )
+    check_alpha(args.alpha)
+    webhook = check_webhook(args.webhook) if args.webhook else None
+    summary = github_summary_path() if args.github else None
     settings = Settings.load()
     client = SinkClient(settings)
     args.reference, args.candidate = _gate_runs(args, client)
-    code = _run(args, thresholds)
+    verdict = None
+    if args.sequential:
+        comparison, verdict = _sequential(args, client, thresholds)
+    else:
+        comparison = _comparison(args, client, thresholds)
+    code = _report(args, comparison)
     passed = code == 0
+    if verdict is not None and verdict.stop_early:
+        _cancel_rest(settings, client, args.candidate, verdict)
+    if summary is not None:
+        _github(summary, comparison)
+    if webhook is not None:
+        try:
+            post_verdict(webhook, verdict_payload(args, settings, client, comparison))
+        except AlertUnreachable as exc:
+            print(f"perg gate: the verdict was not posted (it stands): {exc}", file=sys.stderr)
     if args.lineage is not None:
         _record_decision(settings, args, passed)
     if passed and args.accept_on_pass:
         note = f"perg gate --accept-on-pass: passed against {args.reference}"
-        acceptance, _ = accept_run(settings, client, args.candidate, note)
+        acceptance, _ = accept_run(
+            settings, client, args.candidate, note, allow_partial=args.sequential
+        )
         print(f"perg gate: accepted {acceptance.run_id} in lineage {acceptance.lineage}",
               file=sys.stderr)  # fmt: skip
     return code
+
+
+def verdict_payload(
+    args: argparse.Namespace, settings: Settings, client: SinkClient, comparison: Comparison
+) -> dict[str, object]:
+    """The webhook's JSON: lineage, versions, per gated metric its values, deltas, p-values and
+    detectable increase, and the dashboard link."""
+    versions = {
+        role: (run_state(client, run_id) or {}).get("version")
+        for role, run_id in (("reference", args.reference), ("candidate", args.candidate))
+    }
+    return {
+        "lineage": args.lineage,
+        "reference": {"run_id": args.reference, "version": versions["reference"]},
+        "candidate": {"run_id": args.candidate, "version": versions["candidate"]},
+        "passed": not comparison.failures,
+        "verdict": _verdict(comparison),
+        "alpha": comparison.alpha,
+        "warnings": comparison.warnings,
+        "metrics": [
+            {key: cell.as_dict()[key] for key in PAYLOAD_FIELDS}
+            for cell in comparison.cells
+            if cell.source == "full" and cell.p_value is not None
+        ],
+        "dashboard": settings.sink_url.rstrip("/") + "/",
+    }
+
+
+def _github(summary: Path, comparison: Comparison) -> None:
+    """The Markdown table to the job summary; one ::error line per failed metric (stdout)."""
+    github_summary(summary, markdown(comparison))
+    for c in comparison.failures:
+        print(github_error(
+            f"PERG gate: {c.metric} regression",
+            f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points on "
+            f"{c.n_shared} shared rows (p adj {_p(c)})",
+        ))  # fmt: skip
+
+
+def _sequential(
+    args: argparse.Namespace, client: SinkClient, thresholds: Thresholds
+) -> tuple[Comparison, SequentialVerdict]:
+    """Follow the candidate until the sequential gate decides."""
+    if args.max_rows is not None and args.max_rows < 1:
+        raise InputError(f"--max-rows: must be a positive number of rows, got {args.max_rows}")
+    power = check_alpha(args.power, "--power")
+    state = run_state(client, args.candidate) or run_state(client, args.reference) or {}
+    rows = args.max_rows or state.get("n_rows")  # the candidate's, until it shows: the reference's
+    planned = {
+        (p["setting"], p["method"], p["metric"]): p["detectable_increase"]
+        for p in plan_rows(client.metrics(args.reference), thresholds, rows=rows or 1,
+                           alpha=args.alpha, power=power, mde=None)
+    }  # fmt: skip
+
+    def care(cell: Cell) -> float:
+        found = planned.get((cell.setting, cell.method, cell.metric))
+        return args.mde if args.mde is not None else 100.0 if found is None else found
+
+    comparison, verdict = follow_gate(
+        client, args.reference, args.candidate,
+        thresholds=thresholds, alpha=args.alpha, power=power, care=care,
+        max_rows=args.max_rows, correction=args.correction, allow_mismatch=args.allow_mismatch,
+    )  # fmt: skip
+    return comparison, verdict
+
+
+def _cancel_rest(
+    settings: Settings, client: SinkClient, candidate: str, verdict: SequentialVerdict
+) -> None:
+    """Cancel what remains of a run the sequential gate decided; Kafka away keeps the verdict."""
+    reason = f"perg gate --sequential: {verdict.decision} at {verdict.rows} rows"
+    try:
+        stored = cancel_run(settings, client, candidate, reason)
+    except KafkaUnavailable as exc:
+        print(f"perg gate: the rest of the run was NOT cancelled: {exc}", file=sys.stderr)
+        return
+    if not stored:
+        print("perg gate: the cancellation was published but not yet stored by the sink",
+              file=sys.stderr)  # fmt: skip
 
 
 def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool) -> None:
@@ -152,16 +301,22 @@ def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool)
         print(f"perg gate: the verdict was not recorded for perg history: {exc}", file=sys.stderr)
 
 
-def _run(args: argparse.Namespace, thresholds: Thresholds | None) -> int:
-    comparison = compare_runs(
-        SinkClient(Settings.load()),
+def _comparison(
+    args: argparse.Namespace, client: SinkClient, thresholds: Thresholds | None
+) -> Comparison:
+    return compare_runs(
+        client,
         args.reference,
         args.candidate,
         alpha=args.alpha,
         thresholds=thresholds,
         correction=args.correction,
         allow_mismatch=args.allow_mismatch,
+        allow_partial=thresholds is not None and args.partial,
     )
+
+
+def _report(args: argparse.Namespace, comparison: Comparison) -> int:
     if args.json:
         print(orjson.dumps(comparison.as_dict(), option=orjson.OPT_INDENT_2).decode())
     elif args.markdown:
@@ -228,12 +383,33 @@ def _method_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
+def _seen(comparison: Comparison) -> str:
+    """What the shared rows could detect: the largest detectable increase over gated cells."""
+    cells = [c for c in comparison.cells if c.source == "full" and c.n_shared]
+    gated = [c for c in cells if comparison.thresholds and comparison.thresholds.of(c.metric)
+             is not None]  # fmt: skip
+    if not gated:
+        return ""
+    blind = [c for c in gated if c.detectable is None]
+    worst = max(gated, key=lambda c: c.detectable or 0.0)
+    if blind:
+        c = blind[0]
+        return (f"On {c.n_shared} shared rows {c.setting}/{c.method} {c.metric} could not detect "
+                f"any increase with {DETECT_POWER:.0%} power.")  # fmt: skip
+    return (f"Detectable on the shared rows ({DETECT_POWER:.0%} power): increases of "
+            f"{worst.detectable:.2f} points and more ({worst.setting}/{worst.method} "
+            f"{worst.metric}, {worst.n_shared} rows); smaller ones could not have been "
+            "seen.")  # fmt: skip
+
+
 def _verdict(comparison: Comparison) -> str:
     if comparison.thresholds is None:
         worse = [c for c in comparison.cells if c.source == "full" and _mark(c) == "worse"]
         return f"{len(worse)} pooled metric(s) significantly worse in the candidate."
     if not comparison.failures:
-        return "PASS: no gated metric is significantly worse beyond its threshold."
+        return "PASS: no gated metric is significantly worse beyond its threshold. " + _seen(
+            comparison
+        )
     return "FAIL: " + "; ".join(
         f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points "
         f"on {c.n_shared} shared rows (p adj {_p(c)})"
