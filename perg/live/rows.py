@@ -268,8 +268,8 @@ LIMIT $limit OFFSET $offset
 
 _CHANGED_SQL = """
 WITH f AS (
-    SELECT run_id, row_id, setting, method, source, coalesce({failed}, false) AS failed,
-        {failed} IS NULL AS undefined
+    SELECT run_id, row_id, setting, method, source, coalesce(({failed}), false) AS failed,
+        ({failed}) IS NULL AS undefined
     FROM perg_row_outcomes
     WHERE base_correct AND run_id IN ($reference, $candidate)
         AND ($setting IS NULL OR setting = $setting)
