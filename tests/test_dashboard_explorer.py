@@ -136,7 +136,8 @@ async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, st
             response, raw, nopref = _sql(store, "SELECT r.response, r.judge_raw, b.response "
                 "FROM results r JOIN baselines b USING (run_id, row_id) WHERE r.run_id = 'cand' "
                 "AND r.row_id = ? AND setting = 'relevant' AND method = 'pref_aligner'", row_id)[0]  # fmt: skip
-            assert await first.locator('[data-field="response"]').text_content() == response[:20000]
+            shown_response = await first.locator('[data-field="response"]').text_content()
+            assert shown_response == response[:20000]
             assert await first.locator('[data-field="judge_raw"]').text_content() == raw
             assert await first.locator('[data-field="nopref_response"]').text_content() == nopref
             if len(response) > 20000:
