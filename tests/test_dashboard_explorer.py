@@ -133,9 +133,13 @@ async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, st
             row_id = int(await first.get_attribute("data-row") or "-1")
             await first.locator("summary").focus()
             await page.keyboard.press("Enter")
-            response, raw, nopref = _sql(store, "SELECT r.response, r.judge_raw, b.response "
-                "FROM results r JOIN baselines b USING (run_id, row_id) WHERE r.run_id = 'cand' "
-                "AND r.row_id = ? AND setting = 'relevant' AND method = 'pref_aligner'", row_id)[0]  # fmt: skip
+            response, raw, nopref = _sql(
+                store,
+                "SELECT r.response, r.judge_raw, b.response FROM results r JOIN baselines b "
+                "USING (run_id, row_id) WHERE r.run_id = 'cand' AND r.row_id = ? "
+                "AND setting = 'relevant' AND method = 'pref_aligner'",
+                row_id,
+            )[0]
             shown_response = await first.locator('[data-field="response"]').text_content()
             assert shown_response == response[:20000]
             assert await first.locator('[data-field="judge_raw"]').text_content() == raw
