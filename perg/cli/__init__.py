@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "score",
     "sql",
     "compare",
+    "report",
     "prompts",
     "worker",
 )
