@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "accept",
     "history",
     "cancel",
+    "report",
     "prompts",
     "worker",
 )

@@ -43,6 +43,7 @@ from perg.live.query import (
     StoreReader,
     favour_live_queries,
 )
+from perg.live.rows import NotFound, RowQueryError, parse_changed_filter, parse_row_filter
 from perg.live.sqlguard import QueryRefused
 from perg.metrics import Grouping
 from perg.observe import Metrics
@@ -289,6 +290,43 @@ async def compare(request: web.Request) -> web.Response:
     return _json(result.as_dict())
 
 
+async def _read_rows(request: web.Request, call: Callable[[StoreReader], Any]) -> web.Response:
+    """A row read's answer: 400 for a bad parameter, 404 for an unknown run, nothing matching
+    or a page past the end, 408 past the time limit."""
+    try:
+        return _json(await _in_thread(request, call))
+    except RowQueryError as exc:
+        return _error(str(exc), 400)
+    except NotFound as exc:
+        return _error(str(exc), 404)
+    except QueryTimeout as exc:
+        return _error(str(exc), 408)
+
+
+async def run_rows(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+    try:
+        row_filter = parse_row_filter(request.query)
+    except RowQueryError as exc:
+        return _error(str(exc), 400)
+    return await _read_rows(request, lambda r: r.rows(run_id, row_filter))
+
+
+async def run_facets(request: web.Request) -> web.Response:
+    run_id = request.match_info["run_id"]
+    if request.query:
+        return _error("this endpoint takes no parameters", 400)
+    return await _read_rows(request, lambda r: r.facets(run_id))
+
+
+async def changed(request: web.Request) -> web.Response:
+    try:
+        reference, candidate, f = parse_changed_filter(request.query)
+    except RowQueryError as exc:
+        return _error(str(exc), 400)
+    return await _read_rows(request, lambda r: r.changed(reference, candidate, f))
+
+
 def _snapshot(reader: StoreReader) -> dict[str, Any]:
     return {
         "runs": reader.statuses(),
@@ -318,6 +356,23 @@ async def events(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:
             return response
         await asyncio.sleep(request.app[EVENT_INTERVAL_S])
+
+
+# The dashboard's pages run their own script and style only, fetch only from this server,
+# and cannot be framed; model output reaches them as text only (textContent).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@web.middleware
+async def _security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    return response
 
 
 async def dashboard(_: web.Request) -> web.FileResponse:
@@ -351,7 +406,9 @@ def create_app(
     with closing(store.cursor()) as con:
         harden(con)
     favour_live_queries()
-    app = web.Application(middlewares=[_check_request, _auth], client_max_size=MAX_REQUEST_BYTES)
+    app = web.Application(
+        middlewares=[_security_headers, _check_request, _auth], client_max_size=MAX_REQUEST_BYTES
+    )
     app[READER] = StoreReader(store, limits)
     app[TOKEN] = token or None
     app[PUBLIC_HOSTS] = public_hosts_setting() if public_hosts is None else public_hosts
@@ -364,7 +421,10 @@ def create_app(
     app.router.add_get("/api/runs/{run_id}/metrics", run_metrics)
     app.router.add_get("/api/runs/{run_id}/agreement", run_agreement)
     app.router.add_get("/api/snapshot", snapshot)
+    app.router.add_get("/api/runs/{run_id}/rows", run_rows)
+    app.router.add_get("/api/runs/{run_id}/facets", run_facets)
     app.router.add_get("/api/compare", compare)
+    app.router.add_get("/api/changed", changed)
     app.router.add_post("/sql", sql)
     app.router.add_get("/events", events)
     app.router.add_get("/", dashboard)

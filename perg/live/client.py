@@ -15,7 +15,7 @@ import urllib.request
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import duckdb
 import orjson
@@ -24,6 +24,7 @@ from perg.config import Settings, is_http_url
 from perg.errors import InputError, PergError, UnavailableError
 from perg.live.engine import open_read_only
 from perg.live.query import QueryLimits, StoreReader
+from perg.live.rows import ChangedFilter
 
 
 class SinkError(PergError):
@@ -79,6 +80,19 @@ class SinkClient:
         rows = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/metrics?by=source",
                           lambda r: r.metrics(run_id))  # fmt: skip
         return list(rows or [])
+
+    def changed(self, reference: str, candidate: str, f: ChangedFilter) -> dict[str, Any]:
+        """One page of the discordant rows of two runs (GET /api/changed)."""
+        params = {"reference": reference, "candidate": candidate, "metric": f.metric,
+                  "direction": f.direction, "setting": f.setting, "method": f.method,
+                  "source": f.source, "page": f.page.number, "page_size": f.page.size}  # fmt: skip
+        query = urlencode({k: v for k, v in params.items() if v is not None})
+        found: dict[str, Any] | None = self._call(
+            "GET", f"/api/changed?{query}", lambda r: r.changed(reference, candidate, f)
+        )
+        if found is None:
+            raise SinkRefused(f"unknown run {reference!r} or {candidate!r}")
+        return found
 
     def sql(self, query: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/sql", lambda r: r.sql(query), {"sql": query})

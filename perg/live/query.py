@@ -25,6 +25,14 @@ import pyarrow.compute as pc
 from perg.config import int_setting, seconds_setting
 from perg.errors import InputError
 from perg.live.engine import Database, read_only_cursor, single_select
+from perg.live.rows import (
+    ChangedFilter,
+    QuestionBook,
+    RowFilter,
+    changed_rows,
+    explore_rows,
+    facets,
+)
 from perg.live.sqlguard import check_query
 from perg.metrics import Grouping, compute_agreement, compute_metrics
 from perg.store import run_statuses
@@ -202,9 +210,12 @@ def _time_limit(con: duckdb.DuckDBPyConnection, timeout_s: float) -> Iterator[No
 class StoreReader:
     """Reads of the results store, each on a fresh cursor in a read-only transaction."""
 
-    def __init__(self, db: Database, limits: QueryLimits) -> None:
+    def __init__(
+        self, db: Database, limits: QueryLimits, questions: QuestionBook | None = None
+    ) -> None:
         self.db = db
         self.limits = limits
+        self.questions = questions or QuestionBook()
 
     def statuses(self, run_id: str | None = None) -> list[dict[str, Any]]:
         with read_only_cursor(self.db) as con:
@@ -224,3 +235,28 @@ class StoreReader:
 
     def sql(self, sql: str) -> dict[str, Any]:
         return self.query(sql).as_dict()
+
+    @contextmanager
+    def _bounded(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only cursor whose queries stop at the time limit (:class:`QueryTimeout`)."""
+        with read_only_cursor(self.db) as con, _time_limit(con, self.limits.timeout_s):
+            try:
+                yield con
+            except duckdb.InterruptException as exc:
+                raise QueryTimeout(
+                    f"the page took longer than {self.limits.timeout_s:g} s (PERG_SQL_TIMEOUT_S)"
+                ) from exc
+
+    def rows(self, run_id: str, row_filter: RowFilter) -> dict[str, Any]:
+        """One page of the explorer (perg.live.rows.explore_rows)."""
+        with self._bounded() as con:
+            return explore_rows(con, run_id, row_filter, self.questions)
+
+    def changed(self, reference: str, candidate: str, f: ChangedFilter) -> dict[str, Any]:
+        """One page of the discordant rows of two runs (perg.live.rows.changed_rows)."""
+        with self._bounded() as con:
+            return changed_rows(con, reference, candidate, f)
+
+    def facets(self, run_id: str) -> dict[str, Any]:
+        with self._bounded() as con:
+            return facets(con, run_id)
