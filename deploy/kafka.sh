@@ -4,6 +4,12 @@
 # Maven Central via deploy/kafka/pom.xml and are cached in $PERG_HOME/kafka/libs.
 #
 #   deploy/kafka.sh start      start (or find running) broker; prints 127.0.0.1:PORT
+#   deploy/kafka.sh start --secure  also a SASL_SSL listener (SCRAM-SHA-256/512 user "perg",
+#                              a CA made at the first start with openssl); the settings a
+#                              client needs go to $PERG_KAFKA_DIR/client.env as KEY=VALUE
+#                              (PERG_KAFKA=..., PERG_KAFKA_*; the password as a file path).
+#                              The PLAINTEXT listener stays for inter-broker traffic and the
+#                              readiness probe, on loopback only.
 #   deploy/kafka.sh stop       SIGTERM, wait, SIGKILL after PERG_KAFKA_STOP_TIMEOUT; ok if stopped
 #   deploy/kafka.sh status     "running 127.0.0.1:PORT pid N" (exit 0) | "stopped" (exit 3)
 #   deploy/kafka.sh bootstrap  prints 127.0.0.1:PORT of the running broker (exit 1 if none)
@@ -145,8 +151,46 @@ except OSError:
 PY
 }
 
+# --- TLS and SCRAM for --secure ----------------------------------------------------------
+# $STATE/tls: ca.pem (clients trust it), broker.p12 (the broker's key + cert for 127.0.0.1 and
+# localhost, signed by the CA); $STATE/secrets: perg.password (the SCRAM user's), tls.password.
+make_secrets() {
+    local tls="$STATE/tls" secrets="$STATE/secrets"
+    [[ -f "$tls/broker.p12" && -f "$secrets/perg.password" ]] && return 0
+    command -v openssl >/dev/null || die "openssl not found (needed for --secure)"
+    mkdir -p "$tls" "$secrets"
+    chmod 700 "$secrets"
+    (umask 077
+     openssl rand -hex 24 >"$secrets/perg.password"
+     openssl rand -hex 24 >"$secrets/tls.password")
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=perg-kafka-ca" \
+        -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null || die "openssl: CA failed"
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$tls/broker.key" -out "$tls/broker.csr" 2>/dev/null || die "openssl: CSR failed"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls/san.ext"
+    openssl x509 -req -in "$tls/broker.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" \
+        -CAcreateserial -days 3650 -extfile "$tls/san.ext" -out "$tls/broker.pem" 2>/dev/null \
+        || die "openssl: signing the broker certificate failed"
+    openssl pkcs12 -export -in "$tls/broker.pem" -inkey "$tls/broker.key" \
+        -certfile "$tls/ca.pem" -out "$tls/broker.p12" \
+        -passout "file:$secrets/tls.password" || die "openssl: keystore failed"
+}
+
+write_client_env() {  # write_client_env SASL_PORT
+    cat >"$STATE/client.env" <<EOF
+PERG_KAFKA=127.0.0.1:$1
+PERG_KAFKA_SECURITY_PROTOCOL=SASL_SSL
+PERG_KAFKA_SASL_MECHANISM=SCRAM-SHA-512
+PERG_KAFKA_SASL_USERNAME=perg
+PERG_KAFKA_SASL_PASSWORD_FILE=$STATE/secrets/perg.password
+PERG_KAFKA_SSL_CAFILE=$STATE/tls/ca.pem
+EOF
+}
+
 # --- commands ----------------------------------------------------------------------------
 cmd_start() {
+    local secure=0
+    [[ "${1:-}" == "--secure" || -f "$STATE/tls/broker.p12" ]] && secure=1
     mkdir -p "$STATE"
     exec 8>"$STATE/.lock"
     flock 8
@@ -164,14 +208,27 @@ cmd_start() {
         local cport="${PERG_KAFKA_CONTROLLER_PORT:-$(free_port)}"
         while [[ "$cport" == "$port" ]]; do cport="$(free_port)"; done
         mkdir -p "$STATE/data" "$STATE/logs"
+        local listeners="PLAINTEXT://127.0.0.1:$port" advertised="PLAINTEXT://127.0.0.1:$port"
+        local scram=()
+        if (( secure )); then
+            make_secrets
+            local sport="${PERG_KAFKA_SASL_PORT:-$(free_port)}"
+            listeners+=",SASL_SSL://127.0.0.1:$sport"
+            advertised+=",SASL_SSL://127.0.0.1:$sport"
+            local pw
+            pw="$(cat "$STATE/secrets/perg.password")"
+            scram=(--add-scram "SCRAM-SHA-512=[name=perg,password=$pw]"
+                   --add-scram "SCRAM-SHA-256=[name=perg,password=$pw]")
+            write_client_env "$sport"
+        fi
         cat >"$PROPS" <<EOF
 # written by deploy/kafka.sh — single node KRaft, loopback only
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=$listeners,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$advertised
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 log.dirs=$STATE/data
@@ -194,13 +251,25 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
+        if (( secure )); then
+            cat >>"$PROPS" <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$STATE/tls/broker.p12
+ssl.keystore.password=$(cat "$STATE/secrets/tls.password")
+ssl.client.auth=none
+EOF
+            chmod 600 "$PROPS"
+        fi
         if [[ ! -f "$STATE/data/meta.properties" ]]; then
             [[ -f "$STATE/cluster.id" ]] || "$PYTHON" -c \
                 'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
                 >"$STATE/cluster.id"
             # "=": an id may start with "-", which argparse would take for an option
             java_run kafka.tools.StorageTool format --cluster-id="$(cat "$STATE/cluster.id")" \
-                -c "$PROPS" --ignore-formatted >>"$LOGFILE" 2>&1 \
+                -c "$PROPS" --ignore-formatted "${scram[@]}" >>"$LOGFILE" 2>&1 \
                 || { tail -n 30 "$LOGFILE" >&2; die "formatting the storage in $STATE/data failed"; }
         fi
         echo "127.0.0.1:$port" >"$BOOTFILE"
@@ -242,10 +311,10 @@ cmd_bootstrap() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
+    start) cmd_start "${2:-}" ;;
     stop) daemon_stop "kafka.Kafka $PROPS" "$STOP_TIMEOUT" ;;
     status) daemon_status "kafka.Kafka $PROPS" ;;
     bootstrap) cmd_bootstrap ;;
     fetch) fetch; echo "$LIBS" ;;
-    *) echo "usage: $0 start|stop|status|bootstrap|fetch" >&2; exit 2 ;;
+    *) echo "usage: $0 start [--secure]|stop|status|bootstrap|fetch" >&2; exit 2 ;;
 esac

@@ -33,6 +33,20 @@ Variables (default in brackets):
     PERG_MODEL_HOSTS       model hosts a worker may call: comma-separated host[:port] patterns,
                            '*' within a label, 'loopback' (see perg/hosts.py) [loopback]
     PERG_HOME              cache of installed tools: Kafka jars, llama.cpp venv [~/.cache/perg]
+
+Kafka security and replication (every Kafka client: workers, perg submit, topic admin):
+    PERG_KAFKA_SECURITY_PROTOCOL  PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL [PLAINTEXT]
+    PERG_KAFKA_SASL_MECHANISM     PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 [SCRAM-SHA-512]
+    PERG_KAFKA_SASL_USERNAME      SASL user name [unset]
+    PERG_KAFKA_SASL_PASSWORD_FILE file whose first line is the SASL password [unset]
+    PERG_KAFKA_SASL_PASSWORD_ENV  name of an environment variable holding it (never a value
+                                  on a command line) [unset]
+    PERG_KAFKA_SSL_CAFILE         PEM file of the CA(s) to trust [the system's]
+    PERG_KAFKA_SSL_CERTFILE       PEM client certificate, for mutual TLS [unset]
+    PERG_KAFKA_SSL_KEYFILE        PEM key of that certificate [unset]
+    PERG_REPLICATION              replication factor of created topics [3 when the cluster
+                                  has 3 brokers or more, else the number of brokers]
+    PERG_MIN_INSYNC_REPLICAS      min.insync.replicas of created topics [replication - 1, >= 1]
 """
 
 from __future__ import annotations
@@ -79,6 +93,16 @@ KNOWN_SETTINGS = frozenset(
         "model_hosts",
         "metrics_port",
         "metrics_bind",
+        "kafka_security_protocol",
+        "kafka_sasl_mechanism",
+        "kafka_sasl_username",
+        "kafka_sasl_password_file",
+        "kafka_sasl_password_env",
+        "kafka_ssl_cafile",
+        "kafka_ssl_certfile",
+        "kafka_ssl_keyfile",
+        "replication",
+        "min_insync_replicas",
         "home",
     }
 )
@@ -183,6 +207,131 @@ def default_data_dir() -> Path:
     return PROJECT_ROOT.parent / "shared" / "perg"
 
 
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How Kafka clients authenticate and encrypt (``PERG_KAFKA_SECURITY_PROTOCOL`` ...).
+
+    The password is read once, from a file or a named environment variable, and never shown
+    (not in ``repr``, logs or any record)."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @classmethod
+    def load(cls) -> KafkaSecurity:
+        protocol = setting("kafka_security_protocol", "PLAINTEXT").upper()
+        if protocol not in SECURITY_PROTOCOLS:
+            raise InputError(
+                f"PERG_KAFKA_SECURITY_PROTOCOL={protocol!r} is not one of "
+                + ", ".join(SECURITY_PROTOCOLS)
+            )
+        mechanism = setting("kafka_sasl_mechanism", "SCRAM-SHA-512").upper()
+        if mechanism not in SASL_MECHANISMS:
+            raise InputError(
+                f"PERG_KAFKA_SASL_MECHANISM={mechanism!r} is not one of "
+                + ", ".join(SASL_MECHANISMS)
+            )
+        username = setting("kafka_sasl_username", "") or None
+        password = _sasl_password()
+        files = {
+            name: _pem_file(name)
+            for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+        }
+        security = cls(
+            protocol=protocol,
+            sasl_mechanism=mechanism,
+            sasl_username=username,
+            sasl_password=password,
+            ssl_cafile=files["kafka_ssl_cafile"],
+            ssl_certfile=files["kafka_ssl_certfile"],
+            ssl_keyfile=files["kafka_ssl_keyfile"],
+        )
+        security.check()
+        return security
+
+    def check(self) -> None:
+        """Settings that cannot work together are bad input, never silently ignored."""
+        if self.uses_sasl and not (self.sasl_username and self.sasl_password):
+            raise InputError(
+                f"PERG_KAFKA_SECURITY_PROTOCOL={self.protocol} needs PERG_KAFKA_SASL_USERNAME "
+                "and a password (PERG_KAFKA_SASL_PASSWORD_FILE or PERG_KAFKA_SASL_PASSWORD_ENV)"
+            )
+        if not self.uses_sasl and (self.sasl_username or self.sasl_password):
+            raise InputError(
+                f"SASL credentials are set but PERG_KAFKA_SECURITY_PROTOCOL={self.protocol} "
+                "does not use SASL (SASL_PLAINTEXT or SASL_SSL)"
+            )
+        tls_files = (self.ssl_cafile, self.ssl_certfile, self.ssl_keyfile)
+        if not self.uses_tls and any(tls_files):
+            raise InputError(
+                f"TLS files are set but PERG_KAFKA_SECURITY_PROTOCOL={self.protocol} "
+                "does not use TLS (SSL or SASL_SSL)"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise InputError(
+                "mutual TLS needs both PERG_KAFKA_SSL_CERTFILE and PERG_KAFKA_SSL_KEYFILE"
+            )
+
+
+def _sasl_password() -> str | None:
+    path = setting("kafka_sasl_password_file", "")
+    env_name = setting("kafka_sasl_password_env", "")
+    if path and env_name:
+        raise InputError(
+            "set one of PERG_KAFKA_SASL_PASSWORD_FILE and PERG_KAFKA_SASL_PASSWORD_ENV, not both"
+        )
+    if path:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(
+                f"PERG_KAFKA_SASL_PASSWORD_FILE={path}: cannot read it ({type(exc).__name__})"
+            ) from None
+        if not lines or not lines[0]:
+            raise InputError(f"PERG_KAFKA_SASL_PASSWORD_FILE={path}: the first line is empty")
+        return lines[0]
+    if env_name:
+        value = os.environ.get(env_name, "")
+        if not value:
+            raise InputError(
+                f"PERG_KAFKA_SASL_PASSWORD_ENV={env_name}: that environment variable is not set"
+            )
+        return value
+    return None
+
+
+def _pem_file(name: str) -> Path | None:
+    raw = setting(name, "")
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise InputError(f"PERG_{name.upper()}={raw}: no such file")
+    return path
+
+
+def replication_setting(name: str) -> int | None:
+    """``PERG_<NAME>`` as a whole number >= 1, or None when unset (decided from the cluster)."""
+    return int_setting(name, 1) if setting(name, "") else None
+
+
 @dataclass(frozen=True)
 class Settings:
     kafka: str
@@ -199,6 +348,9 @@ class Settings:
     metrics_port: int | None = None  # None: metrics and readiness not served
     metrics_bind: str = "127.0.0.1"
     model_hosts: ModelHosts = field(default_factory=lambda: ModelHosts.parse(DEFAULT_MODEL_HOSTS))
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    replication: int | None = None
+    min_insync_replicas: int | None = None
 
     @classmethod
     def load(cls) -> Settings:
@@ -218,6 +370,9 @@ class Settings:
             metrics_port=_port_setting("metrics_port") or None,
             metrics_bind=setting("metrics_bind", "127.0.0.1"),
             model_hosts=ModelHosts.parse(setting("model_hosts", DEFAULT_MODEL_HOSTS)),
+            kafka_security=KafkaSecurity.load(),
+            replication=replication_setting("replication"),
+            min_insync_replicas=replication_setting("min_insync_replicas"),
         )
 
 

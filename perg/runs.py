@@ -27,7 +27,7 @@ from perg.config import Settings
 from perg.dataset import DATASET_FILE, Item, load_dataset, select_rows, stratified_sample
 from perg.errors import InputError
 from perg.extraction import Extractor, choose_extractor
-from perg.kafka import reaching_kafka
+from perg.kafka import client_options, reaching_kafka, started
 from perg.protocol import (
     METHODS,
     SETTINGS,
@@ -259,9 +259,11 @@ async def publish_run(spec: RunSpec, work: list[WorkItem], settings: Settings) -
 
     :class:`~perg.kafka.KafkaUnavailable` when the broker cannot be reached.
     """
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        **client_options(settings), acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await started(producer, settings)
     with reaching_kafka(settings):
-        await producer.start()
         try:
             run_id = spec.context.run_id
             await producer.send_and_wait(

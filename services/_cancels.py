@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from perg.config import Settings
+from perg.kafka import client_options, started
 from schemas import RunCancel, SchemaError
 from schemas.topics import CANCELS
 
@@ -47,13 +48,13 @@ class CancelledRuns:
     async def watching(self) -> AsyncIterator[None]:
         """Read every cancellation so far, then follow the topic until the block ends."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka,
+            **client_options(self.settings),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=FETCH_WAIT_MS,
         )
-        await consumer.start()
+        await started(consumer, self.settings)
         try:
             partitions = await self._partitions()
             consumer.assign(partitions)
@@ -73,8 +74,8 @@ class CancelledRuns:
         """The topic's partitions, once the broker's metadata has them (a topic created a
         moment ago may not be in it yet)."""
         topic = CANCELS.name(self.settings.topic_prefix)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka)
-        await admin.start()
+        admin = AIOKafkaAdminClient(**client_options(self.settings))
+        await started(admin, self.settings)
         try:
             async with asyncio.timeout(CATCH_UP_S):
                 while True:

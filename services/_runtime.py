@@ -61,7 +61,7 @@ from aiokafka.structs import TopicPartition
 
 from perg.config import Settings, int_setting, seconds_setting, setting
 from perg.errors import InputError
-from perg.kafka import ensure_topics
+from perg.kafka import client_options, ensure_topics, started
 from perg.observe import Metrics, serve
 from schemas import DeadLetter, Record, SchemaError, TopicSpec
 from schemas.topics import DEAD_LETTERS
@@ -487,12 +487,13 @@ class Worker:
     async def _run(self) -> None:
         await ensure_topics(self.settings)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka,
+            **client_options(self.settings),
             acks="all",
+            enable_idempotence=True,  # a retried send is stored once per partition
             linger_ms=PRODUCER_LINGER_MS,
             max_batch_size=PRODUCER_BATCH_BYTES,
         )
-        await self._producer.start()
+        await started(self._producer, self.settings)
         self._publisher = Publisher(self._producer, self.settings.topic_prefix)
         try:
             async with self.lifespan(self):
@@ -505,7 +506,7 @@ class Worker:
         group = f"{self.settings.topic_prefix}-{self.name}"
         session_ms = int(options.session_timeout_s * 1000)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka,
+            **client_options(self.settings),
             group_id=group,
             group_instance_id=f"{group}-{options.instance}" if options.instance else None,
             enable_auto_commit=False,
@@ -524,7 +525,7 @@ class Worker:
             topics=[spec.name(self.settings.topic_prefix) for spec in self.inputs],
             listener=_Rebalance(self),
         )
-        await consumer.start()
+        await started(consumer, self.settings)
         log.info("stage=%s consuming %s as %s (in flight %d, instance %s)", self.name,
                  ", ".join(s.suffix for s in self.inputs), group, self.in_flight,
                  options.instance or "dynamic")  # fmt: skip

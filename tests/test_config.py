@@ -12,7 +12,6 @@ from perg.config import KNOWN_SETTINGS, bootstrap_servers
 from perg.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
-READERS = {"setting", "int_setting", "seconds_setting"}
 
 
 def settings_read_in_code() -> set[str]:
@@ -23,7 +22,7 @@ def settings_read_in_code() -> set[str]:
                 if (
                     isinstance(node, ast.Call)
                     and isinstance(node.func, ast.Name)
-                    and node.func.id in READERS
+                    and node.func.id.endswith("setting")  # setting, int_setting, ...
                     and node.args
                     and isinstance(node.args[0], ast.Constant)
                 ):

@@ -31,7 +31,6 @@ COMMAND_MODULES = (
     "accept",
     "history",
     "cancel",
-    "report",
     "prompts",
     "worker",
 )
