@@ -1,8 +1,8 @@
 """The README's main command: its report (offline) and a real run on the embedded model
 (SmolLM2-135M on llama.cpp's llama-server, CPU).
 
-The end-to-end test builds llama-server on first use (deploy/llama-server.sh install, several
-minutes) and reuses it afterwards. A small sample keeps the CPU run short."""
+The end-to-end test installs llama-server on first use (deploy/llama-server.sh install: the
+prebuilt xllamacpp wheel, ~30 s) and reuses it afterwards. A small sample keeps the CPU run short."""
 
 from __future__ import annotations
 
@@ -148,3 +148,14 @@ def test_demo_runs_a_real_evaluation_end_to_end(tmp_path: Path) -> None:
                             env={**env, "PERG_KAFKA_DIR": str(workdir / "kafka")},
                             capture_output=True, text=True, check=False)  # fmt: skip
     assert status.stdout.strip() == "stopped"
+
+
+def test_deploy_script_passes_its_log_lines_on_as_they_come() -> None:
+    """perg demo prints what a deploy script is doing (e.g. an install's "~30 s") off a terminal
+    too: the script's stderr lines reach the progress callback."""
+    from perg.local import deploy_script
+
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="usage"):
+        deploy_script("llama-server.sh", "no-such-command", env=os.environ, progress=seen.append)
+    assert seen and seen[0].startswith("usage: ")
