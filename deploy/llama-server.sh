@@ -161,7 +161,11 @@ cmd_install() {
         if [[ "$VARIANT" == wheel ]]; then install_wheel "$work"; else build_server "$work"; fi
     fi
     [[ -z "$gguf_pid" ]] || wait "$gguf_pid" || die "installing the GGUF failed"
-    server_works || die "llama-server in $HOME_DIR does not run after the install"
+    if ! server_works; then
+        "$BIN" --version 2>&1 | tail -n 5 >&2 || true
+        # the wheel's ggml uses OpenMP; Debian: apt-get install libgomp1 (g++ pulls it in)
+        die "llama-server in $HOME_DIR does not run after the install (see above; libgomp1 missing?)"
+    fi
     log "installed: $("$BIN" --version 2>&1 | grep -m1 version || true)"
 }
 
