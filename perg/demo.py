@@ -67,7 +67,7 @@ class DemoOptions:
 
 def _progress(console: Console) -> Callable[[str], None]:
     """Prints a deploy script's log lines as they are (plain text, on a terminal or off one)."""
-    return lambda line: console.print(line, markup=False, highlight=False)
+    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _start_or_reuse(
