@@ -3,10 +3,13 @@
 #   docker-compose   Debian's compose 1.29 (python), for the offline `docker-compose config`
 #                    check in tests/test_compose.py (no Docker engine needed)
 #   chromium, chromium-driver   browser for the dashboard tests
+#   libgomp1         OpenMP runtime of the embedded model server (the xllamacpp wheel)
+# (tests/test_compose_up.py's helper, deploy/offline-images.sh, installs docker.io and
+# debootstrap itself when the machine has no Docker engine)
 # Idempotent and quiet; must run as root (or with sudo available).
 set -euo pipefail
 
-want=(docker-compose chromium chromium-driver)
+want=(docker-compose chromium chromium-driver libgomp1)
 missing=()
 for pkg in "${want[@]}"; do
     if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)" != "installed" ]]; then

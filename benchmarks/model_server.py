@@ -18,7 +18,9 @@ Configurations (each skipped when its build is missing):
   server-native-1    the same, native build (-march=native: AVX-512/VNNI/AMX here)
   server-native-N    native, --concurrency slots, prompt cache on
   server-portable-N  portable, the same slots and cache (what deploy/llama-server.sh and the
-                     image run by default)
+                     image ran by default before the wheel)
+  server-wheel-N     llama.cpp's server from the PyPI wheel xllamacpp (no build; AVX2), the
+                     same slots and cache: the default of deploy/llama-server.sh and the image
 
 Ratios are to the first configuration measured. The machine may be shared: the load average
 before and after is printed; compare only figures from one run.
@@ -45,6 +47,7 @@ from perg.local import free_port
 from perg.protocol import ChatMessage, load_protocol
 
 LLAMA_CPP_PYTHON = "0.3.36"
+XLLAMACPP = "2026.10.11549"  # as in deploy/llama-server.sh
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIAS = "bench"
 
@@ -70,6 +73,7 @@ def perg_home() -> Path:
 
 def configs(home: Path, slots: int) -> tuple[list[Config], Path | None]:
     server_dir = {v: home / f"llama-server-{LLAMA_CPP_PYTHON}-{v}" for v in ("native", "portable")}
+    server_dir["wheel"] = home / f"llama-server-{XLLAMACPP}-wheel"
     ggufs = [d / "models" / GGUF_NAME for d in server_dir.values()]
     gguf = next((path for path in ggufs if path.is_file()), None)
     found: list[Config] = []
@@ -87,7 +91,7 @@ def configs(home: Path, slots: int) -> tuple[list[Config], Path | None]:
             )
         )  # fmt: skip
     for variant, n, cache in (("portable", 1, False), ("native", 1, False), ("native", slots, True),
-                              ("portable", slots, True)):  # fmt: skip
+                              ("portable", slots, True), ("wheel", slots, True)):  # fmt: skip
         binary = server_dir[variant] / "bin" / "llama-server"
         if gguf is None or not binary.is_file():
             continue

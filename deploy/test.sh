@@ -5,7 +5,7 @@
 # (deploy/) and stop them; the chaos suite (marker `chaos`) is part of the full run.
 #
 #   --fast   no broker, no model, no end-to-end runs: lint, types and the unit tests
-#            (pytest -m "not kafka and not slow and not chaos"), about a minute.
+#            (pytest -m "not kafka and not slow and not chaos and not compose"), about a minute.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -22,6 +22,6 @@ deploy/setup.sh --dev
 .venv/bin/ruff format --no-cache --check .
 .venv/bin/mypy
 if [[ "$FAST" == 1 ]]; then
-    exec .venv/bin/pytest -q -m "not kafka and not slow and not chaos" "$@"
+    exec .venv/bin/pytest -q -m "not kafka and not slow and not chaos and not compose" "$@"
 fi
 exec .venv/bin/pytest -q "$@"

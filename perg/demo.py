@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -68,6 +70,11 @@ class DemoOptions:
     rows: str | None = None  # the first N rows or ids and ranges (as perg submit --rows)
 
 
+def _progress(console: Console) -> Callable[[str], None]:
+    """Prints a deploy script's log lines as they are (plain text, on a terminal or off one)."""
+    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _start_or_reuse(
     stack: ExitStack, env: dict[str, str], console: Console, script: str, probe: str, label: str
 ) -> str:
@@ -76,8 +83,7 @@ def _start_or_reuse(
     if running:
         console.print(f"{label} already running at {running}")
         return running
-    with console.status(f"Starting {label}…"):
-        address = deploy_script(script, "start", env=env)
+    address = deploy_script(script, "start", env=env, progress=_progress(console))
     stack.callback(deploy_script, script, "stop", env=env)
     console.print(f"{label} started at {address}")
     return address
@@ -120,6 +126,19 @@ def check_options(options: DemoOptions) -> None:
     plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), Settings.load())
 
 
+def _start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    # kafka.sh says when it fetches the jars (first time only, about a minute)
+    deploy_script("kafka.sh", "fetch", env=env, progress=_progress(console))
+    return _start_or_reuse(stack, env, console, "kafka.sh", "bootstrap", "Kafka")
+
+
+def _start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    # llama-server.sh says what it installs and how long that takes (first time only)
+    deploy_script("llama-server.sh", "install", env=env, progress=_progress(console))
+    label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
+    return _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
+
+
 def run_demo(options: DemoOptions, console: Console) -> int:
     check_options(options)
     workdir = options.workdir.resolve()
@@ -128,15 +147,12 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     env.setdefault("PERG_KAFKA_DIR", str(workdir / "kafka"))
     env.setdefault("PERG_LLAMA_DIR", str(workdir / "llama"))
     with ExitStack() as stack:
-        with console.status("Fetching the Kafka broker jars (first time only)…"):
-            deploy_script("kafka.sh", "fetch", env=env)
-        bootstrap = _start_or_reuse(stack, env, console, "kafka.sh", "bootstrap", "Kafka")
-        model_url = options.model_url
-        if model_url is None:
-            with console.status("Installing the embedded model server (first time: a build)…"):
-                deploy_script("llama-server.sh", "install", env=env)
-            label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
-            model_url = _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
+        # Kafka (jars, then the broker) starts while the model server installs and loads
+        starting = console.status("Starting Kafka and the embedded model server…")
+        with starting, ThreadPoolExecutor(max_workers=1) as pool:
+            kafka = pool.submit(_start_kafka, stack, env, console)
+            model_url = options.model_url or _start_model(stack, env, console)
+            bootstrap = kafka.result()
         port = int(env.get("PERG_SINK_PORT") or free_port())
         env.update(
             PERG_KAFKA=bootstrap,

@@ -8,10 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import IO
 
 from perg.config import PROJECT_ROOT
 
@@ -19,26 +21,59 @@ DEPLOY = PROJECT_ROOT / "deploy"
 
 
 def deploy_script(
-    name: str, *args: str, env: Mapping[str, str], timeout_s: float = 1800, check: bool = True
+    name: str,
+    *args: str,
+    env: Mapping[str, str],
+    timeout_s: float = 1800,
+    check: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> str:
     """Run ``deploy/<name>`` and return the last line it printed (a URL or a bootstrap).
 
     A failing script raises, or with ``check=False`` gives "" (e.g. ``status`` of a stopped
-    server)."""
-    proc = subprocess.run(
+    server). ``progress`` gets each line the script logs on stderr as it comes (what it is
+    doing and roughly how long it takes)."""
+    with subprocess.Popen(
         ["bash", str(DEPLOY / name), *args],
         env=dict(env),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+    ) as proc:
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            stdout_reader = _ReadAll(proc.stdout)
+            assert proc.stderr is not None
+            stderr = []
+            for line in proc.stderr:
+                stderr.append(line)
+                if progress is not None:
+                    progress(line.rstrip())
+            stdout = stdout_reader.text()
+            proc.wait()
+        finally:
+            timer.cancel()
     if proc.returncode != 0:
         if not check:
             return ""
-        raise RuntimeError(f"deploy/{name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-    lines = proc.stdout.strip().splitlines()
+        raise RuntimeError(f"deploy/{name} {' '.join(args)} failed:\n{''.join(stderr)[-3000:]}")
+    lines = stdout.strip().splitlines()
     return lines[-1] if lines else ""
+
+
+class _ReadAll:
+    """Reads a pipe to its end on a thread (stdout, while stderr is read line by line)."""
+
+    def __init__(self, pipe: IO[str] | None) -> None:
+        assert pipe is not None
+        self._chunks: list[str] = []
+        self._thread = threading.Thread(target=lambda: self._chunks.append(pipe.read()))
+        self._thread.start()
+
+    def text(self) -> str:
+        self._thread.join()
+        return "".join(self._chunks)
 
 
 def free_port() -> int:

@@ -235,15 +235,22 @@ def test_dockerfile() -> None:
     assert re.search(r'^ENTRYPOINT \["perg"\]$', text, re.M)
     for part in ("perg", "services", "schemas"):
         assert re.search(rf"^COPY {part} ", text, re.M), part
-    # the model server image: deploy/llama-server.sh's portable build of the pinned version
-    version = re.search(
-        r'^LLAMA_CPP_PYTHON="([^"]+)"', (ROOT / "deploy/llama-server.sh").read_text(), re.M
-    )
+    # the model server image: deploy/llama-server.sh's default install (the prebuilt server of
+    # the pinned xllamacpp wheel), at the path that version installs to
+    script = (ROOT / "deploy/llama-server.sh").read_text()
+    version = re.search(r'^XLLAMACPP="([^"]+)"', script, re.M)
     assert version is not None
-    assert "PERG_LLAMA_BUILD=portable bash /src/deploy/llama-server.sh install" in text
-    assert f"/opt/perg/llama-server-{version[1]}-portable/bin/llama-server" in text
-    assert re.search(r"^FROM debian:bookworm-slim AS llama-server$", text, re.M)
+    assert "bash /src/deploy/llama-server.sh install" in text
+    assert f"/opt/perg/llama-server-{version[1]}-wheel/bin/llama-server" in text
+    assert f"/opt/perg/llama-server-{version[1]}-wheel/models/" in text
+    assert re.search(r"^FROM python:3\.11-slim AS llama-server$", text, re.M)
+    lock = (ROOT / "deploy/llama-server.lock").read_text()
+    assert f"xllamacpp=={version[1]} " in lock and "--hash=sha256:" in lock
+    # the workers' image installs the hash-locked dependencies
+    assert "pip install --require-hashes -r requirements.lock" in text
     # the default target (the last stage) stays the perg image
     assert text.rstrip().splitlines()[-1] == 'CMD ["--help"]'
     ignore = (ROOT / "deploy/Dockerfile.dockerignore").read_text().splitlines()
-    assert "!deploy/llama-server.sh" in ignore and "!deploy/lib/**" in ignore
+    for path in ("deploy/llama-server.sh", "deploy/lib/**", "deploy/llama-server.lock",
+                 "deploy/llama-wheel-server.py", "deploy/requirements.lock"):  # fmt: skip
+        assert f"!{path}" in ignore, path

@@ -1,8 +1,9 @@
 """The README's main command: its report (offline) and a real run on the embedded model
 (SmolLM2-135M on llama.cpp's llama-server, CPU).
 
-The end-to-end test builds llama-server on first use (deploy/llama-server.sh install, several
-minutes) and reuses it afterwards. A small sample keeps the CPU run short."""
+The end-to-end test installs llama-server on first use (deploy/llama-server.sh install: the
+prebuilt xllamacpp wheel, ~30 s) and reuses it afterwards. A small sample keeps the CPU run
+short."""
 
 from __future__ import annotations
 
@@ -164,3 +165,14 @@ def test_a_judge_that_rates_everything_alike_is_reported_in_words_not_as_a_findi
     assert few.uninformative() == "the judge gave a rating for only 20 of 60 replies"
     assert judge_warning(JudgeParse(asked=60, rated=58, lowest=1, highest=5)) is None
     assert judge_warning(JudgeParse(asked=0, rated=0)) is None
+
+
+def test_deploy_script_passes_its_log_lines_on_as_they_come() -> None:
+    """perg demo prints what a deploy script is doing (e.g. an install's "~30 s") off a terminal
+    too: the script's stderr lines reach the progress callback."""
+    from perg.local import deploy_script
+
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="usage"):
+        deploy_script("llama-server.sh", "no-such-command", env=os.environ, progress=seen.append)
+    assert seen and seen[0].startswith("usage: ")
