@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from perg.compare import Cell, Comparison, Correction, ResultSource, Thresholds, compare_runs
-from perg.errors import InputError
+from perg.errors import InputError, UnavailableError
 from perg.lineage import run_state
 from perg.sequential import Decision, SequentialRule
 
@@ -27,6 +27,7 @@ log = logging.getLogger("perg.gate")
 __all__ = ["SequentialVerdict", "follow_gate"]
 
 STATE_WAIT_S = 30.0  # how long a just-submitted candidate may take to appear
+DEFAULT_STALL_S = 900.0  # how long a candidate may store nothing new before the gate gives up
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +69,28 @@ def follow_gate(
     correction: Correction = "holm",
     allow_mismatch: bool = False,
     poll_s: float = 1.0,
+    stall_s: float = DEFAULT_STALL_S,
 ) -> tuple[Comparison, SequentialVerdict]:
     """Follow ``candidate`` until decided; return the final comparison (its gate failures set
-    by the sequential decision when one was reached) and the verdict."""
+    by the sequential decision when one was reached) and the verdict. A candidate that stores
+    nothing new for ``stall_s`` seconds (its workers stopped) is :class:`UnavailableError`."""
     deadline = time.monotonic() + STATE_WAIT_S
     while (state := run_state(source, candidate)) is None:
         if time.monotonic() > deadline:
             raise InputError(f"unknown run {candidate!r}")
         time.sleep(poll_s)
     limit = min(max_rows or state["n_rows"], state["n_rows"])
+    seen, changed = None, time.monotonic()
     while True:
         state = run_state(source, candidate) or state
         rows = int(state["baselines_stored"])
+        if (progress := tuple(state.values())) != seen:
+            seen, changed = progress, time.monotonic()
+        elif time.monotonic() - changed >= stall_s:
+            raise UnavailableError(
+                f"run {candidate!r} stored nothing new for {stall_s:g} s at {rows}/{limit} rows: "
+                "are its workers running? (--stall-timeout)"
+            )
         comparison = _compare(
             source, reference, candidate, thresholds=thresholds, alpha=alpha,
             correction=correction, allow_mismatch=allow_mismatch,

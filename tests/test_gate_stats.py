@@ -165,6 +165,18 @@ def test_sequential_gate_passes_early_and_cancels(
     assert streaming_db == [("same", "perg gate --sequential: pass at 200 rows")]
 
 
+def test_sequential_gate_gives_up_on_a_candidate_that_stores_nothing_new(
+    streaming_db: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Half stored and no worker left (nothing new arrives), and too few rows to exclude an
+    increase of 0.1 points: undecided, so the gate stops after --stall-timeout, exit 3."""
+    argv = ["gate", "base", "same", "--sequential", "--mde", "0.1", "--stall-timeout", "1"]
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("perg gate: run 'same' stored nothing new for 1 s at 200/400 rows")
+    assert streaming_db == []  # nothing decided: nothing cancelled
+
+
 def test_without_sequential_the_partial_candidate_is_refused(
     streaming_db: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:

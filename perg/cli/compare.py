@@ -28,6 +28,7 @@ from perg.alerts import (
 )
 from perg.cancel import cancel_run
 from perg.cli.plan import plan_rows
+from perg.cli.status import positive_seconds
 from perg.compare import (
     DETECT_POWER,
     TEST_NAME,
@@ -42,7 +43,7 @@ from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
 from perg.lineage import accept_run, accepted_reference, record_gate_decision, run_state
 from perg.live.client import SinkClient
-from perg.sequential_gate import SequentialVerdict, follow_gate
+from perg.sequential_gate import DEFAULT_STALL_S, SequentialVerdict, follow_gate
 from schemas import GateDecision
 
 COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
@@ -94,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     gate.add_argument("--max-rows", type=int, metavar="N",
                       help="with --sequential: decide by N candidate rows")  # fmt: skip
+    stall = "with --sequential: give up (exit 3) when the candidate stores nothing new for S s "
+    stall += f"(default {DEFAULT_STALL_S:g})"
+    gate.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_STALL_S,
+                      metavar="S", help=stall)  # fmt: skip
     gate.add_argument("--power", type=float, default=0.8,
                       help="with --sequential: power of the early pass (default 0.8)")  # fmt: skip
     gate.add_argument("--mde", type=float, metavar="POINTS",
@@ -266,6 +271,7 @@ def _sequential(
         client, args.reference, args.candidate,
         thresholds=thresholds, alpha=args.alpha, power=power, care=care,
         max_rows=args.max_rows, correction=args.correction, allow_mismatch=args.allow_mismatch,
+        stall_s=args.stall_timeout,
     )  # fmt: skip
     return comparison, verdict
 
