@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from perg.judging import RATING_SCHEMA, parse_rating
-from perg.local import free_port
+from perg.local import free_port, wait_for_http
 from perg.protocol import load_protocol
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,19 +101,6 @@ def post(url: str, body: dict[str, Any]) -> str:
     return str(reply["choices"][0]["message"]["content"] or "")
 
 
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {proc.returncode} before answering")
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f} s")
-
-
 def rate(url: str, messages: list[dict[str, str]], constrained: bool) -> int | None:
     body: dict[str, Any] = {"model": "judge", "messages": messages, "temperature": 0.0}
     body["max_tokens"] = 16 if constrained else 96
@@ -133,7 +120,7 @@ def measure(binary: Path, gguf: Path, pairs: Sequence[Pair], threshold: int) -> 
     quiet = subprocess.DEVNULL
     proc = subprocess.Popen(command, env=env, stdout=quiet, stderr=quiet, start_new_session=True)
     try:
-        wait_ready(url, proc)
+        wait_for_http(url + "/models", timeout_s=180, alive={"llama-server": proc})
         found = []
         for mode in ("free", "constrained"):
             ratings: list[int | None] = []
