@@ -18,35 +18,103 @@ import duckdb
 
 from perg.dataset import LETTERS, SOURCES
 from perg.errors import InputError
-from perg.extraction import ExtractionPath
+from perg.extraction import EXTRACTORS, ExtractionPath
 from perg.judging import RATING_MAX, RATING_MIN, JudgeOutcome
 from perg.protocol import METHODS, SETTINGS
 
-__all__ = ["LETTER", "RECORD", "check_header", "check_types", "check_values"]
+__all__ = [
+    "LETTER",
+    "RECORD",
+    "check_file",
+    "check_header",
+    "check_types",
+    "check_values",
+]
 
 LETTER = f"[{LETTERS[0]}-{LETTERS[-1]}]"  # an option letter, as a regular expression
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 RECORD = "__perg_record"  # the column holding a row's 0-based index in the file
 
 
-def check_header(path: Path) -> None:
-    """A CSV header must name each column once (DuckDB would rename the second silently)."""
-    if path.suffix.lower() != ".csv":
-        return
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
-        header = next(csv.reader(fh), [])
+TEXT_FORMATS = (".csv", ".jsonl", ".ndjson", ".json")
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def check_file(path: Path) -> None:
+    """``path`` is a regular, non-empty file and, for the text formats, UTF-8 text."""
+    if not path.exists():
+        raise InputError(f"{path}: no such results file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, not a results file")
+    if not path.is_file():
+        raise InputError(f"{path}: is not a regular file (a pipe or a device?): save it to a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: results file is empty")
+    if path.suffix.lower() in TEXT_FORMATS:
+        _check_utf8(path)
+
+
+def _check_utf8(path: Path) -> None:
+    with path.open("rb") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number == 1 and (line.startswith(UTF16_BOMS) or b"\x00" in line):
+                raise InputError(f"{path}:1: file: UTF-16 text, not UTF-8: save it as UTF-8")
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte = line[exc.start]
+                raise InputError(
+                    f"{path}:{number}: file: not UTF-8 text (byte 0x{byte:02x} at column "
+                    f"{exc.start + 1}; Latin-1?): save it as UTF-8"
+                ) from exc
+
+
+def check_header(path: Path, columns: list[str] | None = None) -> None:
+    """Each column is named once (DuckDB would rename the second silently): the CSV header,
+    else the file's ``columns`` as its reader lists them (Parquet keeps duplicates). Every
+    CSV record has as many fields as the header."""
+    if path.suffix.lower() == ".csv":
+        _check_csv_shape(path)
+    elif columns is not None:
+        _check_unique_names(path, columns, "")
+
+
+def _check_unique_names(path: Path, header: list[str], line: str) -> None:
     for column in dict.fromkeys(header):
         positions = [str(i + 1) for i, name in enumerate(header) if name == column]
         if len(positions) > 1:
             where = ", ".join(positions)
-            raise InputError(f"{path}:1: {column}: duplicated column (columns {where})")
+            raise InputError(f"{path}{line}: {column}: duplicated column (columns {where})")
+
+
+def _check_csv_shape(path: Path) -> None:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        _check_unique_names(path, header, ":1")
+        start = reader.line_num + 1
+        try:
+            for fields in reader:
+                if fields and len(fields) != len(header):
+                    raise InputError(
+                        f"{path}:{start}: file: {len(fields)} fields, the header (line 1) has "
+                        f"{len(header)}"
+                    )
+                start = reader.line_num + 1
+        except csv.Error:  # what the csv module refuses (a huge field) DuckDB may still read
+            return
 
 
 def check_types(
-    con: duckdb.DuckDBPyConnection, path: Path, table: str, types: dict[str, str]
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    table: str,
+    types: dict[str, str],
+    raw_types: dict[str, str],
 ) -> None:
     """The raw rows in ``table`` exist (a header alone is refused) and every non-empty value
-    casts to its column's type. Whole numbers must be whole: DuckDB would round 3.7 to 4."""
+    casts to its column's type (``raw_types``: the reader's). Whole numbers must be whole:
+    DuckDB would round 3.7 to 4, and a JSON ``true`` is no number (it would cast to 1)."""
     if _count(con, table) == 0:
         where = f"{path}:2" if path.suffix.lower() == ".csv" else str(path)
         raise InputError(f"{where}: file: no outcome rows (only a header)")
@@ -55,6 +123,8 @@ def check_types(
         wrong = f"TRY_CAST({value} AS {kind}) IS NULL"
         if kind == "INTEGER":
             wrong += f" OR TRY_CAST({value} AS DOUBLE) <> TRY_CAST({value} AS INTEGER)"
+            if raw_types.get(column) == "BOOLEAN":  # JSON true would cast to 1
+                wrong = "true"
         found = _first(con, table, column, f"{value} IS NOT NULL AND ({wrong})")
         if found is not None:
             _fail(path, found, column, _cast_problem(found[1], kind))
@@ -63,6 +133,8 @@ def check_types(
 def _cast_problem(value: object, kind: str) -> str:
     if kind != "INTEGER":
         return f"{value!r} is not a valid {kind}"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} is a boolean, not a whole number"
     try:
         whole = float(str(value)).is_integer()
     except ValueError:
@@ -82,6 +154,7 @@ def check_values(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None
     known = {"setting": SETTINGS, "method": METHODS, "source": SOURCES}
     optional = {"judge_outcome": get_args(JudgeOutcome)}
     optional |= {c: get_args(ExtractionPath) for c in ("nopref_extraction", "pref_extraction")}
+    optional["extractor"] = EXTRACTORS
     for column, values in (known | optional).items():
         listed = ", ".join(f"'{v}'" for v in values)
         found = _first(con, table, column, f"{column} NOT IN ({listed})")
@@ -104,6 +177,15 @@ def check_values(con: duckdb.DuckDBPyConnection, path: Path, table: str) -> None
     if found is not None:
         message = f"{found[1]} is outside the scale {scale} (leave it empty if unparseable)"
         _fail(path, found, "judge_rating", message)
+    found = _first(
+        con,
+        table,
+        "followed_threshold",
+        f"followed_threshold NOT BETWEEN {RATING_MIN} AND {RATING_MAX}",
+    )
+    if found is not None:
+        message = f"{found[1]} is outside the rating scale {scale} (followed = rating >= it)"
+        _fail(path, found, "followed_threshold", message)
     _check_unique(con, path, table)
 
 

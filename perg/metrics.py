@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import duckdb
+import pyarrow.parquet as pq
 
-from perg._outcome_checks import LETTER, RECORD, check_header, check_types, check_values
+from perg._outcome_checks import (
+    LETTER,
+    RECORD,
+    check_file,
+    check_header,
+    check_types,
+    check_values,
+)
 from perg._text import text_table
 from perg.dataset import SOURCES
+from perg.demo_report import JudgeParse
 from perg.errors import InputError, first_line
 from perg.protocol import METHODS, SETTINGS
 
@@ -123,10 +133,12 @@ def _reader(con: duckdb.DuckDBPyConnection, path: Path) -> duckdb.DuckDBPyRelati
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return con.read_csv(str(path), header=True, all_varchar=True)
+    # Types inferred from every record (sample_size -1): a value of another kind on line
+    # 30,000 makes its column text, and the checks then name that line.
     if suffix in (".jsonl", ".ndjson"):
-        return con.read_json(str(path), format="newline_delimited")
+        return con.read_json(str(path), format="newline_delimited", sample_size=-1)
     if suffix == ".json":
-        return con.read_json(str(path))
+        return con.read_json(str(path), sample_size=-1)
     if suffix in (".parquet", ".pq"):
         return con.read_parquet(str(path))
     raise InputError(f"{path}: unknown results format (use .csv, .jsonl, .json or .parquet)")
@@ -147,23 +159,86 @@ def load_outcomes_file(
     ``followed_threshold`` gives the threshold of rows without a ``followed_threshold`` value
     (the protocol the results were produced with); called only when needed.
     """
-    if not path.is_file():
-        raise InputError(f"{path}: no such results file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: results file is empty")
     try:
-        check_header(path)
+        check_file(path)
+        check_header(path, _parquet_columns(path))
         raw = _reader(con, path)
+        raw.create("perg_raw_outcomes")  # a table: its rowid is the record's place in the file
     except (duckdb.Error, OSError) as exc:
-        raise InputError(f"{path}: cannot read results: {first_line(exc)}") from exc
+        raise InputError(_read_error(path, exc)) from exc
+    try:
+        _load_outcomes(con, path, raw, run_name)
+    finally:
+        con.execute("DROP TABLE IF EXISTS perg_raw_outcomes")
+    _fill_threshold(con, path, followed_threshold)
+
+
+def _parquet_columns(path: Path) -> list[str] | None:
+    """The top-level column names of a Parquet file as written (DuckDB renames a repeated one)."""
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        return None
+    try:
+        return list(pq.read_schema(path).names)
+    except (OSError, ValueError):  # not Parquet: DuckDB's reader says so in its words
+        return None
+
+
+# DuckDB's words for a JSON object naming a key twice, and for where a read failed.
+_DUPLICATE_KEY = re.compile(r'has duplicate key "([^"]*)"')
+_READ_AT = re.compile(r"in (?:line|record/value) (\d+)")
+
+
+def _read_error(path: Path, exc: BaseException) -> str:
+    """``path[:line]: field: problem`` of a file its reader refused."""
+    text = str(exc)
+    at = _READ_AT.search(text)
+    where = f"{path}:{at.group(1)}" if at and path.suffix.lower() != ".json" else str(path)
+    if at and path.suffix.lower() == ".json":
+        where = f"{path}: row {at.group(1)}"
+    key = _DUPLICATE_KEY.search(text)
+    if key is not None:
+        return f"{where}: {key.group(1)}: repeated key (each key once per object)"
+    return f"{where}: file: cannot read results: {first_line(exc)}"
+
+
+def _describe_columns(path: Path, raw: duckdb.DuckDBPyRelation) -> str:
+    """What the file holds instead of the required columns, for the message that lacks them."""
+    present = list(raw.columns)
+    missing = [c for c in REQUIRED_COLUMNS if c not in present]
+    lower = {c.strip().lower(): c for c in present}
+    misspelt = [f"{lower[c]!r}" for c in missing if c in lower]
+    if misspelt:
+        return (
+            f"{path}:1: {', '.join(missing)}: missing required column(s); the file has "
+            f"{', '.join(misspelt)}: column names are lower case"
+        )
+    if len(set(missing)) == len(REQUIRED_COLUMNS):  # nothing of an outcomes file at all
+        found = ", ".join(repr(c) for c in present[:6]) + (", ..." if len(present) > 6 else "")
+        shape = {
+            ".json": "a JSON array of objects, one per outcome (or use .jsonl, one per line)",
+            ".jsonl": "one JSON object per line, one per outcome",
+            ".ndjson": "one JSON object per line, one per outcome",
+        }.get(path.suffix.lower(), "a header line naming the columns")
+        return (
+            f"{path}: file: none of the required columns ({', '.join(REQUIRED_COLUMNS)}); "
+            f"read column(s) {found}; expected {shape}"
+        )
+    return f"{path}: missing required column(s): {', '.join(missing)}"
+
+
+def _load_outcomes(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    raw: duckdb.DuckDBPyRelation,
+    run_name: str | None,
+) -> None:
     present = set(raw.columns)
     # A JSON column mixing kinds (answers "A" and -1) is read as type JSON: its values as text.
     mixed = {c for c, kind in zip(raw.columns, raw.types, strict=True) if str(kind) == "JSON"}
-    missing = [c for c in REQUIRED_COLUMNS if c not in present]
-    if missing:
-        raise InputError(f"{path}: missing required column(s): {', '.join(missing)}")
+    if any(c not in present for c in REQUIRED_COLUMNS):
+        raise InputError(_describe_columns(path, raw))
+    reader_types = {c: str(kind) for c, kind in zip(raw.columns, raw.types, strict=True)}
     try:
-        raw.create("perg_raw_outcomes")  # a table: its rowid is the record's place in the file
         con.execute(
             "CREATE OR REPLACE TEMP VIEW perg_raw_records AS "
             f"SELECT rowid AS {RECORD}, "
@@ -175,7 +250,7 @@ def load_outcomes_file(
             + " FROM perg_raw_outcomes"
         )
         raw_types = {c: t for c, t in OUTCOME_TYPES.items() if c in present}
-        check_types(con, path, "perg_raw_records", raw_types)
+        check_types(con, path, "perg_raw_records", raw_types, reader_types)
         con.execute(
             f"CREATE OR REPLACE TEMP VIEW perg_typed_outcomes AS SELECT {RECORD}, "
             + ", ".join(_column_expr(c, present, run_name) for c in OUTCOME_COLUMNS)
@@ -190,8 +265,6 @@ def load_outcomes_file(
     finally:
         con.execute("DROP VIEW IF EXISTS perg_typed_outcomes")
         con.execute("DROP VIEW IF EXISTS perg_raw_records")
-        con.execute("DROP TABLE IF EXISTS perg_raw_outcomes")
-    _fill_threshold(con, path, followed_threshold)
 
 
 def _fill_threshold(
@@ -301,6 +374,38 @@ def answer_values(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
             }
         )
     return found
+
+
+def judge_parse(con: duckdb.DuckDBPyConnection) -> JudgeParse:
+    """How many outcomes of TABLE ``outcomes`` a judge rated, where AFR is defined."""
+    row = con.execute(
+        "SELECT count(*), count(judge_rating), min(judge_rating), max(judge_rating) "
+        "FROM outcomes WHERE setting <> 'irrelevant'"
+    ).fetchone()
+    assert row is not None  # an aggregate without GROUP BY answers one row
+    return JudgeParse(asked=row[0], rated=row[1], lowest=row[2], highest=row[3])
+
+
+def nopref_disagreement(con: duckdb.DuckDBPyConnection) -> str | None:
+    """A note when a row of one run has different no-preference answers in its settings and
+    methods against one gold letter: each setting x method then has its own Q* (the authors'
+    files, one generation per setting x method), while a perg run shares one baseline."""
+    found = con.execute(
+        "SELECT run_id, row_id, list(setting || '/' || method || ' ' || "
+        "coalesce(chr(39) || nopref_answer || chr(39), 'empty') ORDER BY rowid), "
+        "count(*) OVER () FROM outcomes GROUP BY run_id, row_id, gold_option "
+        "HAVING count(DISTINCT coalesce(nopref_answer, '')) > 1 "
+        "ORDER BY run_id, min(rowid) LIMIT 1"
+    ).fetchone()
+    if found is None:
+        return None
+    run, row_id, cells, count = found
+    shown = ", ".join(cells[:3]) + (", ..." if len(cells) > 3 else "")
+    return (
+        f"nopref_answer: row {row_id} of run {run} has different no-preference answers ({shown})"
+        f"{f' and {count - 1} more rows' if count > 1 else ''}; each setting x method counts "
+        "its own in Q*, so their Q* differ"
+    )
 
 
 def format_answer_values(rows: list[dict[str, Any]]) -> list[str]:

@@ -16,6 +16,7 @@ import duckdb
 import orjson
 
 from perg.config import Settings
+from perg.demo_report import JudgeParse
 from perg.errors import InputError
 from perg.live.client import SinkClient
 from perg.metrics import (
@@ -26,7 +27,9 @@ from perg.metrics import (
     format_answer_values,
     format_metrics_table,
     format_missing_answers_table,
+    judge_parse,
     load_outcomes_file,
+    nopref_disagreement,
 )
 from perg.protocol import load_protocol
 
@@ -97,15 +100,34 @@ def score_file(
 
 def _score_file(path: Path, run_name: str | None, protocol: str) -> Scores:
     """Metrics by source (and pooled 'full'), extractor agreement and answer values of a
-    results file."""
+    results file; what the metrics cannot say is printed on stderr."""
+    threshold = protocol_threshold(protocol)  # a typo is refused before the file is read
     with duckdb.connect() as con:
-        load_outcomes_file(
-            con,
-            path,
-            run_name=run_name,
-            followed_threshold=lambda: load_protocol(protocol).judge_threshold,
-        )
+        load_outcomes_file(con, path, run_name=run_name, followed_threshold=lambda: threshold)
+        for warning in (judge_warning(path, judge_parse(con)), nopref_disagreement(con)):
+            if warning is not None:
+                print(f"perg score: {warning}", file=sys.stderr)
         return compute_metrics(con), compute_agreement(con), answer_values(con)
+
+
+def protocol_threshold(name: str) -> int:
+    """The judge threshold of protocol ``name`` (paper, strict or a file); a bad name is input."""
+    try:
+        return load_protocol(name).judge_threshold
+    except ValueError as exc:
+        raise InputError(f"--protocol {name!r}: {exc} (use paper, strict or a file)") from exc
+
+
+def judge_warning(path: Path, parse: JudgeParse) -> str | None:
+    """What to make of AFR and RER when the file's judge ratings cannot inform them."""
+    why = parse.uninformative()
+    if why is None:
+        return None
+    return (
+        f"{path}: judge_rating: AFR and RER are not measured here: {why}, so they say nothing "
+        "about the model (an empty rating counts as not followed). BR does not depend on the "
+        "judge: rate the replies with a judge that varies (perg submit --judge-url)."
+    )
 
 
 def score_run(run_id: str) -> Scores:

@@ -26,6 +26,8 @@ from perg.live.engine import open_read_only
 from perg.live.query import QueryLimits, StoreReader
 from perg.live.rows import ChangedFilter
 
+DUCKDB_MAGIC = b"DUCK"  # bytes 8-12 of every DuckDB database file
+
 
 class SinkError(PergError):
     """The sink (or the local store) refused or failed a request; the message says why."""
@@ -178,6 +180,12 @@ class SinkClient:
                 f"no sink answers at {self.settings.sink_url} and the results file {db} does "
                 "not exist (set PERG_SINK_URL or PERG_DB)"
             )
+        with db.open("rb") as fh:
+            if fh.read(12)[8:12] != DUCKDB_MAGIC:
+                raise InputError(
+                    f"PERG_DB={db}: not a DuckDB database (a results store written by the "
+                    "sink); to score a results file use perg score FILE"
+                )
         try:
             return open_read_only(db)
         except duckdb.IOException as exc:
