@@ -206,16 +206,6 @@ def parse_changed_filter(query: Mapping[str, str]) -> tuple[str, str, ChangedFil
     )
 
 
-_WHERE = """
-    run_id = $run_id
-    AND ($setting IS NULL OR setting = $setting)
-    AND ($method IS NULL OR method = $method)
-    AND ($source IS NULL OR source = $source)
-    AND ($subject IS NULL OR category = $subject)
-    AND ($preference IS NULL OR contains(preference, $preference))
-    AND ($row_id IS NULL OR row_id = $row_id)
-"""
-
 _CELL_WHERE = """
     run_id = $run_id
     AND ($setting IS NULL OR setting = $setting)
@@ -224,6 +214,7 @@ _CELL_WHERE = """
     AND ($subject IS NULL OR category = $subject)
     AND ($preference IS NULL OR contains(preference, $preference))
 """
+_WHERE = _CELL_WHERE + "    AND ($row_id IS NULL OR row_id = $row_id)\n"
 
 _PAGE_SQL = """
 WITH page AS (
