@@ -139,14 +139,14 @@ def qstar_warning(rows: Sequence[Mapping[str, Any]]) -> str | None:
     if smallest == 0:
         return (
             "Q* is empty: the model answered none of the sampled questions correctly without a "
-            "preference, so BR, AFR and RER are undefined. Use more rows (--rows) or a stronger "
-            "model (--model-url)."
+            "preference, so BR, AFR and RER are undefined. Use more rows (--sample N) or a "
+            "stronger model (--model-url)."
         )
     if smallest < MIN_QSTAR:
         return (
             f"Q* has only {smallest} question(s): with so few, a 95% interval spans tens of "
             f"points and the numbers are indicative only. For measurements use at least a few "
-            f"hundred rows (--rows) on a stronger model (--model-url)."
+            f"hundred rows (--sample N) on a stronger model (--model-url)."
         )
     return None
 
