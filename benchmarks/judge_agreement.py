@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from model_server import post  # this folder: the benchmarks' one chat request
+
 from perg.judging import RATING_SCHEMA, parse_rating
 from perg.local import free_port, wait_for_http
 from perg.protocol import load_protocol
@@ -95,14 +97,9 @@ def judge_prompt(system: str, pair: Pair) -> list[dict[str, str]]:
     return [{"role": "system", "content": content}]
 
 
-def post(url: str, body: dict[str, Any]) -> str:
-    request = urllib.request.Request(
-        url + "/chat/completions",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=600) as response:
-        reply: dict[str, Any] = json.load(response)
+def reply_text(url: str, body: dict[str, Any]) -> str:
+    """The text of one chat completion (the request as benchmarks/model_server.py sends it)."""
+    reply = post(url, body)
     return str(reply["choices"][0]["message"]["content"] or "")
 
 
@@ -111,7 +108,7 @@ def rate(url: str, messages: list[dict[str, str]], constrained: bool) -> int | N
     body["max_tokens"] = 16 if constrained else 96
     if constrained:  # llama-server's form (perg.client response_format, backend llamacpp)
         body["response_format"] = {"type": "json_object", "schema": RATING_SCHEMA}
-    return parse_rating(post(url, body))  # a constrained reply is the JSON string of a tag
+    return parse_rating(reply_text(url, body))  # a constrained reply is the JSON string of a tag
 
 
 def measure(binary: Path, gguf: Path, pairs: Sequence[Pair], threshold: int) -> list[Figures]:
