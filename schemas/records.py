@@ -5,7 +5,6 @@
     generator   ──AlignRequest──▶ align                  ──▶ aligner
     generator, aligner ──Generation──▶ generations       ──▶ judge, sink (progress)
     judge       ──Verdict──▶ verdicts                    ──▶ sink
-    sink        ──Result──▶ results (change feed of stored rows)
     any service ──DeadLetter──▶ dead-letters             ──▶ sink
     perg cancel ──RunCancel──▶ cancels (compacted)       ──▶ generator, aligner, judge, sink
     perg accept ──Acceptance──▶ acceptances (compacted, one key each: append-only) ──▶ sink
@@ -380,35 +379,6 @@ class Verdict(Record):
         """The generation's key with stage ``verdict``."""
         g = self.generation
         return IdempotencyKey(g.context.run_id, g.item.row_id, g.setting, g.method, "verdict")
-
-
-@dataclass(frozen=True, slots=True)
-class Result(Record):
-    """A row as the sink stored it (the change feed of the results table)."""
-
-    SCHEMA = "perg.result"
-
-    run_id: str
-    """The run."""
-    row_id: RowId
-    """The dataset row."""
-    setting: SettingOrNone
-    """The preference setting, ``"none"`` for the baseline."""
-    method: MethodOrBaseline
-    """The prompting method, ``"baseline"`` for the baseline."""
-    answer: str | None
-    """The extracted option letter."""
-    correct: bool
-    """The letter is the gold option."""
-    judge_outcome: str | None
-    """``followed``, ``not_followed``, ``unparseable`` or ``not_applicable``."""
-    stored_at: Timestamp
-    """When the sink stored the row (ISO 8601, UTC)."""
-
-    @property
-    def key(self) -> IdempotencyKey:
-        """The record's idempotency key (stage ``result``)."""
-        return IdempotencyKey(self.run_id, self.row_id, self.setting, self.method, "result")
 
 
 @dataclass(frozen=True, slots=True)

@@ -255,7 +255,7 @@ def model_worker(
     cancelled = CancelledRuns(settings, name)
 
     @asynccontextmanager
-    async def watching_cancels(_: Worker) -> AsyncIterator[None]:
+    async def watching_cancels() -> AsyncIterator[None]:
         async with cancelled.watching():
             yield
 

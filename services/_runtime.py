@@ -374,12 +374,23 @@ def _exit_unfinished(reason: str) -> None:
     os._exit(EXIT_UNFINISHED)
 
 
-Lifespan = Callable[["Worker"], AbstractAsyncContextManager[None]]
+Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+"""What a worker opens around its consume loop (and closes after it): a store, a watcher."""
 
 
 @contextlib.asynccontextmanager
-async def _no_lifespan(worker: Worker) -> AsyncIterator[None]:
+async def _no_lifespan() -> AsyncIterator[None]:
     yield
+
+
+class BatchHandler(Protocol):
+    """What a batch worker runs (the sink): ``lifespan`` opens what the batches need, around
+    the consume loop; each batch is handled in order, and raising means it could not be (the
+    worker then stops without committing it, so it is redelivered after the restart)."""
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def __call__(self, messages: list[Message]) -> None: ...
 
 
 class Worker:
@@ -465,9 +476,11 @@ class Worker:
         (an exception stops the worker without committing)."""
         self._handle_one = handle
 
-    def serve_batches(self, handle: Callable[[list[Message]], Awaitable[None]]) -> None:
-        """Handle up to ``in_flight`` messages at a time, in order (the sink)."""
-        self._handle_batch = handle
+    def serve_batches(self, handler: BatchHandler) -> None:
+        """Hand up to ``in_flight`` messages at a time to ``handler``, in order (the sink),
+        inside its lifespan."""
+        self._handle_batch = handler
+        self.lifespan = handler.lifespan
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -496,7 +509,7 @@ class Worker:
         await started(self._producer, self.settings)
         self._publisher = Publisher(self._producer, self.settings.topic_prefix)
         try:
-            async with self.lifespan(self):
+            async with self.lifespan():
                 await self._consume()
         finally:
             await self._producer.stop()

@@ -41,7 +41,6 @@ from schemas import (
     DeadLetter,
     GateDecision,
     Generation,
-    Result,
     RunCancel,
     RunSpec,
     Verdict,
@@ -441,21 +440,6 @@ def _batch(schema: pa.Schema, columns: list[list[Any]], now: datetime) -> pa.Tab
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _stored(verdict: Verdict, stored_at: str) -> Result:
-    g = verdict.generation
-    item = g.item
-    return Result(
-        run_id=g.context.run_id,
-        row_id=item.row_id,
-        setting=g.setting,
-        method=g.method,
-        answer=verdict.answer,
-        correct=verdict.answer == item.gold_option,
-        judge_outcome=verdict.judge_outcome,
-        stored_at=stored_at,
-    )
-
-
 class ResultStore:
     """The results database: the tables and views of ``store.sql`` and ``metrics.sql``.
 
@@ -517,9 +501,9 @@ class ResultStore:
             _upsert(con, "runs", _row_table([row]))
             _recount_run(con, ctx.run_id)
 
-    def save_verdicts(self, verdicts: Sequence[Verdict]) -> list[Result]:
+    def save_verdicts(self, verdicts: Sequence[Verdict]) -> None:
         """Upsert baselines and results in one transaction, with the metric cells they
-        change; return the stored rows (not the repeated baselines: no change-feed record)."""
+        change."""
         now = _now()
         baselines: list[Verdict] = []
         repeats: list[Verdict] = []
@@ -547,11 +531,6 @@ class ResultStore:
         with self._transaction() as con, _CellRecount(con, touched):
             for table, rows in tables.items():
                 _upsert(con, table, rows)
-        # made last: short-lived, they are not promoted by the collections of the work above
-        stored_at = now.isoformat()
-        return [
-            _stored(v, stored_at) for v in verdicts if v.generation.method != BASELINE_REPEAT_METHOD
-        ]
 
     def save_progress(self, generations: Sequence[Generation]) -> None:
         """Upsert one progress row per generation (its run, row, setting, method and stage)."""
