@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 from perg.dataset import Item
 from perg.metrics import compute_metrics, create_metric_views
 from schemas import CallRecord, DeadLetter, Generation, RunSpec, Verdict
-from services.sink import store as store_module
-from services.sink.store import CELLS_VERSION, ResultStore, run_statuses
+from services.sink.store import ResultStore, run_statuses
+from services.sink.store import database as store_module
+from services.sink.store.cells import CELLS_VERSION
 
 RUNS = ("r1", "r2")
 TQA, MMLU = "truthfulqa/truthful_qa", "cais/mmlu"
