@@ -9,19 +9,17 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, TypedDict
 
 from perg.config import default_data_dir
-from perg.dataset import LETTERS, Item
+from schemas.values import LETTERS, Item
+from schemas.values import METHODS as METHODS
+from schemas.values import ROLE_LAYOUTS as ROLE_LAYOUTS
+from schemas.values import SETTINGS as SETTINGS
+from schemas.values import Method as Method
+from schemas.values import RoleLayout as RoleLayout
+from schemas.values import Setting as Setting
 
-Setting = Literal["relevant", "mixed", "irrelevant"]
-SETTINGS: tuple[Setting, ...] = get_args(Setting)
-Method = Literal["zero_shot", "cot", "icl", "self_critic", "pref_aligner"]
-METHODS: tuple[Method, ...] = get_args(Method)
-# system: a system message; merged: the system text in the user turn; inst: one raw
-# ``[INST] ... [/INST] `` completion prompt (Janus).
-RoleLayout = Literal["system", "merged", "inst"]
-ROLE_LAYOUTS: tuple[RoleLayout, ...] = get_args(RoleLayout)
 # the kinds of prompt a run sends, each with its own generation limit (Protocol.max_tokens).
 PromptKind = Literal["answer", "critic", "aligner", "judge", "extraction"]
 

@@ -91,6 +91,7 @@ class RunRequest:
     extractor_endpoint: Endpoint | None = None  # llm extractor (default: the judge's endpoint)
     lora_endpoint: Endpoint | None = None
     repeat_baseline: bool = False  # noise floor: the no-preference baseline twice
+    constrain_rating: bool = False  # the judge's rating reply constrained to <answer>N</answer>
     # Overrides of the profile (recorded as profile "<name>+override" when they change it).
     temperature: float | None = None
     decode_seed: int | None = None
@@ -194,6 +195,7 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         ),
         extractor_endpoint=request.extractor_endpoint,
         lora_endpoint=request.lora_endpoint,
+        constrain_rating=request.constrain_rating,
         repeat_baseline=request.repeat_baseline,
     )
     spec = RunSpec(

@@ -28,11 +28,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, NamedTuple
 
-from perg.client import Endpoint
-from perg.dataset import Item
-from perg.extraction import ExtractionPath, Extractor
-from perg.protocol import Method, RoleLayout, Setting
-
 from ._codec import (
     INT32_MAX,
     INT64_MAX,
@@ -44,6 +39,7 @@ from ._codec import (
     SchemaError,
     check_int_range,
 )
+from .values import Endpoint, ExtractionPath, Extractor, Item, Method, RoleLayout, Setting
 
 # Where in the pipeline a record was made: a work item, a generation (the row's baseline, a
 # preference-conditioned answer, its self-critique, a Pref-Aligner rewrite), a verdict.
@@ -167,6 +163,11 @@ class RunContext:
     """The lora extractor's completions endpoint."""
     repeat_baseline: bool = False
     """Generate the no-preference baseline twice (the noise floor)."""
+    constrain_rating: bool = False
+    """The judge's Likert rating call asks for structured output that can only be
+    ``"<answer>N</answer>"`` (N in 1..5), still read by the paper's rule; for small judges that
+    otherwise never emit the tag (the demo's). Off by default: the paper's judge reasons before
+    it rates. (Release 0.1.0 carried it as ``judge.constrain_rating``.)"""
 
 
 @dataclass(frozen=True, slots=True)

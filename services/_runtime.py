@@ -59,6 +59,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
+from perg.client import ClientTuning
 from perg.config import Settings, int_setting, seconds_setting, setting
 from perg.errors import InputError
 from perg.kafka import client_options, ensure_topics, started
@@ -117,11 +118,13 @@ class WorkerOptions:
 
     ``in_flight``: messages in progress at once (None: the service's default). ``instance``: a
     name unique in the service's group and stable across restarts (static membership).
+    ``client``: how the model workers' client calls every endpoint of a run (``PERG_MODEL_*``).
     """
 
     in_flight: int | None = None
     instance: str | None = None
     session_timeout_s: float = 6.0
+    client: ClientTuning = field(default_factory=ClientTuning)
 
     def __post_init__(self) -> None:
         if self.in_flight is not None and self.in_flight < 1:
@@ -131,8 +134,21 @@ class WorkerOptions:
 
     @classmethod
     def load(cls) -> WorkerOptions:
-        """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S``."""
+        """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S`` and
+        the client's ``PERG_MODEL_MAX_IN_FLIGHT``, ``PERG_MODEL_TIMEOUT_S``,
+        ``PERG_MODEL_MAX_RETRIES``, ``PERG_MODEL_CONNECT_TIMEOUT_S``,
+        ``PERG_MODEL_DEADLINE_BASE_S``, ``PERG_MODEL_MIN_TOKENS_PER_S``."""
+        default = ClientTuning()
+        client = ClientTuning(
+            max_in_flight=int_setting("model_max_in_flight", default.max_in_flight),
+            timeout_s=seconds_setting("model_timeout_s", default.timeout_s),
+            max_retries=int_setting("model_max_retries", default.max_retries, minimum=0),
+            connect_timeout_s=seconds_setting("model_connect_timeout_s", default.connect_timeout_s),
+            deadline_base_s=seconds_setting("model_deadline_base_s", default.deadline_base_s),
+            min_tokens_per_s=seconds_setting("model_min_tokens_per_s", default.min_tokens_per_s),
+        )
         return cls(
+            client=client,
             in_flight=int_setting("worker_in_flight", 1)
             if setting("worker_in_flight", "")
             else None,

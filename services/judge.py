@@ -107,7 +107,7 @@ async def rate(
             stage="judge",
             kind="judge",
             attempt=attempt,
-            json_schema=RATING_SCHEMA if caller.context.judge.constrain_rating else None,
+            json_schema=RATING_SCHEMA if caller.context.constrain_rating else None,
         )
         calls.append(call)
         raw = completion.text

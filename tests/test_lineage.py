@@ -15,7 +15,7 @@ import pytest
 from fixtures.live.runs import fails, item, make_spec, verdicts, write_run
 
 from perg.cli import main
-from perg.client import ClientPool, Endpoint
+from perg.client import ClientPool, ClientTuning, Endpoint
 from perg.config import Settings, default_data_dir
 from perg.dataset import SOURCES
 from perg.errors import InputError
@@ -317,10 +317,10 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
     from model_double import ScriptedModelServer, ScriptedReply
 
     async with ScriptedModelServer(lambda _: ScriptedReply("ok", delay_s=0.5)) as server:
-        endpoint = Endpoint(server.base_url, "m", max_in_flight=1)
+        endpoint = Endpoint(server.base_url, "m")
         context = RunContext("r", endpoint, endpoint, "paper", "x")
         cancelled: set[str] = set()
-        async with ClientPool() as pool:
+        async with ClientPool(tuning=ClientTuning(max_in_flight=1)) as pool:
             caller = ModelCaller(pool, context, load_protocol("paper"), cancelled.__contains__)
             messages = [{"role": "user", "content": "hi"}]
             first = asyncio.create_task(caller.call(endpoint, messages, stage="answer",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from perg.client import Endpoint, ModelClient, ModelError
+from perg.client import ClientTuning, Endpoint, ModelClient, ModelError
 from perg.config import Settings
 from perg.errors import InputError
 from perg.hosts import DEFAULT_MODEL_HOSTS, HostNotAllowed, ModelHosts, parse_url_host
@@ -221,7 +221,7 @@ async def redirecting() -> AsyncIterator[tuple[str, list[str]]]:
 
 async def test_redirects_are_not_followed(redirecting: tuple[str, list[str]]) -> None:
     url, hits = redirecting
-    async with ModelClient(Endpoint(url, "m", max_retries=0)) as client:
+    async with ModelClient(Endpoint(url, "m"), tuning=ClientTuning(max_retries=0)) as client:
         with pytest.raises(ModelError, match="HTTP 307") as failed:
             await client.chat([{"role": "user", "content": "hi"}], max_tokens=1)
     assert failed.value.status == 307 and hits == []

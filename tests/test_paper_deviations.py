@@ -12,7 +12,14 @@ from model_double import inst_messages, make_perg_script
 from pipeline_harness import DATA_DIR
 from tenacity import wait_none
 
-from perg.client import ClientPool, Endpoint, MockTransport, TransportRequest, TransportResponse
+from perg.client import (
+    ClientPool,
+    ClientTuning,
+    Endpoint,
+    MockTransport,
+    TransportRequest,
+    TransportResponse,
+)
 from perg.config import Settings
 from perg.dataset import load_dataset
 from perg.errors import InputError
@@ -26,8 +33,8 @@ from services.judge import judge_generation
 
 pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/perg")
 
-MODEL = Endpoint("http://model.test/v1", "scripted", max_retries=0)
-JUDGE = Endpoint("http://judge.test/v1", "judge", max_retries=0)
+MODEL = Endpoint("http://model.test/v1", "scripted")
+JUDGE = Endpoint("http://judge.test/v1", "judge")
 SCRIPT = make_perg_script()
 ITEM = load_dataset(DATA_DIR / "pergdata.csv").items[0] if DATA_DIR.is_dir() else None
 
@@ -88,7 +95,11 @@ def caller_for(
     )
     assert ITEM is not None
     work = WorkItem(context, ITEM, ["relevant"], ["zero_shot", "self_critic", "pref_aligner"])
-    pool = ClientPool(retry_wait=wait_none(), transport=lambda e: MockTransport(server))
+    pool = ClientPool(
+        tuning=ClientTuning(max_retries=0),
+        retry_wait=wait_none(),
+        transport=lambda e: MockTransport(server),
+    )
     return ModelCaller(pool, context, protocol), work
 
 
