@@ -8,8 +8,9 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict, assert_never
 
 from perg.config import default_data_dir
 from schemas.values import LETTERS, Item
@@ -20,8 +21,23 @@ from schemas.values import Method as Method
 from schemas.values import RoleLayout as RoleLayout
 from schemas.values import Setting as Setting
 
-# the kinds of prompt a run sends, each with its own generation limit (Protocol.max_tokens).
-PromptKind = Literal["answer", "critic", "aligner", "judge", "extraction"]
+
+class CallKind(StrEnum):
+    """The kinds of model call (and prompt) a run makes; perg.generation maps each to how it
+    is decoded, :meth:`Protocol.max_tokens` to its limit."""
+
+    ANSWER = "answer"
+    """The model under test answers a row (the baseline, a method's answer, self-critic's
+    first pass)."""
+    CRITIQUE = "critique"
+    """Self-critic's second pass: critique and rewrite the answer (JSON)."""
+    ALIGN = "align"
+    """Pref-Aligner stage 2: rewrite the baseline for the preference (JSON)."""
+    JUDGE = "judge"
+    """The judge rates how well a response follows the preference."""
+    EXTRACT = "extract"
+    """The LLM extractor reads the chosen option from a response."""
+
 
 PROTOCOL_FILE = "paper_protocol.json"
 MERGE_SEPARATOR = "\n\n\n"
@@ -215,20 +231,24 @@ class Protocol:
         user = spec["llm_user"].format(response=response, reference=self.extractor_references(item))
         return chat_messages(spec["llm_system"], user, layout)
 
-    def max_tokens(self, kind: PromptKind) -> int | None:
-        """Generation limit of a kind of prompt, None for no limit: the answering model's prompts
+    def max_tokens(self, kind: CallKind) -> int | None:
+        """Generation limit of a kind of call, None for no limit: the answering model's prompts
         have the protocol's limits (a decoding profile may lift them); paper's judge and LLM
         extractor ran uncapped, strict caps them."""
         limits = self.spec["decoding"]["max_new_tokens"]
-        by_kind: dict[PromptKind, int | None] = {
-            "answer": limits["answer"],
-            "critic": limits["self_critic_second_pass"],
-            "aligner": limits["aligner"],
-            "judge": STRICT_JUDGE_MAX_TOKENS if self.strict else None,
-            "extraction": STRICT_EXTRACTION_MAX_TOKENS if self.strict else None,
-        }
-        limit = by_kind[kind]
-        return None if limit is None else int(limit)
+        match kind:
+            case CallKind.ANSWER:
+                return int(limits["answer"])
+            case CallKind.CRITIQUE:
+                return int(limits["self_critic_second_pass"])
+            case CallKind.ALIGN:
+                return int(limits["aligner"])
+            case CallKind.JUDGE:
+                return STRICT_JUDGE_MAX_TOKENS if self.strict else None
+            case CallKind.EXTRACT:
+                return STRICT_EXTRACTION_MAX_TOKENS if self.strict else None
+            case _:
+                assert_never(kind)
 
     def read_rewrite(self, text: str) -> RewriteReading:
         """The revised ``response`` of a self-critic / aligner JSON reply (None if unreadable)
@@ -241,11 +261,11 @@ class Protocol:
             return RewriteReading(value, "json" if value is not None else "unreadable")
         return read_rewrite_paper(text)
 
-    def raw_prompt(self, messages: list[ChatMessage], kind: PromptKind) -> str:
+    def raw_prompt(self, messages: list[ChatMessage], kind: CallKind) -> str:
         """The ``inst`` layout's completion prompt (:func:`render_raw_prompt`). paper's
         Pref-Aligner stage 2 is the published Janus call, which passed the message list as the
         template's only argument (:func:`render_published_aligner_prompt`); strict fixes it."""
-        if kind == "aligner" and not self.strict:
+        if kind is CallKind.ALIGN and not self.strict:
             return render_published_aligner_prompt(messages)
         return render_raw_prompt(messages)
 

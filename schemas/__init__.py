@@ -29,6 +29,7 @@ from .records import (
     CallRecord,
     DeadLetter,
     Decoding,
+    FanOut,
     GateDecision,
     Generation,
     IdempotencyKey,
@@ -41,6 +42,7 @@ from .records import (
     Verdict,
     WorkItem,
     check_label,
+    fan_out,
     partition_key,
 )
 from .topics import ALL_TOPICS, TopicSpec
@@ -57,6 +59,7 @@ __all__ = [
     "DeadLetter",
     "Decoding",
     "Endpoint",
+    "FanOut",
     "GateDecision",
     "Generation",
     "IdempotencyKey",
@@ -73,5 +76,6 @@ __all__ = [
     "Verdict",
     "WorkItem",
     "check_label",
+    "fan_out",
     "partition_key",
 ]

@@ -25,6 +25,7 @@ dead-lettered at the contract and never reaches the writer.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, NamedTuple
 
@@ -93,6 +94,44 @@ def partition_key(run_id: str, row_id: int) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class FanOut:
+    """What one row of a run generates (:func:`fan_out`): the generator's answers, the
+    Pref-Aligner rewrites (one per setting, from the row's baseline) and the repeated
+    baselines; besides them, always the one baseline."""
+
+    answers: tuple[tuple[Setting, Method], ...]
+    """The (setting, method) answers the generator makes: every method but pref_aligner."""
+    aligned: tuple[Setting, ...]
+    """The settings whose Pref-Aligner rewrite the aligner makes."""
+    repeats: int
+    """Repeated baselines (the noise floor): 0 or 1."""
+
+    @property
+    def results(self) -> int:
+        """Results stored for the row: one per (setting, method)."""
+        return len(self.answers) + len(self.aligned)
+
+    @property
+    def generations(self) -> int:
+        """The generator's generations of the row: the baseline and the answers (the repeated
+        baseline is counted by ``repeats``)."""
+        return 1 + len(self.answers)
+
+
+def fan_out(
+    settings: Sequence[Setting], methods: Sequence[Method], repeat_baseline: bool
+) -> FanOut:
+    """The fan-out rule, in one place: which generations one row of a run needs. The
+    generator makes them from it, :attr:`RunSpec.expected_results` counts them, and the
+    store's run status (perg.store.run_statuses) takes its expected counts from it."""
+    return FanOut(
+        answers=tuple((s, m) for s in settings for m in methods if m != "pref_aligner"),
+        aligned=tuple(settings) if "pref_aligner" in methods else (),
+        repeats=1 if repeat_baseline else 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StageTokens:
     """A decoding profile's own max new tokens per stage, replacing the protocol's."""
 
@@ -106,7 +145,8 @@ class StageTokens:
 
 @dataclass(frozen=True, slots=True)
 class Decoding:
-    """How the model under test is decoded (perg.protocol.DECODING_PROFILES names them)."""
+    """How the run decodes the model under test (perg.protocol.DECODING_PROFILES names them);
+    perg.generation turns it, with the protocol's limits, into each call's configuration."""
 
     temperature: float = 0.0
     """Sampling temperature of every call to the model under test."""
@@ -128,13 +168,6 @@ class Decoding:
     thinking: bool | None = None
     """A thinking model's switch (``perg submit --thinking``), sent as the chat template's
     ``enable_thinking`` (off for Pref-Aligner stage 2); None sends none."""
-
-    def max_tokens(self, protocol_limit: int | None) -> int | None:
-        """The max_tokens to send for a prompt whose protocol limit is ``protocol_limit``."""
-        limit = None if self.uncapped else protocol_limit
-        if limit is None:
-            return self.max_tokens_cap
-        return min(limit, self.max_tokens_cap or limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,15 +258,20 @@ class RunSpec(Record):
     published in); None: runs submitted before the shuffle, in dataset order."""
 
     def check(self) -> None:
-        if len(self.row_ids) * len(self.settings) * len(self.methods) > INT32_MAX:
+        if self.expected_results > INT32_MAX:
             raise SchemaError(f"{self.SCHEMA}.row_ids: too many expected results")
         check_label(self.lineage, f"{self.SCHEMA}.lineage")
         check_label(self.version_label, f"{self.SCHEMA}.version_label")
 
     @property
+    def fan_out(self) -> FanOut:
+        """What each row of the run generates."""
+        return fan_out(self.settings, self.methods, self.context.repeat_baseline)
+
+    @property
     def expected_results(self) -> int:
-        """Results the run stores when complete: rows x settings x methods."""
-        return len(self.row_ids) * len(self.settings) * len(self.methods)
+        """Results the run stores when complete: rows x its rows' fan-out."""
+        return len(self.row_ids) * self.fan_out.results
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,6 +291,11 @@ class WorkItem(Record):
 
     def check(self) -> None:
         _check_item(self.item, f"{self.SCHEMA}.item")
+
+    @property
+    def fan_out(self) -> FanOut:
+        """What the row generates."""
+        return fan_out(self.settings, self.methods, self.context.repeat_baseline)
 
     @property
     def key(self) -> IdempotencyKey:

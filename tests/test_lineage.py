@@ -22,12 +22,31 @@ from perg.errors import InputError
 from perg.lineage import accept_run, accepted_reference, lineage_history, run_state
 from perg.live.engine import open_read_only
 from perg.live.query import QueryLimits, StoreReader
-from perg.protocol import load_protocol
+from perg.protocol import CallKind, load_protocol
 from perg.runs import RunRequest, plan_run, shuffle_within_strata
 from perg.store import ResultStore, run_statuses
-from schemas import Acceptance, GateDecision, RunCancel, RunContext, RunSpec, SchemaError
+from schemas import (
+    Acceptance,
+    GateDecision,
+    Item,
+    RunCancel,
+    RunContext,
+    RunSpec,
+    SchemaError,
+)
 from services._calls import ModelCaller
 from services._runtime import RunCancelled
+
+ITEM = Item(
+    row_id=0,
+    question="Q?",
+    options=("yes", "no"),
+    gold_option="A",
+    gold_answer="yes",
+    category="c",
+    source="s",
+    preference="P",
+)
 
 ROWS = 60
 DATA = default_data_dir()
@@ -307,8 +326,7 @@ async def test_the_model_caller_makes_no_call_for_a_cancelled_run() -> None:
     caller = ModelCaller(ClientPool(), context, load_protocol("paper"), cancelled.__contains__)
     cancelled.add("r")
     with pytest.raises(RunCancelled, match="cancelled before its answer call"):
-        await caller.call(endpoint, [{"role": "user", "content": "hi"}], stage="answer",
-                          kind="answer")  # fmt: skip
+        await caller.call(CallKind.ANSWER, ITEM, [{"role": "user", "content": "hi"}])
 
 
 async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled() -> None:
@@ -323,10 +341,8 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
         async with ClientPool(tuning=ClientTuning(max_in_flight=1)) as pool:
             caller = ModelCaller(pool, context, load_protocol("paper"), cancelled.__contains__)
             messages = [{"role": "user", "content": "hi"}]
-            first = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
-                                                    kind="answer"))  # fmt: skip
-            second = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
-                                                     kind="answer"))  # fmt: skip
+            first = asyncio.create_task(caller.call(CallKind.ANSWER, ITEM, messages))
+            second = asyncio.create_task(caller.call(CallKind.ANSWER, ITEM, messages))
             while not server.stats["received"]:
                 await asyncio.sleep(0.01)
             cancelled.add("r")

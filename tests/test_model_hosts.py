@@ -13,10 +13,21 @@ from perg.client import ClientTuning, Endpoint, ModelClient, ModelError
 from perg.config import Settings
 from perg.errors import InputError
 from perg.hosts import DEFAULT_MODEL_HOSTS, HostNotAllowed, ModelHosts, parse_url_host
-from perg.protocol import load_protocol
-from schemas import RunContext
+from perg.protocol import CallKind, load_protocol
+from schemas import Item, RunContext
 from services._calls import ModelCaller, check_hosts
 from services._runtime import PermanentError
+
+ITEM = Item(
+    row_id=0,
+    question="Q?",
+    options=("yes", "no"),
+    gold_option="A",
+    gold_answer="yes",
+    category="c",
+    source="s",
+    preference="P",
+)
 
 COMPOSE = ModelHosts.parse("loopback,llama-model:8080,*.models.internal,10.0.0.*:8000")
 
@@ -186,9 +197,7 @@ async def test_a_refused_run_makes_no_call() -> None:
     context = _context("http://127.0.0.1:1/v1", "http://internal-admin:80/v1")
     with pytest.raises(PermanentError):
         check_hosts(ModelHosts.parse("loopback"), context)
-        await ModelCaller(pool, context, load_protocol("paper")).call(
-            context.model, [], stage="baseline", kind="answer"
-        )
+        await ModelCaller(pool, context, load_protocol("paper")).call(CallKind.ANSWER, ITEM, [])
     assert sent == []
 
 
@@ -235,5 +244,5 @@ async def test_a_redirect_is_a_permanent_failure(redirecting: tuple[str, list[st
     async with ClientPool() as pool:
         caller = ModelCaller(pool, context, load_protocol("paper"))
         with pytest.raises(PermanentError, match="307"):
-            await caller.call(context.model, [], stage="baseline", kind="answer")
+            await caller.call(CallKind.ANSWER, ITEM, [], label="baseline")
     assert hits == []
