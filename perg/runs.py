@@ -141,7 +141,9 @@ def decoding_from_profile(
         uncapped=not profile.capped,
         top_p=profile.top_p,
         retry_temperature=profile.retry_temperature,
-        stage_tokens=None if stages is None else StageTokens(*stages),
+        stage_tokens=None
+        if stages is None
+        else StageTokens(answer=stages[0], critic=stages[1], aligner=stages[2]),
         thinking=thinking,
     )
 
@@ -212,7 +214,10 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         version_label=request.version,
         shuffle_seed=shuffle_seed,
     )
-    work = [WorkItem(context, item, spec.settings, spec.methods) for item in items]
+    work = [
+        WorkItem(context=context, item=item, settings=spec.settings, methods=spec.methods)
+        for item in items
+    ]
     return spec, work
 
 

@@ -170,7 +170,7 @@ class Decoding:
     ``enable_thinking`` (off for Pref-Aligner stage 2); None sends none."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunContext:
     """What every service needs to know about the run a record belongs to."""
 
@@ -203,7 +203,7 @@ class RunContext:
     it rates. (Release 0.1.0 carried it as ``judge.constrain_rating``.)"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallRecord:
     """One model call: which prompt kind (``stage``), its wall time including retries, the
     number of attempts (1 + retries), token usage as the server reported it, finish reason."""
@@ -274,7 +274,7 @@ class RunSpec(Record):
         return len(self.row_ids) * self.fan_out.results
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkItem(Record):
     """One row of one run: the generator answers every (setting, method) of it."""
 
@@ -303,7 +303,7 @@ class WorkItem(Record):
         return IdempotencyKey(self.context.run_id, self.item.row_id, "*", "*", "work")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlignRequest(Record):
     """Pref-Aligner stage 2 for one setting of one row: rewrite the row's baseline answer
     (``baseline_response``, made by the generator) for the setting's preference."""
@@ -330,7 +330,7 @@ class AlignRequest(Record):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Generation(Record):
     """A model's final text for one (run, row, setting, method), or the row's baseline
     (setting ``"none"``, method ``"baseline"``, stage ``"baseline"``; its repeat for the noise
@@ -389,7 +389,7 @@ class Generation(Record):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict(Record):
     """The judge's reading of one generation: extracted option and preference rating."""
 

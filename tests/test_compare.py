@@ -131,10 +131,29 @@ def write_repeats(store: ResultStore, spec: RunSpec, wrong: Rule) -> None:
     """The repeated no-preference answers of a run (wrong where ``wrong`` says)."""
     repeats = []
     for row_id in spec.row_ids:
-        generation = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
-                                "The answer is X.", "The answer is A.", [])  # fmt: skip
+        generation = Generation(
+            context=spec.context,
+            item=item(row_id),
+            setting="none",
+            method="baseline_repeat",
+            stage="baseline",
+            response="The answer is X.",
+            baseline_response="The answer is A.",
+            calls=[],
+        )
         answer = "B" if wrong(row_id, "", "") else "A"
-        repeats.append(Verdict(generation, answer, "parsed", None, None, None, [], "rules", answer))
+        repeats.append(
+            Verdict(
+                generation=generation,
+                answer=answer,
+                extraction="parsed",
+                judge_rating=None,
+                judge_outcome=None,
+                judge_raw=None,
+                calls=[],
+                rules_answer=answer,
+            )
+        )
     store.save_verdicts(repeats)
 
 

@@ -321,7 +321,9 @@ def test_unreachable_everything_is_exit_3(
 
 async def test_the_model_caller_makes_no_call_for_a_cancelled_run() -> None:
     endpoint = Endpoint("http://127.0.0.1:9/v1", "m")
-    context = RunContext("r", endpoint, endpoint, "paper", "x")
+    context = RunContext(
+        run_id="r", model=endpoint, judge=endpoint, protocol="paper", protocol_sha256="x"
+    )
     cancelled: set[str] = set()
     caller = ModelCaller(ClientPool(), context, load_protocol("paper"), cancelled.__contains__)
     cancelled.add("r")
@@ -336,7 +338,9 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
 
     async with ScriptedModelServer(lambda _: ScriptedReply("ok", delay_s=0.5)) as server:
         endpoint = Endpoint(server.base_url, "m")
-        context = RunContext("r", endpoint, endpoint, "paper", "x")
+        context = RunContext(
+            run_id="r", model=endpoint, judge=endpoint, protocol="paper", protocol_sha256="x"
+        )
         cancelled: set[str] = set()
         async with ClientPool(tuning=ClientTuning(max_in_flight=1)) as pool:
             caller = ModelCaller(pool, context, load_protocol("paper"), cancelled.__contains__)

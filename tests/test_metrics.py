@@ -473,10 +473,30 @@ def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
     assert (status.expected_repeats, status.repeats_stored, status.done) == (8, 0, False)
     rows = []
     for row_id in spec.row_ids:
-        repeat = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
-                            "x", "x", [])  # fmt: skip
+        repeat = Generation(
+            context=spec.context,
+            item=item(row_id),
+            setting="none",
+            method="baseline_repeat",
+            stage="baseline",
+            response="x",
+            baseline_response="x",
+            calls=[],
+        )
         answer = "C" if row_id % 4 == 0 else "A"
-        rows.append(Verdict(repeat, answer, "llm", None, None, None, [], "llm", answer))
+        rows.append(
+            Verdict(
+                generation=repeat,
+                answer=answer,
+                extraction="llm",
+                judge_rating=None,
+                judge_outcome=None,
+                judge_raw=None,
+                calls=[],
+                extractor="llm",
+                rules_answer=answer,
+            )
+        )
     store.save_verdicts(rows)
     assert run_statuses(store.cursor(), "stored")[0].done
     (full,) = [r for r in compute_metrics(store.cursor(), "stored") if r["source"] == "full"]

@@ -173,7 +173,13 @@ def test_parse_agrees_with_the_http_client() -> None:
 
 
 def _context(model_url: str, judge_url: str) -> RunContext:
-    return RunContext("run-x", Endpoint(model_url, "m"), Endpoint(judge_url, "j"), "paper", "0")
+    return RunContext(
+        run_id="run-x",
+        model=Endpoint(model_url, "m"),
+        judge=Endpoint(judge_url, "j"),
+        protocol="paper",
+        protocol_sha256="0",
+    )
 
 
 def test_a_run_naming_any_disallowed_endpoint_is_refused_as_permanent() -> None:

@@ -91,10 +91,22 @@ def caller_for(
     protocol = load_protocol(protocol_name, DATA_DIR)
     decoding = decoding_from_profile(protocol.decoding_profile(profile), None, thinking)
     context = RunContext(
-        "run-1", MODEL, JUDGE, protocol_name, protocol.sha256, decoding, layout, extractor
+        run_id="run-1",
+        model=MODEL,
+        judge=JUDGE,
+        protocol=protocol_name,
+        protocol_sha256=protocol.sha256,
+        decoding=decoding,
+        layout=layout,
+        extractor=extractor,
     )
     assert ITEM is not None
-    work = WorkItem(context, ITEM, ["relevant"], ["zero_shot", "self_critic", "pref_aligner"])
+    work = WorkItem(
+        context=context,
+        item=ITEM,
+        settings=["relevant"],
+        methods=["zero_shot", "self_critic", "pref_aligner"],
+    )
     pool = ClientPool(
         tuning=ClientTuning(max_retries=0),
         retry_wait=wait_none(),

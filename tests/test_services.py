@@ -68,9 +68,19 @@ class Published:
 def setup(handler: Any = scripted) -> tuple[WorkItem, ModelCaller, Any]:
     protocol = load_protocol("paper", DATA_DIR)
     item = load_dataset(DATA_DIR / "pergdata.csv").items[0]
-    context = RunContext("run-1", ENDPOINT, ENDPOINT, "paper", protocol.sha256)
-    work = WorkItem(context, item, ["relevant", "mixed", "irrelevant"],
-                    ["zero_shot", "cot", "icl", "self_critic", "pref_aligner"])  # fmt: skip
+    context = RunContext(
+        run_id="run-1",
+        model=ENDPOINT,
+        judge=ENDPOINT,
+        protocol="paper",
+        protocol_sha256=protocol.sha256,
+    )
+    work = WorkItem(
+        context=context,
+        item=item,
+        settings=["relevant", "mixed", "irrelevant"],
+        methods=["zero_shot", "cot", "icl", "self_critic", "pref_aligner"],
+    )
     pool = ClientPool(
         tuning=ClientTuning(max_retries=2),
         retry_wait=wait_none(),
