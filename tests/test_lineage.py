@@ -28,7 +28,6 @@ from perg.store import ResultStore, run_statuses
 from schemas import (
     Acceptance,
     GateDecision,
-    Item,
     RunCancel,
     RunContext,
     RunSpec,
@@ -37,16 +36,7 @@ from schemas import (
 from services._calls import ModelCaller
 from services._runtime import RunCancelled
 
-ITEM = Item(
-    row_id=0,
-    question="Q?",
-    options=("yes", "no"),
-    gold_option="A",
-    gold_answer="yes",
-    category="c",
-    source="s",
-    preference="P",
-)
+ITEM = item(0)
 
 ROWS = 60
 DATA = default_data_dir()

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from fixtures.live.runs import item, make_spec, verdicts
+from fixtures.live.runs import baseline_repeat, make_spec, verdicts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,7 +28,7 @@ from perg.metrics import (
     load_outcomes_file,
 )
 from perg.store import ResultStore, run_statuses
-from schemas import Generation, Verdict
+from schemas import Verdict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
 Z = 1.959964
@@ -473,16 +473,7 @@ def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
     assert (status.expected_repeats, status.repeats_stored, status.done) == (8, 0, False)
     rows = []
     for row_id in spec.row_ids:
-        repeat = Generation(
-            context=spec.context,
-            item=item(row_id),
-            setting="none",
-            method="baseline_repeat",
-            stage="baseline",
-            response="x",
-            baseline_response="x",
-            calls=[],
-        )
+        repeat = baseline_repeat(spec, row_id, "x", "x")
         answer = "C" if row_id % 4 == 0 else "A"
         rows.append(
             Verdict(

@@ -8,26 +8,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from fixtures.live.runs import item
 
 from perg.client import ClientTuning, Endpoint, ModelClient, ModelError
 from perg.config import Settings
 from perg.errors import InputError
 from perg.hosts import DEFAULT_MODEL_HOSTS, HostNotAllowed, ModelHosts, parse_url_host
 from perg.protocol import CallKind, load_protocol
-from schemas import Item, RunContext
+from schemas import RunContext
 from services._calls import ModelCaller, check_hosts
 from services._runtime import PermanentError
 
-ITEM = Item(
-    row_id=0,
-    question="Q?",
-    options=("yes", "no"),
-    gold_option="A",
-    gold_answer="yes",
-    category="c",
-    source="s",
-    preference="P",
-)
+ITEM = item(0)
 
 COMPOSE = ModelHosts.parse("loopback,llama-model:8080,*.models.internal,10.0.0.*:8000")
 

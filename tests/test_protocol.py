@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.live.runs import item as fixture_item
 
 from perg.config import default_data_dir
 from perg.dataset import Item, load_dataset
@@ -40,16 +41,7 @@ from schemas import RunSpec
 
 DATA = default_data_dir()
 GOLDEN_PATH = DATA / "golden_rendered.json"
-ITEM = Item(
-    row_id=0,
-    question="Q?",
-    options=("yes", "no"),
-    gold_option="A",
-    gold_answer="yes",
-    category="c",
-    source="s",
-    preference="P",
-)
+ITEM = fixture_item(0)
 pytestmark = pytest.mark.skipif(not GOLDEN_PATH.is_file(), reason="shared PERG data not found")
 
 
