@@ -123,7 +123,7 @@ def fan_out(
 ) -> FanOut:
     """The fan-out rule, in one place: which generations one row of a run needs. The
     generator makes them from it, :attr:`RunSpec.expected_results` counts them, and the
-    store's run status (perg.store.run_statuses) takes its expected counts from it."""
+    store's run status (services.sink.store.run_statuses) takes its expected counts from it."""
     return FanOut(
         answers=tuple((s, m) for s in settings for m in methods if m != "pref_aligner"),
         aligned=tuple(settings) if "pref_aligner" in methods else (),

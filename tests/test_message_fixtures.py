@@ -18,7 +18,6 @@ from tenacity import wait_none
 from perg.client import ClientPool, MockTransport, TransportRequest, TransportResponse
 from perg.config import Settings
 from perg.protocol import Protocol, load_protocol
-from perg.store import ResultStore
 from schemas import Record, TopicSpec
 from schemas.topics import ALL_TOPICS, DEAD_LETTERS
 from services._calls import ModelCaller
@@ -26,7 +25,8 @@ from services._runtime import RecordHandler, WorkerOptions
 from services.aligner import align
 from services.generator import answer_row
 from services.judge import judge_generation
-from services.sink import Sink, build_app
+from services.sink.service import Sink, build_app
+from services.sink.store import ResultStore
 
 pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/perg")
 
