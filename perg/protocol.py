@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict, assert_never
 
 from perg.config import default_data_dir
+from schemas import Decoding, StageTokens
 from schemas.values import LETTERS, Item
 from schemas.values import METHODS as METHODS
 from schemas.values import ROLE_LAYOUTS as ROLE_LAYOUTS
@@ -277,7 +278,7 @@ class Protocol:
             return completion.strip()
         return (prompt + completion).split(INST_CLOSE, 1)[1].strip()
 
-    def decoding_profile(self, name: str) -> DecodingProfile:
+    def decoding_profile(self, name: str) -> Decoding:
         """A decoding profile by name (see :data:`DECODING_PROFILES`)."""
         if name not in DECODING_PROFILES:
             raise ValueError(
@@ -293,7 +294,7 @@ class Protocol:
             )
         return profile
 
-    def default_decoding_profile(self, model: str) -> DecodingProfile:
+    def default_decoding_profile(self, model: str) -> Decoding:
         """strict: its own profile; paper: the profile of the model's family (see
         :func:`model_family_profile`)."""
         return self.decoding_profile("strict" if self.strict else model_family_profile(model))
@@ -320,60 +321,45 @@ class RewriteReading:
     how: Literal["json", "json_missing", "regex", "not_object", "unreadable"]
 
 
-@dataclass(frozen=True)
-class DecodingProfile:
-    """How the model under test is decoded. ``capped``: send the protocol's per-stage
-    ``max_new_tokens`` (else no limit); ``temperature`` 0 is greedy; ``top_p`` None leaves the
-    server's; ``seed`` None sends none. ``retry_temperature``: strict's parse re-asks."""
-
-    name: str
-    capped: bool
-    temperature: float
-    top_p: float | None
-    seed: int | None
-    retry_temperature: float | None
-    description: str
-    # per-stage max new tokens (answer, self-critic pass 2, aligner) replacing the protocol's
-    stage_tokens: tuple[int, int, int] | None = None
-
-
-DECODING_PROFILES: dict[str, DecodingProfile] = {
-    profile.name: profile
-    for profile in (
-        DecodingProfile(
-            "api", False, 0.0, None, 42, None,
-            "paper, API models (OpenAI, Together): no max-token limit, temperature 0, seed 42",
-        ),
-        DecodingProfile(
-            "hf", True, 0.0, None, None, None,
-            "paper, local Hugging Face models: greedy (their generation configs do not sample), "
-            "max_new_tokens 500 answer / 1024 self-critic pass 2 / 1000 aligner",
-        ),
-        DecodingProfile(
-            "hf-sampled", True, 0.6, 0.9, None, None,
-            "paper, Llama-3.1-8B-Instruct: sampled with its generation_config defaults "
-            "(temperature 0.6, top_p 0.9), the same max_new_tokens as hf",
-        ),
-        DecodingProfile(
-            "janus", True, 0.0, None, None, None,
-            "paper, Janus-7B: greedy, raw [INST] prompt, max_new_tokens 1024 answer / 2048 "
-            "self-critic pass 2 / 1024 aligner",
-            (1024, 2048, 1024),
-        ),
-        DecodingProfile(
-            "qwen3", True, 0.0, None, None, None,
-            "paper, Qwen3: greedy, max_new_tokens 1024 for every stage (thinking and answer "
-            "share them), thinking switched off unless --thinking on",
-            (1024, 1024, 1024),
-        ),
-        DecodingProfile(
-            "strict", True, 0.0, None, 42, STRICT_RETRY_TEMPERATURE,
-            "strict: the hf limits, temperature 0, seed 42; an unparseable JSON rewrite or "
-            f"judge reply is asked again up to {STRICT_PARSE_RETRIES} times at temperature "
-            f"{STRICT_RETRY_TEMPERATURE} with seed 42 + attempt",
-        ),
-    )
-}  # fmt: skip
+# The named decodings of the model under test (``perg submit --decoding``): the run records
+# the chosen one (with --max-tokens and --thinking) as its Decoding; perg.generation turns it
+# into each call's configuration. ``uncapped``: no max-token limit (else the protocol's, or the
+# profile's own per-stage ones); temperature 0 is greedy; top_p None leaves the server's; seed
+# None sends none; retry_temperature: strict's parse re-asks.
+DECODING_PROFILES: dict[str, Decoding] = {
+    "api": Decoding(profile="api", uncapped=True, temperature=0.0, seed=42),
+    "hf": Decoding(profile="hf", temperature=0.0, seed=None),
+    "hf-sampled": Decoding(profile="hf-sampled", temperature=0.6, top_p=0.9, seed=None),
+    "janus": Decoding(
+        profile="janus",
+        temperature=0.0,
+        seed=None,
+        stage_tokens=StageTokens(answer=1024, critic=2048, aligner=1024),
+    ),
+    "qwen3": Decoding(
+        profile="qwen3",
+        temperature=0.0,
+        seed=None,
+        stage_tokens=StageTokens(answer=1024, critic=1024, aligner=1024),
+    ),
+    "strict": Decoding(
+        profile="strict", temperature=0.0, seed=42, retry_temperature=STRICT_RETRY_TEMPERATURE
+    ),
+}
+PROFILE_DESCRIPTIONS: dict[str, str] = {
+    "api": "paper, API models (OpenAI, Together): no max-token limit, temperature 0, seed 42",
+    "hf": "paper, local Hugging Face models: greedy (their generation configs do not sample), "
+    "max_new_tokens 500 answer / 1024 self-critic pass 2 / 1000 aligner",
+    "hf-sampled": "paper, Llama-3.1-8B-Instruct: sampled with its generation_config defaults "
+    "(temperature 0.6, top_p 0.9), the same max_new_tokens as hf",
+    "janus": "paper, Janus-7B: greedy, raw [INST] prompt, max_new_tokens 1024 answer / 2048 "
+    "self-critic pass 2 / 1024 aligner",
+    "qwen3": "paper, Qwen3: greedy, max_new_tokens 1024 for every stage (thinking and answer "
+    "share them), thinking switched off unless --thinking on",
+    "strict": "strict: the hf limits, temperature 0, seed 42; an unparseable JSON rewrite or "
+    f"judge reply is asked again up to {STRICT_PARSE_RETRIES} times at temperature "
+    f"{STRICT_RETRY_TEMPERATURE} with seed 42 + attempt",
+}
 
 # Model names the published runs called over an API (evaluations/aligner.py `client_models`).
 # gemma-2-27b-it too (evaluations/mcq_task_1.py client_models).

@@ -4,6 +4,7 @@ names the authors' code it follows (chimaobi-okite/pref_aligner)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -24,7 +25,7 @@ from perg.config import Settings
 from perg.dataset import load_dataset
 from perg.errors import InputError
 from perg.protocol import RoleLayout, load_protocol
-from perg.runs import RunRequest, decoding_from_profile, plan_run
+from perg.runs import RunRequest, plan_run
 from schemas import AlignRequest, Generation, Record, RunContext, TopicSpec, Verdict, WorkItem
 from services._calls import ModelCaller
 from services.aligner import align
@@ -89,7 +90,7 @@ def caller_for(
     extractor: Any = "rules",
 ) -> tuple[ModelCaller, WorkItem]:
     protocol = load_protocol(protocol_name, DATA_DIR)
-    decoding = decoding_from_profile(protocol.decoding_profile(profile), None, thinking)
+    decoding = dataclasses.replace(protocol.decoding_profile(profile), thinking=thinking)
     context = RunContext(
         run_id="run-1",
         model=MODEL,

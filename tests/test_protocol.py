@@ -22,6 +22,7 @@ from perg.protocol import (
     DECODING_PROFILES,
     MERGE_SEPARATOR,
     METHODS,
+    PROFILE_DESCRIPTIONS,
     SETTINGS,
     STRICT_RETRY_TEMPERATURE,
     CallKind,
@@ -37,7 +38,7 @@ from perg.protocol import (
     render_raw_prompt,
     split_thinking,
 )
-from schemas import RunSpec
+from schemas import RunSpec, StageTokens
 
 DATA = default_data_dir()
 GOLDEN_PATH = DATA / "golden_rendered.json"
@@ -308,7 +309,7 @@ def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None
 )
 def test_decoding_profile_per_model_family(model: str, profile: str, paper: Protocol) -> None:
     assert model_family_profile(model) == profile
-    assert paper.default_decoding_profile(model).name == profile
+    assert paper.default_decoding_profile(model).profile == profile
 
 
 @pytest.mark.parametrize(
@@ -358,19 +359,28 @@ def test_split_thinking(output: str, answer: str, thinking: str | None) -> None:
 
 def test_decoding_profiles(paper: Protocol, strict: Protocol) -> None:
     api = paper.decoding_profile("api")
-    assert (api.capped, api.temperature, api.seed, api.top_p) == (False, 0.0, 42, None)
+    assert (api.uncapped, api.temperature, api.seed, api.top_p) == (True, 0.0, 42, None)
     hf = paper.decoding_profile("hf")
-    assert (hf.capped, hf.temperature) == (True, 0.0)
+    assert (hf.uncapped, hf.temperature) == (False, 0.0)
     sampled = paper.decoding_profile("hf-sampled")
-    assert sampled.capped and sampled.temperature > 0 and sampled.top_p is not None
+    assert not sampled.uncapped and sampled.temperature > 0 and sampled.top_p is not None
     own = strict.default_decoding_profile("gpt-4o-mini")
-    assert own.name == "strict" and own.retry_temperature == STRICT_RETRY_TEMPERATURE
-    assert str(STRICT_RETRY_TEMPERATURE) in own.description
+    assert own.profile == "strict" and own.retry_temperature == STRICT_RETRY_TEMPERATURE
+    assert str(STRICT_RETRY_TEMPERATURE) in PROFILE_DESCRIPTIONS["strict"]
     assert set(DECODING_PROFILES) == {"api", "hf", "hf-sampled", "janus", "qwen3", "strict"}
+    assert set(PROFILE_DESCRIPTIONS) == set(DECODING_PROFILES)
     # runs.py:133,153 and aligner.py:133; runs.py:204-237 (1024, greedy)
     janus, qwen3 = paper.decoding_profile("janus"), paper.decoding_profile("qwen3")
-    assert (janus.stage_tokens, janus.temperature, janus.capped) == ((1024, 2048, 1024), 0.0, True)
-    assert (qwen3.stage_tokens, qwen3.temperature, qwen3.capped) == ((1024, 1024, 1024), 0.0, True)
+    assert (janus.stage_tokens, janus.temperature, janus.uncapped) == (
+        StageTokens(answer=1024, critic=2048, aligner=1024),
+        0.0,
+        False,
+    )
+    assert (qwen3.stage_tokens, qwen3.temperature, qwen3.uncapped) == (
+        StageTokens(answer=1024, critic=1024, aligner=1024),
+        0.0,
+        False,
+    )
     with pytest.raises(ValueError, match="unknown decoding profile 'fast'"):
         paper.decoding_profile("fast")
 
