@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -90,26 +90,14 @@ def _start_or_reuse(
 
 
 def _request(options: DemoOptions, model_url: str) -> RunRequest:
-    endpoint = Endpoint(
-        model_url,
-        options.model,
-        "llamacpp",
-        max_in_flight=EMBEDDED_SLOTS,
-        # a CPU server queues the three services' calls behind its slots: a first reply may
-        # take far longer than a GPU's, until the client learns the server's real latency
-        deadline_base_s=CPU_DEADLINE_BASE_S,
-    )
-    judge = replace(endpoint, constrain_rating=options.constrain_judge)
+    endpoint = Endpoint(model_url, options.model, "llamacpp")
+    judge = endpoint
     if options.judge_url is not None:
-        judge = Endpoint(
-            options.judge_url.rstrip("/"),
-            options.judge_model or options.model,
-            "openai",
-            constrain_rating=options.constrain_judge,
-        )
+        judge = Endpoint(options.judge_url.rstrip("/"), options.judge_model or options.model)
     return RunRequest(
         model=endpoint,
         judge=judge,
+        constrain_rating=options.constrain_judge,
         protocol=options.protocol,
         settings=options.settings,
         methods=options.methods,
@@ -155,6 +143,13 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             bootstrap = kafka.result()
         port = int(env.get("PERG_SINK_PORT") or free_port())
         env.update(
+            # the workers' client: the embedded server's slots; a CPU server queues the three
+            # services' calls behind them, so a first reply may take far longer than a GPU's,
+            # until the client learns the server's real latency
+            PERG_MODEL_MAX_IN_FLIGHT=env.get("PERG_MODEL_MAX_IN_FLIGHT", str(EMBEDDED_SLOTS)),
+            PERG_MODEL_DEADLINE_BASE_S=env.get(
+                "PERG_MODEL_DEADLINE_BASE_S", str(CPU_DEADLINE_BASE_S)
+            ),
             PERG_KAFKA=bootstrap,
             PERG_DB=env.get("PERG_DB", str(workdir / "perg.duckdb")),
             PERG_SINK_PORT=str(port),

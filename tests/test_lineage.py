@@ -15,12 +15,12 @@ import pytest
 from fixtures.live.runs import fails, item, make_spec, verdicts, write_run
 
 from perg.cli import main
-from perg.client import ClientPool, Endpoint
+from perg.client import ClientPool, ClientTuning, Endpoint
 from perg.config import Settings, default_data_dir
 from perg.dataset import SOURCES
 from perg.errors import InputError
 from perg.lineage import accept_run, accepted_reference, lineage_history, run_state
-from perg.protocol import load_protocol
+from perg.protocol import CallKind, load_protocol
 from perg.runs import RunRequest, plan_run, shuffle_within_strata
 from schemas import Acceptance, GateDecision, RunCancel, RunContext, RunSpec, SchemaError
 from services._calls import ModelCaller
@@ -28,6 +28,8 @@ from services._runtime import RunCancelled
 from services.sink.live.engine import open_read_only
 from services.sink.live.query import QueryLimits, StoreReader
 from services.sink.store import ResultStore, run_statuses
+
+ITEM = item(0)
 
 ROWS = 60
 DATA = default_data_dir()
@@ -302,13 +304,14 @@ def test_unreachable_everything_is_exit_3(
 
 async def test_the_model_caller_makes_no_call_for_a_cancelled_run() -> None:
     endpoint = Endpoint("http://127.0.0.1:9/v1", "m")
-    context = RunContext("r", endpoint, endpoint, "paper", "x")
+    context = RunContext(
+        run_id="r", model=endpoint, judge=endpoint, protocol="paper", protocol_sha256="x"
+    )
     cancelled: set[str] = set()
     caller = ModelCaller(ClientPool(), context, load_protocol("paper"), cancelled.__contains__)
     cancelled.add("r")
     with pytest.raises(RunCancelled, match="cancelled before its answer call"):
-        await caller.call(endpoint, [{"role": "user", "content": "hi"}], stage="answer",
-                          kind="answer")  # fmt: skip
+        await caller.call(CallKind.ANSWER, ITEM, [{"role": "user", "content": "hi"}])
 
 
 async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled() -> None:
@@ -317,16 +320,16 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
     from model_double import ScriptedModelServer, ScriptedReply
 
     async with ScriptedModelServer(lambda _: ScriptedReply("ok", delay_s=0.5)) as server:
-        endpoint = Endpoint(server.base_url, "m", max_in_flight=1)
-        context = RunContext("r", endpoint, endpoint, "paper", "x")
+        endpoint = Endpoint(server.base_url, "m")
+        context = RunContext(
+            run_id="r", model=endpoint, judge=endpoint, protocol="paper", protocol_sha256="x"
+        )
         cancelled: set[str] = set()
-        async with ClientPool() as pool:
+        async with ClientPool(tuning=ClientTuning(max_in_flight=1)) as pool:
             caller = ModelCaller(pool, context, load_protocol("paper"), cancelled.__contains__)
             messages = [{"role": "user", "content": "hi"}]
-            first = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
-                                                    kind="answer"))  # fmt: skip
-            second = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
-                                                     kind="answer"))  # fmt: skip
+            first = asyncio.create_task(caller.call(CallKind.ANSWER, ITEM, messages))
+            second = asyncio.create_task(caller.call(CallKind.ANSWER, ITEM, messages))
             while not server.stats["received"]:
                 await asyncio.sleep(0.01)
             cancelled.add("r")

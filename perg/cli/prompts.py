@@ -14,6 +14,7 @@ from perg.errors import InputError
 from perg.protocol import (
     METHODS,
     SETTINGS,
+    CallKind,
     ChatMessage,
     Method,
     Protocol,
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from exc
     if args.layout == "inst":  # paper's Pref-Aligner stage 2: the published Janus call
         aligner = args.method == "pref_aligner" and args.stage == 2
-        prompt = protocol.raw_prompt(messages, "aligner" if aligner else "answer")
+        prompt = protocol.raw_prompt(messages, CallKind.ALIGN if aligner else CallKind.ANSWER)
         out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
     elif args.json:
         out = orjson.dumps({"messages": messages}, option=orjson.OPT_INDENT_2).decode()

@@ -26,7 +26,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         help="messages in progress at once (default $PERG_WORKER_IN_FLIGHT, else the "
         "service's: generator 128 rows, aligner 128, judge 256, sink batches of 1000); the "
-        "model calls are bounded by each endpoint's max_in_flight",
+        "model calls are bounded by --max-in-flight",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="model calls on the wire at once per endpoint (default $PERG_MODEL_MAX_IN_FLIGHT, "
+        "else 64)",
     )
     parser.add_argument(
         "--instance",
@@ -53,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         options = replace(options, in_flight=args.in_flight)
     if args.instance:
         options = replace(options, instance=args.instance)
+    if args.max_in_flight is not None:
+        options = replace(options, client=replace(options.client, max_in_flight=args.max_in_flight))
     module = importlib.import_module(service_module(args.service))
     run_worker(module.build_app(Settings.load(), options))
     return 0

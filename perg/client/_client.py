@@ -22,7 +22,16 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from perg.client._transport import AiohttpTransport, Transport, TransportResponse
-from perg.client._types import Backend, Completion, Endpoint, ModelError, Timeouts, TransportError
+from perg.client._types import (
+    DEFAULT_TUNING,
+    Backend,
+    ClientTuning,
+    Completion,
+    Endpoint,
+    ModelError,
+    Timeouts,
+    TransportError,
+)
 from perg.config import setting
 from perg.observe import EndpointMetrics, Metrics
 
@@ -125,7 +134,8 @@ def _excerpt(body: bytes) -> str:
 
 
 class ModelClient:
-    """Chat calls to one endpoint, at most ``max_in_flight`` at a time, retried on overload.
+    """Chat calls to one endpoint, tuned by ``tuning`` (the worker's configuration): at most
+    ``max_in_flight`` at a time, retried on overload.
 
     Retried: 429, 502, 503, 504, connection errors and timeouts, with ``retry_wait`` between
     attempts (default: random exponential backoff, 0.5 s base, 20 s cap), and never sooner
@@ -145,17 +155,19 @@ class ModelClient:
         endpoint: Endpoint,
         transport: Transport | None = None,
         *,
+        tuning: ClientTuning = DEFAULT_TUNING,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         metrics: EndpointMetrics | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.tuning = tuning
         self._metrics = metrics or Metrics("client").endpoint(endpoint.base_url)
         self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
         self._completions_url = endpoint.base_url.rstrip("/") + "/completions"
         if transport is None:
-            transport = AiohttpTransport(limit=endpoint.max_in_flight)
+            transport = AiohttpTransport(limit=tuning.max_in_flight)
         self._transport = transport
-        self._slots = asyncio.Semaphore(endpoint.max_in_flight)
+        self._slots = asyncio.Semaphore(tuning.max_in_flight)
         self._headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env is not None:
             check_token_env(endpoint.api_key_env, endpoint.base_url)
@@ -172,7 +184,7 @@ class ModelClient:
         self._on_wire: dict[asyncio.Timeout, tuple[int, int, float]] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self._retrying = AsyncRetrying(
-            stop=stop_after_attempt(endpoint.max_retries + 1),
+            stop=stop_after_attempt(tuning.max_retries + 1),
             wait=_HonourRetryAfter(retry_wait),
             retry=retry_if_exception_type(_RetryableError),
             before_sleep=self._log_retry,
@@ -312,14 +324,14 @@ class ModelClient:
         it is ``LATENCY_HEADROOM`` times the slowest recent reply (never under
         ``MIN_DEADLINE_S``), so it follows the server actually serving. Each retry doubles it;
         ``timeout_s`` caps it."""
-        endpoint = self.endpoint
+        tuning = self.tuning
         seen, slowest = self._replies.get(max_tokens, (0, 0.0))
         if seen >= LEARN_AFTER:
             total = max(MIN_DEADLINE_S, LATENCY_HEADROOM * slowest)
         else:
-            total = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
-        total = min(total * 2 ** (attempt - 1), endpoint.timeout_s)
-        return Timeouts(connect_s=min(endpoint.connect_timeout_s, total), total_s=total)
+            total = tuning.deadline_base_s + max_tokens / tuning.min_tokens_per_s
+        total = min(total * 2 ** (attempt - 1), tuning.timeout_s)
+        return Timeouts(connect_s=min(tuning.connect_timeout_s, total), total_s=total)
 
     def _learn(self, max_tokens: int, reply_s: float) -> None:
         seen, slowest = self._replies.get(max_tokens, (0, 0.0))
@@ -424,7 +436,7 @@ class ModelClient:
             status if status is not None else "none",
             exc,
             state.attempt_number,
-            self.endpoint.max_retries,
+            self.tuning.max_retries,
             state.upcoming_sleep,
         )
 
@@ -451,15 +463,18 @@ class ClientPool:
 
     ``transport`` makes each client's transport (default: aiohttp); tests pass a
     ``MockTransport`` factory to run services in-process. The clients count their calls in
-    ``metrics`` (a worker's; default: a registry nobody serves)."""
+    ``metrics`` (a worker's; default: a registry nobody serves); ``tuning`` is the worker's
+    for every client."""
 
     def __init__(
         self,
         *,
+        tuning: ClientTuning = DEFAULT_TUNING,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         transport: Callable[[Endpoint], Transport] | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        self._tuning = tuning
         self._retry_wait = retry_wait
         self._transport = transport
         self._metrics = metrics or Metrics("client")
@@ -473,6 +488,7 @@ class ClientPool:
             client = ModelClient(
                 endpoint,
                 transport,
+                tuning=self._tuning,
                 retry_wait=self._retry_wait,
                 metrics=self._metrics.endpoint(endpoint.base_url),
             )

@@ -8,6 +8,9 @@ from typing import Any
 
 import duckdb
 
+from schemas import fan_out
+from schemas.values import Method, Setting
+
 
 @dataclass(frozen=True, slots=True)
 class RunStatus:
@@ -89,18 +92,14 @@ WITH picked AS (
 )
 SELECT
     r.run_id, r.model, r.protocol, strftime(r.created_at, '%Y-%m-%dT%H:%M:%SZ'),
-    r.n_rows, r.expected_results,
-    r.n_rows + r.n_rows * len(r.settings)
-        * len(list_filter(r.methods, lambda m: m <> 'pref_aligner')) AS expected_generations,
-    CASE WHEN list_contains(r.methods, 'pref_aligner') THEN r.n_rows * len(r.settings) ELSE 0 END,
+    r.n_rows, r.expected_results, r.settings, r.methods,
+    coalesce(r.spec->>'$.context.repeat_baseline' = 'true', false),
     coalesce(g.generated, 0),
     coalesce(g.aligned, 0),
     coalesce(b.n, 0),
     coalesce(s.n, 0),
     coalesce(b.retries, 0) + coalesce(s.retries, 0),
     coalesce(d.n, 0),
-    CASE WHEN coalesce(r.spec->>'$.context.repeat_baseline' = 'true', false)
-        THEN r.n_rows ELSE 0 END,
     coalesce(x.n, 0),
     c.run_id IS NOT NULL,
     r.lineage,
@@ -120,4 +119,52 @@ def run_statuses(con: duckdb.DuckDBPyConnection, run_id: str | None = None) -> l
     """The status of one run (``run_id``), or of every stored run oldest first; ``con`` is a
     connection to the store, e.g. ``ResultStore(path, read_only=True).cursor()``."""
     rows = con.execute(_STATUS_SQL, {"run_id": run_id}).fetchall()
-    return [RunStatus(*row) for row in rows]
+    return [_status(*row) for row in rows]
+
+
+def _status(
+    run_id: str,
+    model: str,
+    protocol: str,
+    created_at: str,
+    n_rows: int,
+    expected_results: int,
+    settings: list[Setting],
+    methods: list[Method],
+    repeat_baseline: bool,
+    generated: int,
+    aligned: int,
+    baselines_stored: int,
+    results_stored: int,
+    retries: int,
+    dead_letters: int,
+    repeats_stored: int,
+    cancelled: bool,
+    lineage: str | None,
+    version: str | None,
+) -> RunStatus:
+    """A status row with its expected counts: the rows times the fan-out of the run's
+    settings and methods (schemas.fan_out, the rule the generator follows), so the SQL
+    returns the run's lists and never restates the rule."""
+    needs = fan_out(settings, methods, repeat_baseline)
+    return RunStatus(
+        run_id=run_id,
+        model=model,
+        protocol=protocol,
+        created_at=created_at,
+        n_rows=n_rows,
+        expected_results=expected_results,
+        expected_generations=n_rows * needs.generations,
+        expected_aligned=n_rows * len(needs.aligned),
+        generated=generated,
+        aligned=aligned,
+        baselines_stored=baselines_stored,
+        results_stored=results_stored,
+        retries=retries,
+        dead_letters=dead_letters,
+        expected_repeats=n_rows * needs.repeats,
+        repeats_stored=repeats_stored,
+        cancelled=cancelled,
+        lineage=lineage,
+        version=version,
+    )
