@@ -262,7 +262,7 @@ def model_worker(
     worker = Worker(
         name, settings, options, (source,), in_flight=in_flight, lifespan=watching_cancels
     )
-    models = pool or ClientPool(metrics=worker.metrics)
+    models = pool or ClientPool(metrics=worker.metrics, token_envs=settings.model_token_envs)
 
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]

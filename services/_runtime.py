@@ -59,7 +59,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
-from perg.config import Settings, int_setting, seconds_setting, setting
+from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import client_options, ensure_topics, started
 from perg.observe import Metrics, serve
@@ -130,14 +130,12 @@ class WorkerOptions:
             raise InputError(f"session timeout must be >= 1 s, got {self.session_timeout_s}")
 
     @classmethod
-    def load(cls) -> WorkerOptions:
+    def of(cls, settings: Settings) -> WorkerOptions:
         """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S``."""
         return cls(
-            in_flight=int_setting("worker_in_flight", 1)
-            if setting("worker_in_flight", "")
-            else None,
-            instance=setting("worker_instance", "") or None,
-            session_timeout_s=seconds_setting("session_timeout_s", 6),
+            in_flight=settings.worker_in_flight,
+            instance=settings.worker_instance,
+            session_timeout_s=settings.session_timeout_s,
         )
 
 

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
 
 from perg.cli import main
-from perg.config import Settings
+from perg.config import Settings, load_settings
 from perg.live.api import check_bind, create_app
 from perg.live.client import SinkClient, SinkError, SinkUnavailable
 from perg.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, favour_live_queries
@@ -220,7 +220,7 @@ async def test_snapshot_carries_noise_floor_and_extractor_agreement(api: TestCli
 
 def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:
     return dataclasses.replace(
-        Settings.load(), sink_url=url, sink_token=token, db=tmp_path / "perg.duckdb"
+        load_settings(), sink_url=url, sink_token=token, db=tmp_path / "perg.duckdb"
     )
 
 

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 from fixtures.live.runs import make_spec, verdicts
 
-from perg.config import Settings
+from perg.config import Settings, load_settings
 from perg.store import ResultStore
 from schemas import DeadLetter, Verdict
 from services._runtime import WorkerOptions
@@ -21,7 +21,7 @@ from services.sink import Batch, Sink, build_app, open_store
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return dataclasses.replace(Settings.load(), db=tmp_path / "perg.duckdb", topic_prefix="t")
+    return dataclasses.replace(load_settings(), db=tmp_path / "perg.duckdb", topic_prefix="t")
 
 
 def _hold_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
