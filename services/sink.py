@@ -29,9 +29,10 @@ from typing import Any, TypeVar
 import duckdb
 from aiohttp import web
 
-from perg.config import Settings, seconds_setting
+from perg.config import Settings
 from perg.errors import first_line
 from perg.live.api import check_bind, create_app
+from perg.live.query import QueryLimits
 from perg.live.snapshots import write_snapshot
 from perg.store import ResultStore
 from schemas import (
@@ -128,11 +129,17 @@ class Sink:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, worker: Worker) -> AsyncIterator[None]:
-        wait_s = seconds_setting("db_lock_wait_s", 120)
-        self._store = await asyncio.to_thread(open_store, self.settings, wait_s)
         settings = self.settings
+        self._store = await asyncio.to_thread(open_store, settings, settings.db_lock_wait_s)
         check_bind(settings.sink_bind, settings.sink_token)
-        app = create_app(self.store, token=settings.sink_token, metrics=worker.metrics)
+        app = create_app(
+            self.store,
+            token=settings.sink_token,
+            limits=QueryLimits.from_settings(settings),
+            public_hosts=settings.sink_public_hosts,
+            data_dir=settings.data_dir,
+            metrics=worker.metrics,
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, settings.sink_bind, settings.sink_port).start()
@@ -148,10 +155,9 @@ class Sink:
             self.store.close()
 
     async def _snapshots(self) -> None:
-        every_s = seconds_setting("snapshot_every_s", 30)
         directory = self.settings.db.parent / "snapshots"
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self.settings.snapshot_every_s)
             try:
                 path = await asyncio.to_thread(write_snapshot, self.store, directory)
                 log.debug("stage=sink snapshot %s", path)

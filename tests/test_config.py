@@ -13,6 +13,7 @@ import pytest
 from perg.cli import build_parser, main
 from perg.cli.worker import worker_settings
 from perg.config import KNOWN_SETTINGS, Settings, bootstrap_servers, load_settings
+from perg.demo import demo_settings, worker_env
 from perg.errors import InputError
 from perg.local import free_port
 
@@ -240,6 +241,16 @@ def test_submit_reaches_the_broker_of_the_flag_over_the_environment_over_the_fil
     assert reached() == env
     assert reached("--bootstrap", flag) == flag
     assert os.environ["PERG_KAFKA"] == env  # the flag did not become the environment
+
+
+def test_the_demo_hands_its_settings_to_its_workers_through_their_environment(
+    tmp_path: Path,
+) -> None:
+    env = write_toml(tmp_path, 'topic_prefix = "mine"\n')
+    demo = demo_settings(load_settings(env), tmp_path, "127.0.0.1:1234", 5555)
+    assert (demo.db, demo.topic_prefix) == (tmp_path / "perg.duckdb", "mine")  # "mine" is set
+    assert demo.sink_url == "http://127.0.0.1:5555"
+    assert load_settings({**env, **worker_env(demo)}) == demo  # what each worker loads
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def reader(db: Path) -> StoreReader:
-    return StoreReader(open_read_only(db), QueryLimits.from_settings())
+    return StoreReader(open_read_only(db), QueryLimits())
 
 
 def test_status_and_run_states_say_cancelled_with_the_counts(db: Path, reader: StoreReader) -> None:
@@ -216,7 +216,7 @@ def test_a_lineage_without_acceptance_is_refused(tmp_path: Path) -> None:
     running = lineage_spec("running", "v2", rows=5)
     store.save_run(running)
     store.close()
-    reader = StoreReader(open_read_only(tmp_path / "perg.duckdb"), QueryLimits.from_settings())
+    reader = StoreReader(open_read_only(tmp_path / "perg.duckdb"), QueryLimits())
     with pytest.raises(InputError, match="lineage 'chat-prod' has no accepted run"):
         accepted_reference(reader, "chat-prod")
     with pytest.raises(InputError, match=r"incomplete \(0/10 results stored\)"):

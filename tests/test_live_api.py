@@ -21,7 +21,7 @@ from perg.cli import main
 from perg.config import Settings, load_settings
 from perg.live.api import check_bind, create_app
 from perg.live.client import SinkClient, SinkError, SinkUnavailable
-from perg.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, favour_live_queries
+from perg.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, QueryLimits, favour_live_queries
 from perg.store import ResultStore
 
 ROWS_PER_BATCH = 7
@@ -45,7 +45,7 @@ async def _client(store: ResultStore, **kwargs: object) -> TestClient:
 
 @pytest.fixture
 async def api(store: ResultStore) -> AsyncIterator[TestClient]:
-    client = await _client(store, token=None, query_timeout_s=2.0, row_cap=1000)
+    client = await _client(store, token=None, limits=QueryLimits(timeout_s=2.0, row_cap=1000))
     yield client
     await client.close()
 
@@ -351,7 +351,7 @@ def test_short_tokens_refused_at_start(store: ResultStore, token: str) -> None:
 
 
 async def test_byte_cap_besides_the_row_cap(store: ResultStore) -> None:
-    client = await _client(store, token=None, max_bytes=10_000)
+    client = await _client(store, token=None, limits=QueryLimits(max_bytes=10_000))
     try:
         big = "SELECT response FROM results, range(50)"  # few rows, long text
         response = await client.post("/sql", json={"sql": big + " LIMIT 20"})
