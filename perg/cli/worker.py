@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from perg.config import Settings, bootstrap_servers
-from services import SERVICES
+from services import SERVICES, service_module
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -57,6 +57,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = worker_settings(args, settings)
     options = WorkerOptions.of(settings)  # a bad value is an InputError: perg.cli reports it
-    module = importlib.import_module(f"services.{args.service}")
+    module = importlib.import_module(service_module(args.service))
     run_worker(module.build_app(settings, options))
     return 0

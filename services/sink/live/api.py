@@ -32,8 +32,10 @@ import orjson
 from aiohttp import web
 
 from perg.compare import CompareInputError, compare_runs
-from perg.live.engine import EngineRefused, harden
-from perg.live.query import (
+from perg.metrics import Grouping
+from perg.observe import Metrics
+from services.sink.live.engine import EngineRefused, harden
+from services.sink.live.query import (
     FORMATS,
     QueryLimits,
     QueryTimeout,
@@ -42,17 +44,15 @@ from perg.live.query import (
     StoreReader,
     favour_live_queries,
 )
-from perg.live.rows import (
+from services.sink.live.rows import (
     NotFound,
     QuestionBook,
     RowQueryError,
     parse_changed_filter,
     parse_row_filter,
 )
-from perg.live.sqlguard import QueryRefused
-from perg.metrics import Grouping
-from perg.observe import Metrics
-from perg.store import ResultStore
+from services.sink.live.sqlguard import QueryRefused
+from services.sink.store import ResultStore
 
 log = logging.getLogger("perg.live.api")
 
@@ -62,7 +62,7 @@ PUBLIC_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("public_hosts", frozenset)
 SQL_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("sql_slots", asyncio.Semaphore)
 EVENT_INTERVAL_S: web.AppKey[float] = web.AppKey("event_interval_s", float)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-STATIC_DIR = Path(str(resources.files("perg.live").joinpath("static")))
+STATIC_DIR = Path(str(resources.files("services.sink.live").joinpath("static")))
 COOKIE = "perg_token"
 MIN_TOKEN_CHARS = 16
 MAX_CONCURRENT_SQL = 4
@@ -387,14 +387,14 @@ def create_app(
     event_interval_s: float = 1.0,
     metrics: Metrics | None = None,
 ) -> web.Application:
-    """The API over ``store``, whose database is hardened first (:func:`perg.live.engine.harden`:
-    no file access, configuration locked). The sink passes its settings: ``limits``
-    (``PERG_SQL_*``; default 10 s, 10,000 rows, 16 MiB), ``public_hosts``
-    (``PERG_SINK_PUBLIC_HOSTS``; default none) and ``data_dir``, where the questions shown
-    beside stored rows are read (``PERG_DATA_DIR``; default :func:`perg.config.default_data_dir`).
-    Shortens the process's thread switch interval
-    (:func:`perg.live.query.favour_live_queries`). Raises ValueError for a token shorter than
-    16 characters. Live SQL latency is counted in ``metrics`` (the sink worker's)."""
+    """The API over ``store``, whose database is hardened first
+    (:func:`services.sink.live.engine.harden`: no file access, configuration locked). The sink
+    passes its settings: ``limits`` (``PERG_SQL_*``; default 10 s, 10,000 rows, 16 MiB),
+    ``public_hosts`` (``PERG_SINK_PUBLIC_HOSTS``; default none) and ``data_dir``, where the
+    questions shown beside stored rows are read (``PERG_DATA_DIR``; default
+    :func:`perg.config.default_data_dir`). Shortens the process's thread switch interval
+    (:func:`services.sink.live.query.favour_live_queries`). Raises ValueError for a token
+    shorter than 16 characters. Live SQL latency is counted in ``metrics`` (the sink worker's)."""
     check_token(token)
     with closing(store.cursor()) as con:
         harden(con)
