@@ -241,7 +241,7 @@ def p4_sink(stored: int) -> tuple[float, float]:
         favour_live_queries()  # as the sink's live API does in the sink process
         writer = threading.Thread(target=ingest)
         writer.start()
-        reader = StoreReader(store, QueryLimits.from_settings())
+        reader = StoreReader(store, QueryLimits())
         latencies = []
         try:
             for _ in range(40):

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -108,10 +108,10 @@ def _request(options: DemoOptions, model_url: str) -> RunRequest:
     )
 
 
-def check_options(options: DemoOptions) -> None:
+def check_options(options: DemoOptions, settings: Settings) -> None:
     """Plan the run once before anything starts: a bad protocol, sample or dataset is reported
     (exit 2) before minutes go into starting Kafka, the model server and the workers."""
-    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), Settings.load())
+    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), settings)
 
 
 def _start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
@@ -127,8 +127,49 @@ def _start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str
     return _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
 
 
-def run_demo(options: DemoOptions, console: Console) -> int:
-    check_options(options)
+def demo_settings(settings: Settings, workdir: Path, bootstrap: str, port: int) -> Settings:
+    """The demo's configuration: its broker and sink port; its results file and topic prefix
+    unless configured."""
+    configured = settings.configured
+    # the workers' client: the embedded server's slots; a CPU server queues the three
+    # services' calls behind them, so a first reply may take far longer than a GPU's,
+    # until the client learns the server's real latency
+    client = replace(
+        settings.model_client,
+        max_in_flight=settings.model_client.max_in_flight
+        if "model_max_in_flight" in configured
+        else EMBEDDED_SLOTS,
+        deadline_base_s=settings.model_client.deadline_base_s
+        if "model_deadline_base_s" in configured
+        else CPU_DEADLINE_BASE_S,
+    )
+    return replace(
+        settings,
+        model_client=client,
+        kafka=bootstrap,
+        db=settings.db if "db" in configured else workdir / "perg.duckdb",
+        sink_port=port,
+        sink_url=f"http://127.0.0.1:{port}",
+        topic_prefix=settings.topic_prefix if "topic_prefix" in configured else "perg-demo",
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The variables that give a worker process what :func:`demo_settings` changed: how the
+    configuration crosses into the processes the demo starts."""
+    return {
+        "PERG_KAFKA": settings.kafka,
+        "PERG_DB": str(settings.db),
+        "PERG_SINK_PORT": str(settings.sink_port),
+        "PERG_SINK_URL": settings.sink_url,
+        "PERG_TOPIC_PREFIX": settings.topic_prefix,
+        "PERG_MODEL_MAX_IN_FLIGHT": str(settings.model_client.max_in_flight),
+        "PERG_MODEL_DEADLINE_BASE_S": str(settings.model_client.deadline_base_s),
+    }
+
+
+def run_demo(options: DemoOptions, console: Console, settings: Settings) -> int:
+    check_options(options, settings)
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -141,23 +182,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             kafka = pool.submit(_start_kafka, stack, env, console)
             model_url = options.model_url or _start_model(stack, env, console)
             bootstrap = kafka.result()
-        port = int(env.get("PERG_SINK_PORT") or free_port())
-        env.update(
-            # the workers' client: the embedded server's slots; a CPU server queues the three
-            # services' calls behind them, so a first reply may take far longer than a GPU's,
-            # until the client learns the server's real latency
-            PERG_MODEL_MAX_IN_FLIGHT=env.get("PERG_MODEL_MAX_IN_FLIGHT", str(EMBEDDED_SLOTS)),
-            PERG_MODEL_DEADLINE_BASE_S=env.get(
-                "PERG_MODEL_DEADLINE_BASE_S", str(CPU_DEADLINE_BASE_S)
-            ),
-            PERG_KAFKA=bootstrap,
-            PERG_DB=env.get("PERG_DB", str(workdir / "perg.duckdb")),
-            PERG_SINK_PORT=str(port),
-            PERG_SINK_URL=f"http://127.0.0.1:{port}",
-            PERG_TOPIC_PREFIX=env.get("PERG_TOPIC_PREFIX", "perg-demo"),
-        )
-        os.environ.update(env)  # this process reads the same Settings as its workers
-        settings = Settings.load()
+        port = settings.sink_port if "sink_port" in settings.configured else free_port()
+        settings = demo_settings(settings, workdir, bootstrap, port)
+        env.update(worker_env(settings))  # the workers load the same Settings as this process
 
         workers = WorkerGroup(env, workdir / "logs")
         stack.callback(workers.stop)

@@ -1,6 +1,6 @@
 """Creating a run: choose the rows, pin dataset and protocol by hash, publish spec and work.
 
-    spec, work = plan_run(RunRequest(model=endpoint, judge=judge, sample=600), Settings.load())
+    spec, work = plan_run(RunRequest(model=endpoint, judge=judge, sample=600), settings)
     await publish_run(spec, work, settings)      # the workers take it from there
 
 Bad requests raise :class:`~perg.errors.InputError` (naming the flag, file, line or field at

@@ -261,7 +261,9 @@ def model_worker(
     worker = Worker(
         name, settings, options, (source,), in_flight=in_flight, lifespan=watching_cancels
     )
-    models = pool or ClientPool(tuning=options.client, metrics=worker.metrics)
+    models = pool or ClientPool(
+        tuning=options.client, metrics=worker.metrics, token_envs=settings.model_token_envs
+    )
 
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]

@@ -60,7 +60,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
 from perg.client import ClientTuning
-from perg.config import Settings, int_setting, seconds_setting, setting
+from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import client_options, ensure_topics, started
 from perg.observe import Metrics, serve
@@ -133,27 +133,14 @@ class WorkerOptions:
             raise InputError(f"session timeout must be >= 1 s, got {self.session_timeout_s}")
 
     @classmethod
-    def load(cls) -> WorkerOptions:
+    def of(cls, settings: Settings) -> WorkerOptions:
         """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S`` and
-        the client's ``PERG_MODEL_MAX_IN_FLIGHT``, ``PERG_MODEL_TIMEOUT_S``,
-        ``PERG_MODEL_MAX_RETRIES``, ``PERG_MODEL_CONNECT_TIMEOUT_S``,
-        ``PERG_MODEL_DEADLINE_BASE_S``, ``PERG_MODEL_MIN_TOKENS_PER_S``."""
-        default = ClientTuning()
-        client = ClientTuning(
-            max_in_flight=int_setting("model_max_in_flight", default.max_in_flight),
-            timeout_s=seconds_setting("model_timeout_s", default.timeout_s),
-            max_retries=int_setting("model_max_retries", default.max_retries, minimum=0),
-            connect_timeout_s=seconds_setting("model_connect_timeout_s", default.connect_timeout_s),
-            deadline_base_s=seconds_setting("model_deadline_base_s", default.deadline_base_s),
-            min_tokens_per_s=seconds_setting("model_min_tokens_per_s", default.min_tokens_per_s),
-        )
+        the client's ``PERG_MODEL_*`` tuning (``Settings.model_client``)."""
         return cls(
-            client=client,
-            in_flight=int_setting("worker_in_flight", 1)
-            if setting("worker_in_flight", "")
-            else None,
-            instance=setting("worker_instance", "") or None,
-            session_timeout_s=seconds_setting("session_timeout_s", 6),
+            client=settings.model_client,
+            in_flight=settings.worker_in_flight,
+            instance=settings.worker_instance,
+            session_timeout_s=settings.session_timeout_s,
         )
 
 

@@ -42,9 +42,18 @@ def ok(text: str = "hi", **usage: int) -> TransportResponse:
 
 
 def client_for(
-    handler: Any, endpoint: Endpoint = ENDPOINT, tuning: ClientTuning = TUNING
+    handler: Any,
+    endpoint: Endpoint = ENDPOINT,
+    tuning: ClientTuning = TUNING,
+    token_envs: tuple[str, ...] = (),
 ) -> ModelClient:
-    return ModelClient(endpoint, MockTransport(handler), tuning=tuning, retry_wait=wait_none())
+    return ModelClient(
+        endpoint,
+        MockTransport(handler),
+        tuning=tuning,
+        retry_wait=wait_none(),
+        token_envs=token_envs,
+    )
 
 
 def scripted(*responses: TransportResponse | Exception) -> tuple[list[TransportRequest], Any]:
@@ -184,18 +193,20 @@ async def test_response_format_per_backend(backend: Any, expected: dict[str, Any
 
 async def test_bearer_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERG_TEST_KEY", "s3cret")
-    monkeypatch.setenv("PERG_MODEL_TOKEN_ENVS", "PERG_TEST_KEY@model.test")
     seen, handler = scripted(ok())
     endpoint = Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY")
-    await client_for(handler, endpoint).chat(MESSAGES, max_tokens=4)
+    allowed = ("PERG_TEST_KEY@model.test",)  # the worker's PERG_MODEL_TOKEN_ENVS
+    await client_for(handler, endpoint, allowed).chat(MESSAGES, max_tokens=4)
     assert seen[0].headers["Authorization"] == "Bearer s3cret"
 
 
 def test_missing_key_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERG_TEST_KEY", raising=False)
-    monkeypatch.setenv("PERG_MODEL_TOKEN_ENVS", "PERG_TEST_KEY")
     with pytest.raises(ModelError, match=r"environment variable 'PERG_TEST_KEY'.*not set"):
-        ModelClient(Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY"))
+        ModelClient(
+            Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY"),
+            token_envs=("PERG_TEST_KEY",),
+        )
 
 
 async def test_pool_shares_one_client_per_endpoint() -> None:

@@ -16,7 +16,7 @@ from fixtures.live.runs import fails, item, make_spec, verdicts, write_run
 
 from perg.cli import main
 from perg.client import ClientPool, ClientTuning, Endpoint
-from perg.config import Settings, default_data_dir
+from perg.config import default_data_dir, load_settings
 from perg.dataset import SOURCES
 from perg.errors import InputError
 from perg.lineage import accept_run, accepted_reference, lineage_history, run_state
@@ -100,16 +100,16 @@ def test_plan_run_records_the_seed_and_publishes_in_that_order() -> None:
     endpoint = Endpoint("http://127.0.0.1:9/v1", "m")
     request = RunRequest(model=endpoint, judge=endpoint, sample=30, seed=4, lineage="l",
                          version="v1", dataset_path=data / "pergdata.csv")  # fmt: skip
-    spec, work = plan_run(request, Settings.load())
+    spec, work = plan_run(request, load_settings())
     assert spec.shuffle_seed == 4 and (spec.lineage, spec.version_label) == ("l", "v1")
     assert spec.row_ids == [w.item.row_id for w in work]
     assert spec.row_ids != sorted(spec.row_ids)
-    again, _ = plan_run(dataclasses.replace(request, shuffle_seed=5), Settings.load())
+    again, _ = plan_run(dataclasses.replace(request, shuffle_seed=5), load_settings())
     assert sorted(again.row_ids) == sorted(spec.row_ids) and again.row_ids != spec.row_ids
     with pytest.raises(InputError, match="--lineage"):
-        plan_run(dataclasses.replace(request, lineage="two words"), Settings.load())
+        plan_run(dataclasses.replace(request, lineage="two words"), load_settings())
     with pytest.raises(InputError, match="--version"):
-        plan_run(dataclasses.replace(request, version="v" * 65), Settings.load())
+        plan_run(dataclasses.replace(request, version="v" * 65), load_settings())
 
 
 def test_submit_refuses_a_bad_lineage_name_in_one_line(
@@ -152,7 +152,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def reader(db: Path) -> StoreReader:
-    return StoreReader(open_read_only(db), QueryLimits.from_settings())
+    return StoreReader(open_read_only(db), QueryLimits())
 
 
 def test_status_and_run_states_say_cancelled_with_the_counts(db: Path, reader: StoreReader) -> None:
@@ -218,7 +218,7 @@ def test_a_lineage_without_acceptance_is_refused(tmp_path: Path) -> None:
     running = lineage_spec("running", "v2", rows=5)
     store.save_run(running)
     store.close()
-    reader = StoreReader(open_read_only(tmp_path / "perg.duckdb"), QueryLimits.from_settings())
+    reader = StoreReader(open_read_only(tmp_path / "perg.duckdb"), QueryLimits())
     with pytest.raises(InputError, match="lineage 'chat-prod' has no accepted run"):
         accepted_reference(reader, "chat-prod")
     with pytest.raises(InputError, match=r"incomplete \(0/10 results stored\)"):

@@ -16,7 +16,7 @@ from pipeline_harness import DATA_DIR
 from tenacity import wait_none
 
 from perg.client import ClientPool, MockTransport, TransportRequest, TransportResponse
-from perg.config import Settings
+from perg.config import load_settings
 from perg.protocol import Protocol, load_protocol
 from schemas import Record, TopicSpec
 from schemas.topics import ALL_TOPICS, DEAD_LETTERS
@@ -136,7 +136,7 @@ async def test_model_workers_process_recorded_messages(
 
 @pytest.mark.parametrize("release", RELEASES)
 async def test_the_sink_stores_recorded_messages(release: str, tmp_path: Path) -> None:
-    settings = dataclasses.replace(Settings.load(), db=tmp_path / "perg.duckdb", topic_prefix="p")
+    settings = dataclasses.replace(load_settings(), db=tmp_path / "perg.duckdb", topic_prefix="p")
     worker = build_app(settings, WorkerOptions())
     publisher = _Publisher()
     worker._publisher = publisher  # type: ignore[assignment]

@@ -11,7 +11,7 @@ from aiohttp import web
 from fixtures.live.runs import item
 
 from perg.client import ClientTuning, Endpoint, ModelClient, ModelError
-from perg.config import Settings
+from perg.config import load_settings
 from perg.errors import InputError
 from perg.hosts import DEFAULT_MODEL_HOSTS, HostNotAllowed, ModelHosts, parse_url_host
 from perg.protocol import CallKind, load_protocol
@@ -122,9 +122,9 @@ def test_the_default_is_loopback_only() -> None:
 
 def test_settings_load_the_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERG_MODEL_HOSTS", raising=False)
-    assert str(Settings.load().model_hosts) == "loopback"
+    assert str(load_settings().model_hosts) == "loopback"
     monkeypatch.setenv("PERG_MODEL_HOSTS", "tgi-model:80, *.gpu.internal")
-    hosts = Settings.load().model_hosts
+    hosts = load_settings().model_hosts
     hosts.check("http://tgi-model/v1")
     with pytest.raises(HostNotAllowed):
         hosts.check("http://127.0.0.1/v1")

@@ -21,7 +21,7 @@ from perg.client import (
     TransportRequest,
     TransportResponse,
 )
-from perg.config import Settings
+from perg.config import load_settings
 from perg.dataset import load_dataset
 from perg.errors import InputError
 from perg.protocol import RoleLayout, load_protocol
@@ -181,7 +181,7 @@ async def test_merged_layout_keeps_self_critic_pass_2_as_system_and_user() -> No
 
 
 def test_layout_and_decoding_follow_the_family_and_are_recorded() -> None:
-    settings = Settings.load()
+    settings = load_settings()
 
     def context(model: str, **kwargs: Any) -> RunContext:
         endpoint = Endpoint("http://m.test/v1", model)

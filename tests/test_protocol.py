@@ -539,12 +539,12 @@ def answer_limit(spec: RunSpec) -> int | None:
 
 def test_runs_record_profile_threshold_and_extractor() -> None:
     from perg.client import Endpoint
-    from perg.config import Settings
+    from perg.config import load_settings
     from perg.runs import RunRequest, plan_run
 
     model = Endpoint("http://127.0.0.1:9/v1", "gpt-4o-mini-2024-07-18")
     local = Endpoint("http://127.0.0.1:9/v1", "meta-llama/Llama-3.1-8B-Instruct")
-    settings = Settings.load()
+    settings = load_settings()
     spec, _ = plan_run(RunRequest(model, model, rows="2"), settings)
     ctx = spec.context
     assert (ctx.decoding.profile, ctx.decoding.uncapped, ctx.decoding.seed) == ("api", True, 42)

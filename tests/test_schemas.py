@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from perg.client import Endpoint
-from perg.config import Settings
+from perg.config import load_settings
 from perg.dataset import DatasetError, Item
 from perg.runs import RunRequest, plan_run
 from schemas import (
@@ -118,7 +118,7 @@ def test_garbage_is_a_schema_error(raw: bytes) -> None:
 
 
 def test_plan_run_pins_dataset_and_protocol_and_rejects_bad_rows(tmp_path: Path) -> None:
-    settings = Settings.load()
+    settings = load_settings()
     header = "question,options,gold_option,gold_answer,category,source,preference\n"
     good = "\"Q1\",\"['a', 'b']\",A,a,,tau/commonsense_qa,P\n"
     bad = "\"Q2\",\"['a', 'b']\",C,a,,tau/commonsense_qa,P\n"
@@ -136,7 +136,7 @@ def test_plan_run_pins_dataset_and_protocol_and_rejects_bad_rows(tmp_path: Path)
 
 def test_plan_run_refuses_rows_and_sample_together() -> None:
     with pytest.raises(ValueError, match="either rows or a sample"):
-        plan_run(RunRequest(ENDPOINT, ENDPOINT, rows="3", sample=3), Settings.load())
+        plan_run(RunRequest(ENDPOINT, ENDPOINT, rows="3", sample=3), load_settings())
 
 
 # -- what the store needs, checked at the contract ----------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from aiokafka.structs import TopicPartition
 from fixtures.live.runs import make_spec, verdicts
 
-from perg.config import Settings
+from perg.config import Settings, load_settings
 from perg.observe import Metrics
 from schemas import DeadLetter, Verdict
 from services._runtime import WorkerOptions
@@ -23,7 +23,7 @@ from services.sink.store import ResultStore
 
 
 def _settings(tmp_path: Path) -> Settings:
-    return dataclasses.replace(Settings.load(), db=tmp_path / "perg.duckdb", topic_prefix="t")
+    return dataclasses.replace(load_settings(), db=tmp_path / "perg.duckdb", topic_prefix="t")
 
 
 def _hold_lock(db: Path, seconds: float) -> subprocess.Popen[str]:

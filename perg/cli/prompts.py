@@ -9,6 +9,7 @@ from typing import Literal
 
 import orjson
 
+from perg.config import Settings
 from perg.dataset import DATASET_FILE, Item, load_dataset, select_rows
 from perg.errors import InputError
 from perg.protocol import (
@@ -84,10 +85,11 @@ def render_messages(
     return protocol.answer_messages(item, setting, method, layout)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    data = args.data or settings.data_dir
     try:
-        protocol = load_protocol(args.protocol, args.data)
-        dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
+        protocol = load_protocol(args.protocol, data)
+        dataset = load_dataset(data / DATASET_FILE)
         (item,) = select_rows(dataset, f"{args.row}-{args.row}")
         if args.method == EXTRACTOR_LORA:
             prompt = protocol.extractor_prompt(item, args.response)

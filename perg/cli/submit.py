@@ -245,8 +245,7 @@ def warn_about_hosts(context: RunContext, settings: Settings) -> None:
                   "will dead-letter the run", file=sys.stderr)  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = Settings.load()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.bootstrap is not None:
         settings = replace(settings, kafka=bootstrap_servers(args.bootstrap, "--bootstrap"))
     spec, work = plan_run(request_from_args(args), settings)

@@ -32,7 +32,6 @@ from perg.client._types import (
     Timeouts,
     TransportError,
 )
-from perg.config import setting
 from perg.observe import EndpointMetrics, Metrics
 
 logger = logging.getLogger("perg.client")
@@ -91,16 +90,15 @@ class TokenNotAllowed(ModelError):
     that endpoint (see :func:`check_token_env`). Permanent: retrying cannot help."""
 
 
-def check_token_env(name: str, base_url: str) -> None:
-    """Raise :class:`TokenNotAllowed` unless ``PERG_MODEL_TOKEN_ENVS`` lets the token in the
-    environment variable ``name`` be sent to ``base_url``.
+def check_token_env(name: str, base_url: str, allowed: Sequence[str]) -> None:
+    """Raise :class:`TokenNotAllowed` unless ``allowed`` (the worker's ``PERG_MODEL_TOKEN_ENVS``)
+    lets the token in the environment variable ``name`` be sent to ``base_url``.
 
-    ``PERG_MODEL_TOKEN_ENVS`` is a comma-separated list of ``NAME`` (any host) or ``NAME@HOST``
-    (only to that host; ``HOST`` may carry a port, and a name may be listed once per host).
-    Empty or unset: no run may use a token variable.
+    Each entry is ``NAME`` (any host) or ``NAME@HOST`` (only to that host; ``HOST`` may carry a
+    port, and a name may be listed once per host). Empty: no run may use a token variable.
     """
     host, port = _host_of(base_url)
-    entries = [e.strip() for e in setting("model_token_envs", "").split(",") if e.strip()]
+    entries = [entry.strip() for entry in allowed if entry.strip()]
     for entry in entries:
         allowed_name, _, allowed_host = entry.partition("@")
         if allowed_name != name:
@@ -142,7 +140,8 @@ class ModelClient:
     than a ``Retry-After`` the server sent (capped at 120 s). Any other non-2xx status raises
     ModelError at once (a redirect too: it is never followed). A slot is held only while a
     request is on the wire. Calls, attempts' failures and retries, latency and tokens are
-    counted in ``metrics`` (perg.observe; default: a registry nobody serves).
+    counted in ``metrics`` (perg.observe; default: a registry nobody serves). An endpoint's
+    ``api_key_env`` is sent only when ``token_envs`` allows it (:func:`check_token_env`).
 
     Every attempt has a deadline (:meth:`timeouts`): ``connect_timeout_s`` to connect, and for
     the reply one sized to the request (its ``max_tokens``), then following the slowest recent
@@ -158,6 +157,7 @@ class ModelClient:
         tuning: ClientTuning = DEFAULT_TUNING,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         metrics: EndpointMetrics | None = None,
+        token_envs: Sequence[str] = (),
     ) -> None:
         self.endpoint = endpoint
         self.tuning = tuning
@@ -170,7 +170,9 @@ class ModelClient:
         self._slots = asyncio.Semaphore(tuning.max_in_flight)
         self._headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env is not None:
-            check_token_env(endpoint.api_key_env, endpoint.base_url)
+            check_token_env(endpoint.api_key_env, endpoint.base_url, token_envs)
+            # The secret itself is read here, from the variable the run names (not a PERG_
+            # setting, so not in perg.config's Settings): the token is never copied around.
             token = os.environ.get(endpoint.api_key_env)
             if not token:
                 raise ModelError(
@@ -464,7 +466,8 @@ class ClientPool:
     ``transport`` makes each client's transport (default: aiohttp); tests pass a
     ``MockTransport`` factory to run services in-process. The clients count their calls in
     ``metrics`` (a worker's; default: a registry nobody serves); ``tuning`` is the worker's
-    for every client."""
+    for every client; it may send the token variables ``token_envs`` allows
+    (:func:`check_token_env`; default: none)."""
 
     def __init__(
         self,
@@ -473,9 +476,11 @@ class ClientPool:
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         transport: Callable[[Endpoint], Transport] | None = None,
         metrics: Metrics | None = None,
+        token_envs: Sequence[str] = (),
     ) -> None:
         self._tuning = tuning
         self._retry_wait = retry_wait
+        self._token_envs = tuple(token_envs)
         self._transport = transport
         self._metrics = metrics or Metrics("client")
         self._clients: dict[Endpoint, ModelClient] = {}
@@ -491,6 +496,7 @@ class ClientPool:
                 tuning=self._tuning,
                 retry_wait=self._retry_wait,
                 metrics=self._metrics.endpoint(endpoint.base_url),
+                token_envs=self._token_envs,
             )
             self._clients[endpoint] = client
         return client

@@ -37,7 +37,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from perg.config import Settings, seconds_setting
+from perg.config import Settings
 from perg.errors import first_line
 from perg.observe import Metrics
 from schemas import (
@@ -62,6 +62,7 @@ from schemas.topics import (
 )
 from services._runtime import Message, Worker, WorkerOptions, dead_letter_for
 from services.sink.live.api import check_bind, create_app
+from services.sink.live.query import QueryLimits
 from services.sink.live.snapshots import write_snapshot
 from services.sink.store import ResultStore
 
@@ -147,11 +148,17 @@ class Sink:
 
     @contextlib.asynccontextmanager
     async def lifespan(self) -> AsyncIterator[None]:
-        wait_s = seconds_setting("db_lock_wait_s", 120)
-        self._store = await asyncio.to_thread(open_store, self.settings, wait_s)
         settings = self.settings
+        self._store = await asyncio.to_thread(open_store, settings, settings.db_lock_wait_s)
         check_bind(settings.sink_bind, settings.sink_token)
-        app = create_app(self.store, token=settings.sink_token, metrics=self.metrics)
+        app = create_app(
+            self.store,
+            token=settings.sink_token,
+            limits=QueryLimits.from_settings(settings),
+            public_hosts=settings.sink_public_hosts,
+            data_dir=settings.data_dir,
+            metrics=self.metrics,
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, settings.sink_bind, settings.sink_port).start()
@@ -167,10 +174,9 @@ class Sink:
             self.store.close()
 
     async def _snapshots(self) -> None:
-        every_s = seconds_setting("snapshot_every_s", 30)
         directory = self.settings.db.parent / "snapshots"
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self.settings.snapshot_every_s)
             try:
                 path = await asyncio.to_thread(write_snapshot, self.store, directory)
                 log.debug("stage=sink snapshot %s", path)
