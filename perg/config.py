@@ -34,6 +34,12 @@ Variables (default in brackets):
     PERG_SQL_MAX_BYTES     live SQL answer size cap in bytes [16777216]
     PERG_MODEL_TOKEN_ENVS  environment variables a worker may send as a model API token, comma-
                            separated NAME (any host) or NAME@HOST[:PORT]; empty: none [unset]
+    PERG_MODEL_MAX_IN_FLIGHT     a worker's model calls on the wire at once per endpoint [64]
+    PERG_MODEL_TIMEOUT_S         ceiling of any model call attempt's reply deadline [300]
+    PERG_MODEL_MAX_RETRIES       retries of a failing model call [5]
+    PERG_MODEL_CONNECT_TIMEOUT_S deadline to open a connection to a model server [10]
+    PERG_MODEL_DEADLINE_BASE_S   first reply deadline's allowance for queueing [30]
+    PERG_MODEL_MIN_TOKENS_PER_S  slowest generation speed the first deadline allows [50]
     PERG_METRICS_PORT      port of a worker's Prometheus /metrics and /ready; 0: not served [0]
     PERG_METRICS_BIND      address /metrics and /ready bind [127.0.0.1]
     PERG_MODEL_HOSTS       model hosts a worker may call: comma-separated host[:port] patterns,

@@ -196,7 +196,7 @@ async def test_bearer_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     seen, handler = scripted(ok())
     endpoint = Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY")
     allowed = ("PERG_TEST_KEY@model.test",)  # the worker's PERG_MODEL_TOKEN_ENVS
-    await client_for(handler, endpoint, allowed).chat(MESSAGES, max_tokens=4)
+    await client_for(handler, endpoint, token_envs=allowed).chat(MESSAGES, max_tokens=4)
     assert seen[0].headers["Authorization"] == "Bearer s3cret"
 
 
