@@ -209,9 +209,9 @@ def p4_sink(stored: int) -> tuple[float, float]:
     a writer keeps upserting."""
     from fixtures.live.runs import make_spec, verdicts
 
-    from perg.live.query import QueryLimits, StoreReader, favour_live_queries
     from perg.protocol import METHODS, SETTINGS
-    from perg.store import ResultStore
+    from services.sink.live.query import QueryLimits, StoreReader, favour_live_queries
+    from services.sink.store import ResultStore
 
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(Path(tmp) / "bench.duckdb")

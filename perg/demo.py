@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from perg.cli.client import SinkClient
 from perg.client import Endpoint
 from perg.config import Settings
 from perg.demo_report import (
@@ -32,7 +33,6 @@ from perg.demo_report import (
     qstar_warning,
 )
 from perg.kafka import ensure_topics
-from perg.live.client import SinkClient
 from perg.local import WorkerGroup, deploy_script, free_port
 from perg.progress import follow
 from perg.protocol import Method, Setting

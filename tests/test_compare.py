@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from perg.cli import main
 from perg.compare import holm, mcnemar_exact
-from perg.store import ResultStore
 from schemas import Generation, RunSpec, Verdict
+from services.sink.store import ResultStore
 
 ROWS = 400
 METHODS = ("zero_shot",)  # one method keeps the fixture quick to write

@@ -12,10 +12,10 @@ import pytest
 from aiohttp import web
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
 
+from perg.cli.client import SinkClient
 from perg.config import Settings
-from perg.live.api import create_app
-from perg.live.client import SinkClient
-from perg.store import ResultStore
+from services.sink.live.api import create_app
+from services.sink.store import ResultStore
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [

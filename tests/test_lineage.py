@@ -20,14 +20,14 @@ from perg.config import Settings, default_data_dir
 from perg.dataset import SOURCES
 from perg.errors import InputError
 from perg.lineage import accept_run, accepted_reference, lineage_history, run_state
-from perg.live.engine import open_read_only
-from perg.live.query import QueryLimits, StoreReader
 from perg.protocol import load_protocol
 from perg.runs import RunRequest, plan_run, shuffle_within_strata
-from perg.store import ResultStore, run_statuses
 from schemas import Acceptance, GateDecision, RunCancel, RunContext, RunSpec, SchemaError
 from services._calls import ModelCaller
 from services._runtime import RunCancelled
+from services.sink.live.engine import open_read_only
+from services.sink.live.query import QueryLimits, StoreReader
+from services.sink.store import ResultStore, run_statuses
 
 ROWS = 60
 DATA = default_data_dir()

@@ -18,11 +18,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
 
 from perg.cli import main
+from perg.cli.client import SinkClient, SinkError, SinkUnavailable
 from perg.config import Settings
-from perg.live.api import check_bind, create_app
-from perg.live.client import SinkClient, SinkError, SinkUnavailable
-from perg.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, favour_live_queries
-from perg.store import ResultStore
+from services.sink.live.api import check_bind, create_app
+from services.sink.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, favour_live_queries
+from services.sink.store import ResultStore
 
 ROWS_PER_BATCH = 7
 CELLS = 4  # 2 settings x 2 methods in make_spec

@@ -27,8 +27,8 @@ from perg.metrics import (
     format_metrics_table,
     load_outcomes_file,
 )
-from perg.store import ResultStore, run_statuses
 from schemas import Generation, Verdict
+from services.sink.store import ResultStore, run_statuses
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
 Z = 1.959964

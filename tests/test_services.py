@@ -212,8 +212,9 @@ def test_dead_letter_of_a_large_message_is_bounded() -> None:
 
 def test_services_build_without_side_effects(tmp_path: Path) -> None:
     from perg.config import Settings
-    from services import SERVICES, aligner, generator, judge, sink
+    from services import SERVICES, aligner, generator, judge
     from services._runtime import WorkerOptions
+    from services.sink import service as sink
 
     settings = Settings.load()
     modules = {"generator": generator, "aligner": aligner, "judge": judge, "sink": sink}

@@ -14,10 +14,10 @@ import pytest
 from fixtures.live.runs import make_spec, verdicts
 
 from perg.config import Settings
-from perg.store import ResultStore
 from schemas import DeadLetter, Verdict
 from services._runtime import WorkerOptions
-from services.sink import Batch, Sink, build_app, open_store
+from services.sink.service import Batch, Sink, build_app, open_store
+from services.sink.store import ResultStore
 
 
 def _settings(tmp_path: Path) -> Settings:
@@ -110,8 +110,8 @@ async def test_a_store_failure_not_the_records_is_retried_then_raised(
         attempts.append(len(records))
         raise duckdb.IOException("No space left on device")
 
-    monkeypatch.setattr("services.sink.STORE_ATTEMPTS", 3)
-    monkeypatch.setattr("services.sink.FIRST_RETRY_S", 0.01)
+    monkeypatch.setattr("services.sink.service.STORE_ATTEMPTS", 3)
+    monkeypatch.setattr("services.sink.service.FIRST_RETRY_S", 0.01)
     with pytest.raises(duckdb.IOException):
         await sink.write("verdicts", disk_full, [])
     assert len(attempts) == 3

@@ -9,7 +9,7 @@ from typing import Any, get_type_hints
 import duckdb
 from fixtures.live.runs import fails, make_spec, verdicts
 
-from perg.store import (
+from services.sink.store import (
     BASELINE_COLUMNS,
     PRIMARY_KEYS,
     REPEAT_COLUMNS,

@@ -18,11 +18,11 @@ from fixtures.live.runs import make_spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perg import store as store_module
 from perg.dataset import Item
 from perg.metrics import compute_metrics, create_metric_views
-from perg.store import CELLS_VERSION, ResultStore, run_statuses
 from schemas import CallRecord, DeadLetter, Generation, RunSpec, Verdict
+from services.sink import store as store_module
+from services.sink.store import CELLS_VERSION, ResultStore, run_statuses
 
 RUNS = ("r1", "r2")
 TQA, MMLU = "truthfulqa/truthful_qa", "cais/mmlu"

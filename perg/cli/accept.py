@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from perg.cli.client import SinkClient
 from perg.config import Settings
 from perg.lineage import accept_run
-from perg.live.client import SinkClient
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

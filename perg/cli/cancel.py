@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from perg.cancel import cancel_run
+from perg.cli.client import SinkClient
 from perg.config import Settings
-from perg.live.client import SinkClient
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

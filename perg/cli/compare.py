@@ -27,6 +27,7 @@ from perg.alerts import (
     post_verdict,
 )
 from perg.cancel import cancel_run
+from perg.cli.client import SinkClient
 from perg.cli.plan import plan_rows
 from perg.cli.status import positive_seconds
 from perg.compare import (
@@ -42,7 +43,6 @@ from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
 from perg.lineage import accept_run, accepted_reference, record_gate_decision, run_state
-from perg.live.client import SinkClient
 from perg.sequential_gate import DEFAULT_STALL_S, SequentialVerdict, follow_gate
 from schemas import GateDecision
 

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 
 from perg._text import text_table
+from perg.cli.client import SinkClient
 from perg.config import Settings
 from perg.lineage import lineage_history
-from perg.live.client import SinkClient
 
 COLUMNS = ("#", "run", "version", "created", "state", "rows", "|Q*|", "BR", "AFR", "RER",
            "noise BR", "verdict", "accepted")  # fmt: skip

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 
 from perg._text import text_table
+from perg.cli.client import SinkClient
 from perg.compare import TESTED_METRICS, Thresholds, check_alpha
 from perg.config import Settings
 from perg.errors import InputError
 from perg.lineage import accepted_reference
-from perg.live.client import SinkClient
 from perg.power import detectable_increase, rows_needed
 
 ASSUMPTION = (

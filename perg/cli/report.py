@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from perg.cli.client import SinkClient
 from perg.config import Settings
 from perg.errors import InputError
-from perg.live.client import SinkClient
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

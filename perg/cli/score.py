@@ -15,10 +15,10 @@ from pathlib import Path
 import duckdb
 import orjson
 
+from perg.cli.client import SinkClient
 from perg.config import Settings
 from perg.demo_report import JudgeParse
 from perg.errors import InputError
-from perg.live.client import SinkClient
 from perg.metrics import (
     answer_values,
     compute_agreement,

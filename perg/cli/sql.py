@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from perg.cli.client import SinkClient
 from perg.config import Settings
-from perg.live.client import SinkClient
 from perg.textsafe import printable
 
 

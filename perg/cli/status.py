@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 from rich.console import Console
 
+from perg.cli.client import SinkBusy, SinkClient
 from perg.config import Settings
-from perg.live.client import SinkBusy, SinkClient
 from perg.progress import PROGRESS_KEYS, follow, status_table
 
 DEFAULT_WAIT_S = 86400.0

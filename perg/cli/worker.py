@@ -6,7 +6,7 @@ import argparse
 import importlib
 import os
 
-from services import SERVICES
+from services import SERVICES, service_module
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
         options = replace(options, in_flight=args.in_flight)
     if args.instance:
         options = replace(options, instance=args.instance)
-    module = importlib.import_module(f"services.{args.service}")
+    module = importlib.import_module(service_module(args.service))
     run_worker(module.build_app(Settings.load(), options))
     return 0

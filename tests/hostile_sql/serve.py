@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fixtures.live.runs import fails, make_spec, write_run
 
 from perg.config import Settings
-from perg.live.api import check_bind, create_app
-from perg.store import ResultStore, run_statuses
+from services.sink.live.api import check_bind, create_app
+from services.sink.store import ResultStore, run_statuses
 
 
 async def serve(db: Path) -> None:

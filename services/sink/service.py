@@ -31,9 +31,6 @@ from aiohttp import web
 
 from perg.config import Settings, seconds_setting
 from perg.errors import first_line
-from perg.live.api import check_bind, create_app
-from perg.live.snapshots import write_snapshot
-from perg.store import ResultStore
 from schemas import (
     Acceptance,
     DeadLetter,
@@ -56,8 +53,10 @@ from schemas.topics import (
     RUNS,
     VERDICTS,
 )
-
-from ._runtime import Message, Worker, WorkerOptions, dead_letter_for
+from services._runtime import Message, Worker, WorkerOptions, dead_letter_for
+from services.sink.live.api import check_bind, create_app
+from services.sink.live.snapshots import write_snapshot
+from services.sink.store import ResultStore
 
 log = logging.getLogger("perg.services.sink")
 

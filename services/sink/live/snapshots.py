@@ -2,7 +2,7 @@
 
 The tables are read in one read-only transaction (one consistent snapshot) and streamed in Arrow
 batches to Parquet through pyarrow, so the database never needs file access (it has none: see
-:mod:`perg.live.engine`). Each table goes to a temporary file in the target folder, then is
+:mod:`services.sink.live.engine`). Each table goes to a temporary file in the target folder, then is
 ``os.replace``d over the previous snapshot, so a reader (DuckDB, pandas, pyarrow) opens either
 the old or the new file, never a partial one.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from perg.live.engine import Database, read_only_cursor
+from services.sink.live.engine import Database, read_only_cursor
 
 SNAPSHOT_TABLES = ("results", "baselines", "runs")
 _BATCH_ROWS = 65_536

@@ -33,8 +33,10 @@ from aiohttp import web
 
 from perg.compare import CompareInputError, compare_runs
 from perg.config import setting
-from perg.live.engine import EngineRefused, harden
-from perg.live.query import (
+from perg.metrics import Grouping
+from perg.observe import Metrics
+from services.sink.live.engine import EngineRefused, harden
+from services.sink.live.query import (
     FORMATS,
     QueryLimits,
     QueryTimeout,
@@ -43,11 +45,9 @@ from perg.live.query import (
     StoreReader,
     favour_live_queries,
 )
-from perg.live.rows import NotFound, RowQueryError, parse_changed_filter, parse_row_filter
-from perg.live.sqlguard import QueryRefused
-from perg.metrics import Grouping
-from perg.observe import Metrics
-from perg.store import ResultStore
+from services.sink.live.rows import NotFound, RowQueryError, parse_changed_filter, parse_row_filter
+from services.sink.live.sqlguard import QueryRefused
+from services.sink.store import ResultStore
 
 log = logging.getLogger("perg.live.api")
 
@@ -57,7 +57,7 @@ PUBLIC_HOSTS: web.AppKey[frozenset[str]] = web.AppKey("public_hosts", frozenset)
 SQL_SLOTS: web.AppKey[asyncio.Semaphore] = web.AppKey("sql_slots", asyncio.Semaphore)
 EVENT_INTERVAL_S: web.AppKey[float] = web.AppKey("event_interval_s", float)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-STATIC_DIR = Path(str(resources.files("perg.live").joinpath("static")))
+STATIC_DIR = Path(str(resources.files("services.sink.live").joinpath("static")))
 COOKIE = "perg_token"
 MIN_TOKEN_CHARS = 16
 MAX_CONCURRENT_SQL = 4
@@ -390,12 +390,13 @@ def create_app(
     event_interval_s: float = 1.0,
     metrics: Metrics | None = None,
 ) -> web.Application:
-    """The API over ``store``, whose database is hardened first (:func:`perg.live.engine.harden`:
-    no file access, configuration locked). Query limits default to ``PERG_SQL_TIMEOUT_S`` (10 s),
-    ``PERG_SQL_ROW_CAP`` (10,000 rows) and ``PERG_SQL_MAX_BYTES`` (16 MiB); ``public_hosts`` to
-    ``PERG_SINK_PUBLIC_HOSTS``. Shortens the process's thread switch interval
-    (:func:`perg.live.query.favour_live_queries`). Raises ValueError for a token shorter than
-    16 characters. Live SQL latency is counted in ``metrics`` (the sink worker's)."""
+    """The API over ``store``, whose database is hardened first
+    (:func:`services.sink.live.engine.harden`: no file access, configuration locked). Query
+    limits default to ``PERG_SQL_TIMEOUT_S`` (10 s), ``PERG_SQL_ROW_CAP`` (10,000 rows) and
+    ``PERG_SQL_MAX_BYTES`` (16 MiB); ``public_hosts`` to ``PERG_SINK_PUBLIC_HOSTS``. Shortens
+    the process's thread switch interval (:func:`services.sink.live.query.favour_live_queries`).
+    Raises ValueError for a token shorter than 16 characters. Live SQL latency is counted in
+    ``metrics`` (the sink worker's)."""
     check_token(token)
     configured = QueryLimits.from_settings()
     limits = QueryLimits(

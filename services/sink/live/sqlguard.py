@@ -13,12 +13,13 @@ function and function call. A query passes only if
   a CTE is visible in the CTEs after it and in the query below it (in its own recursive part
   only when DuckDB made it a recursive CTE), never before, so a CTE named like a system table
   never hides the real one from the guard;
-* every function it calls is on the allow-list (:mod:`perg.live.sqlfunctions`), unqualified;
+* every function it calls is on the allow-list (:mod:`services.sink.live.sqlfunctions`),
+  unqualified;
   table functions only ``range``, ``generate_series``, ``unnest``, ``json_each``, ``json_tree``.
 
 Anything it does not understand is refused with :class:`QueryRefused` (HTTP 400), never an
 internal error: parser errors, deep nesting and malformed trees included. The guard is one of
-two layers: :mod:`perg.live.engine` holds even if the guard had a hole.
+two layers: :mod:`services.sink.live.engine` holds even if the guard had a hole.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import orjson
 
 from perg._text import bracket_depth
 from perg.errors import InputError, first_line
-from perg.live.engine import EngineRefused, harden, single_select
-from perg.live.sqlfunctions import ALLOWED_FUNCTIONS
+from services.sink.live.engine import EngineRefused, harden, single_select
+from services.sink.live.sqlfunctions import ALLOWED_FUNCTIONS
 
 DOCUMENTED_TABLES = frozenset({
     "runs", "baselines", "baseline_repeats", "results", "progress", "dead_letters", "outcomes",

@@ -1,6 +1,6 @@
 """The engine that answers user SQL: it can read the results store and nothing else.
 
-This layer holds even if the statement guard (:mod:`perg.live.sqlguard`) has a hole:
+This layer holds even if the statement guard (:mod:`services.sink.live.sqlguard`) has a hole:
 
 * **no file or network access**: the database is *hardened* before any user query runs:
   ``enable_external_access = false`` (no COPY, EXPORT, ATTACH of files, ``read_*``, ``glob``,
@@ -9,7 +9,7 @@ This layer holds even if the statement guard (:mod:`perg.live.sqlguard`) has a h
   ``lock_configuration = true`` so that no later ``SET``/``RESET``/``PRAGMA`` can undo any of it.
   These are database-wide settings: the sink's own writes (Arrow upserts into its tables) do
   not need external access, and snapshots are written through pyarrow
-  (:mod:`perg.live.snapshots`).
+  (:mod:`services.sink.live.snapshots`).
 * **no writes**: each query runs on a cursor of its own inside ``BEGIN TRANSACTION READ ONLY``
   (DuckDB refuses any change to the database in it, including a DELETE hidden in a CTE) that is
   always rolled back, and the cursor is closed afterwards (temporary objects die with it).

@@ -6,7 +6,7 @@ process (``read_*``, ``glob``, ``getenv``, ``current_setting``, ``nextval``, ``d
 and minus the functions that build a value of a caller-chosen size outside DuckDB's memory
 accounting (``repeat``, ``lpad``, ``rpad``, ``range``/``generate_series`` as lists,
 ``list_resize``, ``bar``). ``printf`` and ``format`` are allowed with a constant format string
-(see :mod:`perg.live.sqlguard`).
+(see :mod:`services.sink.live.sqlguard`).
 """
 
 ALLOWED_FUNCTIONS = frozenset({

@@ -1,9 +1,10 @@
 """Running one user query: the guard, the hardened engine, a time limit, a row cap and a byte cap.
 
-The query is checked by :mod:`perg.live.sqlguard`, then runs on a fresh cursor inside a
-read-only transaction that is always rolled back (:mod:`perg.live.engine`). DuckDB's MVCC gives
-it one consistent snapshot, and the sink writes every batch in one transaction, so a query never
-sees half a batch. Results stream in Arrow batches and stop at the row cap or the byte cap.
+The query is checked by :mod:`services.sink.live.sqlguard`, then runs on a fresh cursor inside
+a read-only transaction that is always rolled back (:mod:`services.sink.live.engine`). DuckDB's
+MVCC gives it one consistent snapshot, and the sink writes every batch in one transaction, so a
+query never sees half a batch. Results stream in Arrow batches and stop at the row cap or the
+byte cap.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import pyarrow.compute as pc
 
 from perg.config import int_setting, seconds_setting
 from perg.errors import InputError
-from perg.live.engine import Database, read_only_cursor, single_select
-from perg.live.rows import (
+from perg.metrics import Grouping, compute_agreement, compute_metrics
+from services.sink.live.engine import Database, read_only_cursor, single_select
+from services.sink.live.rows import (
     ChangedFilter,
     QuestionBook,
     RowFilter,
@@ -33,9 +35,8 @@ from perg.live.rows import (
     explore_rows,
     facets,
 )
-from perg.live.sqlguard import check_query
-from perg.metrics import Grouping, compute_agreement, compute_metrics
-from perg.store import run_statuses
+from services.sink.live.sqlguard import check_query
+from services.sink.store import run_statuses
 
 Format = Literal["json", "csv", "arrow"]
 FORMATS: tuple[Format, ...] = ("json", "csv", "arrow")
@@ -248,12 +249,12 @@ class StoreReader:
                 ) from exc
 
     def rows(self, run_id: str, row_filter: RowFilter) -> dict[str, Any]:
-        """One page of the explorer (perg.live.rows.explore_rows)."""
+        """One page of the explorer (services.sink.live.rows.explore_rows)."""
         with self._bounded() as con:
             return explore_rows(con, run_id, row_filter, self.questions)
 
     def changed(self, reference: str, candidate: str, f: ChangedFilter) -> dict[str, Any]:
-        """One page of the discordant rows of two runs (perg.live.rows.changed_rows)."""
+        """One page of the discordant rows of two runs (services.sink.live.rows.changed_rows)."""
         with self._bounded() as con:
             return changed_rows(con, reference, candidate, f)
 

@@ -55,9 +55,10 @@ __all__ = [
     "run_statuses",
 ]
 
-STORE_SQL = resources.files("perg").joinpath("store.sql").read_text(encoding="utf-8")
+_HERE = resources.files(__name__)
+STORE_SQL = _HERE.joinpath("store.sql").read_text(encoding="utf-8")
 # The lineage views (run_states, lineage_history): after the metric views they read.
-LINEAGE_SQL = resources.files("perg").joinpath("lineage.sql").read_text(encoding="utf-8")
+LINEAGE_SQL = _HERE.joinpath("lineage.sql").read_text(encoding="utf-8")
 
 
 # -- one row type per table of store.sql (tests/test_store.py checks they match) ----------------

@@ -22,9 +22,9 @@ import orjson
 
 from perg.config import Settings, is_http_url
 from perg.errors import InputError, PergError, UnavailableError
-from perg.live.engine import open_read_only
-from perg.live.query import QueryLimits, StoreReader
-from perg.live.rows import ChangedFilter
+from services.sink.live.engine import open_read_only
+from services.sink.live.query import QueryLimits, StoreReader
+from services.sink.live.rows import ChangedFilter
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-12 of every DuckDB database file
 
