@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from fixtures.live.runs import fails, make_spec, verdicts
 
-from perg.live.rows import OUTCOMES, Page, QuestionBook, RowFilter, explore_rows
-from perg.store import ResultStore
+from services.sink.live.rows import OUTCOMES, Page, QuestionBook, RowFilter, explore_rows
+from services.sink.store import ResultStore
 
 N_ROWS = 30
 FILTERS = [
@@ -32,8 +32,8 @@ def _sql_page(store: ResultStore, f: RowFilter) -> list[tuple[int, str, str]]:
         "AND ($preference IS NULL OR contains(preference, $preference)) "
         f"AND ({OUTCOMES[f.outcome]}) ORDER BY row_id, setting, method LIMIT $limit OFFSET $offset"
     )
-    params = {"setting": f.setting, "method": f.method, "subject": f.subject,
-              "preference": f.preference, "limit": f.page.size, "offset": f.page.offset}  # fmt: skip
+    params = {name: getattr(f, name) for name in ("setting", "method", "subject", "preference")}
+    params |= {"limit": f.page.size, "offset": f.page.offset}
     return store.con.execute(sql, params).fetchall()
 
 
@@ -61,10 +61,10 @@ def test_every_page_equals_sql_after_changes(tmp_path: Path, threshold: int | No
     spec = make_spec("r", N_ROWS, methods=("zero_shot", "cot"))
     spec = dataclasses.replace(spec, dataset_path=str(tmp_path / "absent.jsonl"))
     store.save_run(spec)
-    store.save_verdicts(verdicts(spec, range(0, N_ROWS, 2), pref_wrong=fails("a", 30),
-                                 unfollowed=fails("u", 30)))  # fmt: skip
-    store.save_verdicts(verdicts(spec, range(1, N_ROWS, 2), base_wrong=fails("b", 20, per_cell=False),
-                                 pref_wrong=fails("a", 30)))  # fmt: skip
+    even, odd = range(0, N_ROWS, 2), range(1, N_ROWS, 2)
+    store.save_verdicts(verdicts(spec, even, pref_wrong=fails("a", 30), unfollowed=fails("u", 30)))
+    base_wrong = fails("b", 20, per_cell=False)
+    store.save_verdicts(verdicts(spec, odd, base_wrong=base_wrong, pref_wrong=fails("a", 30)))
     assert _every_page_equals_sql(store) > 20
     # redelivered rows with other answers, and (maybe) a resubmitted spec's threshold
     store.save_verdicts(verdicts(spec, range(10, 40), pref_wrong=fails("c", 60)))
