@@ -1,8 +1,9 @@
 """The metric cells the store keeps (TABLE perg_cells) equal the cells counted from scratch
-(view perg_cell_counts), and its kept outcome flags the flags of every outcome, after any sequence of writes the sink can see: results before their
-row's baseline, redeliveries that change a row or move it to another cell, duplicates inside
-a batch, baseline repeats, the run's row arriving late or changing its threshold, progress and
-dead letters, a transaction that fails half-way, and reopening the store."""
+(view perg_cell_counts), and its kept outcome flags the flags of every outcome, after any
+sequence of writes the sink can see: results before their row's baseline, redeliveries that
+change a row or move it to another cell, duplicates inside a batch, baseline repeats, the
+run's row arriving late or changing its threshold, progress and dead letters, a transaction
+that fails half-way, and reopening the store."""
 
 from __future__ import annotations
 
