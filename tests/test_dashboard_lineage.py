@@ -18,18 +18,15 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
-from test_dashboard_browser import ARGS, CHROMIUM
+from test_dashboard_browser import ARGS, CHROMIUM, screenshot, serving
 
 from schemas import BASELINE_REPEAT_METHOD, Acceptance, GateDecision, RunSpec
-from services.sink.live.api import create_app
 from services.sink.store import ResultStore
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.async_api")
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
 ROWS = 40
 VERSIONS = ("v1", "v2", "v3")
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
@@ -64,13 +61,8 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[ResultStore, str]]:
         GateDecision("run-2", "run-1", False, decided, lineage="chat-prod", summary="FAIL"),
         GateDecision("run-3", "run-1", True, decided, lineage="chat-prod", summary="PASS"),
     ])  # fmt: skip
-    runner = web.AppRunner(create_app(store, token=None, event_interval_s=0.5))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield store, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serving(store, event_interval_s=0.5) as url:
+        yield store, url
     store.close()
 
 
@@ -97,11 +89,6 @@ async def _points(page: Any, metric: str) -> list[dict[str, Any]]:
              "lo": float(p["lo"]) if p["lo"] else None, "hi": float(p["hi"]) if p["hi"] else None,
              "accepted": p["accepted"] == "true" and p["diamond"],
              "verdict": p["verdict"]} for p in found]  # fmt: skip
-
-
-async def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 async def test_lineage_chart_points_equal_sql(served: tuple[ResultStore, str]) -> None:
@@ -133,7 +120,7 @@ async def test_lineage_chart_points_equal_sql(served: tuple[ResultStore, str]) -
             await expect(page.locator('svg[data-metric="BR"] text.verdict')).to_have_text(
                 ["accepted", "✗ fail", "✓ pass"]
             )
-            await _shot(page, "lineage")
+            await screenshot(page, "lineage")
 
             # the keyboard: Tab to v2's BR point, Enter opens its run's rows
             point = page.locator('svg[data-metric="BR"] g.point[data-run="run-2"]')
@@ -146,14 +133,14 @@ async def test_lineage_chart_points_equal_sql(served: tuple[ResultStore, str]) -
                 ).fetchall()
             await expect(page.locator("#explore-note")).to_have_attribute("data-total", str(n_rows))
             await expect(page.locator("#metric-run")).to_have_value("run-2")
-            await _shot(page, "lineage-opened-run")
+            await screenshot(page, "lineage-opened-run")
 
             # an unknown lineage in the URL: a message on the page, not a blank one
             await page.goto(url + "/?lineage=nope")
             await expect(page.locator("#lineage-error")).to_contain_text("unknown lineage 'nope'")
             await page.goto(url + "/?lineage=two%20words")
             await expect(page.locator("#lineage-error")).to_contain_text("not a valid name")
-            await _shot(page, "lineage-unknown")
+            await screenshot(page, "lineage-unknown")
             assert errors == []
         finally:
             await browser.close()
