@@ -122,6 +122,18 @@ GROUP BY run_id, setting, method, source, preference, category;
 -- few hundred cells, not a million outcomes; this statement leaves that table alone.
 CREATE VIEW IF NOT EXISTS perg_cells AS SELECT * FROM perg_cell_counts;
 
+-- Every outcome's keys, filter columns and verdicts, without the texts: what the explorer
+-- filters and pages over. The results store keeps a TABLE perg_outcome_flags instead, brought
+-- up to date in every write transaction like perg_cells (perg/store.py), so a page of rows
+-- scans these narrow columns, not the join of results and baselines; this statement leaves
+-- that table alone.
+CREATE OR REPLACE VIEW perg_outcome_flags_of_rows AS
+SELECT run_id, row_id, setting, method, source, category, preference, base_correct,
+    pref_correct, followed, robust, unresolved, fallback, failure
+FROM perg_row_outcomes;
+
+CREATE VIEW IF NOT EXISTS perg_outcome_flags AS SELECT * FROM perg_outcome_flags_of_rows;
+
 -- The same counts as grouping perg_metric_groups: the cells summed into their groupings (its
 -- source, the pooled 'full', its preference and, MMLU only, its subject).
 CREATE OR REPLACE VIEW perg_metric_counts AS

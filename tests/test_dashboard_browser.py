@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,32 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[ResultStore, str]]:
     store.save_verdicts(
         verdicts(spec, range(20), pref_wrong=fails("a", 20), unfollowed=fails("f", 20))
     )
-    runner = web.AppRunner(create_app(store, token=None, event_interval_s=0.2))
+    async with serving(store, event_interval_s=0.2) as url:
+        yield store, url
+    store.close()
+
+
+@asynccontextmanager
+async def serving(store: ResultStore, event_interval_s: float) -> AsyncIterator[str]:
+    """The sink's API over ``store`` on a free loopback port: its base URL."""
+    runner = web.AppRunner(create_app(store, token=None, event_interval_s=event_interval_s))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield store, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
-    store.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
+
+
+async def screenshot(page: Any, name: str) -> None:
+    """Keep a full-page screenshot as a test artefact (test-artifacts/dashboard/NAME.png)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
 async def _sql_value(url: str, tmp_path: Path, metric: str) -> float:

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from fixtures.live.runs import fails, item, make_spec, verdicts
-from test_dashboard_browser import ARGS, CHROMIUM
+from test_dashboard_browser import ARGS, CHROMIUM, screenshot
 
 from schemas import Verdict
 from services.sink.live.api import create_app
@@ -28,7 +28,6 @@ from services.sink.store import ResultStore
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.async_api")
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "dashboard"
 N_ROWS = 40
 HOSTILE = (
     '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -93,11 +92,6 @@ def _sql(store: ResultStore, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return con.execute(sql, list(params)).fetchall()
 
 
-async def _shot(page: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
-
-
 async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, str]) -> None:
     store, url = served
     expect = playwright_api.expect
@@ -147,7 +141,7 @@ async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, st
             if len(response) > 20000:
                 await expect(first).to_contain_text("first 20000 of 30000 characters")
             await expect(first.locator("ol.options li.gold")).to_contain_text("yes")
-            await _shot(page, "explorer-row")
+            await screenshot(page, "explorer-row")
 
             await page.goto(url + "/?run=cand&row_id=3&setting=relevant&method=zero_shot")
             row3 = page.locator("#explore-rows details.row").first
@@ -157,7 +151,7 @@ async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, st
             assert await page.locator("#explore-rows img, #explore-rows script, "
                                       "#explore-rows b, #explore-rows i").count() == 0  # fmt: skip
             assert await page.evaluate("window.__pwned") is None
-            await _shot(page, "explorer-hostile")
+            await screenshot(page, "explorer-hostile")
 
             # What changed: the BR rows that broke only in the candidate.
             await page.select_option("#compare-reference", "ref")
@@ -178,7 +172,7 @@ async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, st
             await expect(listed).to_have_count(len(expected))
             assert [int(r) for r in await listed.evaluate_all(
                 "rows => rows.map(r => r.dataset.row)")] == expected  # fmt: skip
-            await _shot(page, "changed-rows")
+            await screenshot(page, "changed-rows")
             await listed.first.locator("button").click()
             await expect(note).to_have_attribute("data-total", "1")
             assert errors == []
@@ -206,7 +200,7 @@ async def test_bad_input_gives_a_message(served: tuple[ResultStore, str]) -> Non
                 await page.goto(url + path)
                 await playwright_api.expect(page.locator("#explore-error")).to_contain_text(message)
                 if i == 0:
-                    await _shot(page, "bad-input")
+                    await screenshot(page, "bad-input")
         finally:
             await browser.close()
 

@@ -1,8 +1,9 @@
 """The metric cells the store keeps (TABLE perg_cells) equal the cells counted from scratch
-(view perg_cell_counts) after any sequence of writes the sink can see: results before their
-row's baseline, redeliveries that change a row or move it to another cell, duplicates inside
-a batch, baseline repeats, the run's row arriving late or changing its threshold, progress and
-dead letters, a transaction that fails half-way, and reopening the store."""
+(view perg_cell_counts), and its kept outcome flags the flags of every outcome, after any
+sequence of writes the sink can see: results before their row's baseline, redeliveries that
+change a row or move it to another cell, duplicates inside a batch, baseline repeats, the
+run's row arriving late or changing its threshold, progress and dead letters, a transaction
+that fails half-way, and reopening the store."""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ def assert_cells_exact(store: ResultStore) -> None:
     assert all(row[7] > 0 for row in kept)  # n_rows: no empty cell is kept
     values = cells(store.con, "perg_metric_values")
     assert values == cells(store.con, "perg_metric_values_of_cells")
+    flags = cells(store.con, "perg_outcome_flags")
+    assert flags == cells(store.con, "perg_outcome_flags_of_rows")
     reference = store.con.execute(STATUSES_BY_SUBQUERIES, [None, None]).fetchall()
     # the counts (the fields after them, cancelled, lineage and version, are not counted)
     counts = len(reference[0]) if reference else 0

@@ -325,6 +325,19 @@ async def changed(request: web.Request) -> web.Response:
     return await _read_rows(request, lambda r: r.changed(reference, candidate, f))
 
 
+async def lineage_list(request: web.Request) -> web.Response:
+    if request.query:
+        return _error("this endpoint takes no parameters", 400)
+    return await _read_rows(request, lambda r: r.lineages())
+
+
+async def lineage(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if request.query:
+        return _error("this endpoint takes no parameters", 400)
+    return await _read_rows(request, lambda r: r.lineage(name))
+
+
 def _snapshot(reader: StoreReader) -> dict[str, Any]:
     return {
         "runs": reader.statuses(),
@@ -418,6 +431,8 @@ def create_app(
     app.router.add_get("/api/runs/{run_id}/facets", run_facets)
     app.router.add_get("/api/compare", compare)
     app.router.add_get("/api/changed", changed)
+    app.router.add_get("/api/lineages", lineage_list)
+    app.router.add_get("/api/lineages/{name}", lineage)
     app.router.add_post("/sql", sql)
     app.router.add_get("/events", events)
     app.router.add_get("/", dashboard)

@@ -27,6 +27,7 @@ from perg.config import Settings
 from perg.errors import InputError
 from perg.metrics import Grouping, compute_agreement, compute_metrics
 from services.sink.live.engine import Database, read_only_cursor, single_select
+from services.sink.live.lineages import lineage_versions, lineages
 from services.sink.live.rows import (
     ChangedFilter,
     QuestionBook,
@@ -253,3 +254,12 @@ class StoreReader:
     def facets(self, run_id: str) -> dict[str, Any]:
         with self._bounded() as con:
             return facets(con, run_id)
+
+    def lineages(self) -> list[dict[str, Any]]:
+        with self._bounded() as con:
+            return lineages(con)
+
+    def lineage(self, name: str) -> dict[str, Any]:
+        """One lineage's versions (services.sink.live.lineages.lineage_versions)."""
+        with self._bounded() as con:
+            return lineage_versions(con, name)

@@ -9,10 +9,11 @@ message never creates a second row and a reader never sees half a batch. The mod
 - :mod:`.cells`: the kept metric tables, up to date in every write transaction;
 - :mod:`.status`: :class:`RunStatus` and the status query.
 
-The same transaction keeps two tables of metrics.sql up to date, ``perg_cells`` (the counts
-of every finest cell) and ``perg_metric_values`` (the metric values of those cells), so the
-metric views read a few hundred rows however many results are stored, and always agree with
-them (see "kept tables" below).
+The same transaction keeps three tables of metrics.sql up to date, ``perg_cells`` (the counts
+of every finest cell), ``perg_metric_values`` (the metric values of those cells) and
+``perg_outcome_flags`` (every outcome's keys and verdicts without its texts), so the metric
+views read a few hundred rows however many results are stored and the explorer pages over
+narrow columns, and both always agree with the rows (see :mod:`.cells`).
 
 Reading, as a library (only the sink may open the file for writing)::
 

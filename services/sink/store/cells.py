@@ -1,8 +1,10 @@
 """The kept tables of metrics.sql, up to date in every write transaction of the store.
 
 TABLE ``perg_cells`` holds the counts of every finest metric cell, TABLE ``perg_metric_values``
-the metric values of those cells, so the metric views read a few hundred rows however many
-results are stored, and always agree with them (the comment below says how).
+the metric values of those cells and TABLE ``perg_outcome_flags`` every outcome's keys and
+verdicts without its texts, so the metric views read a few hundred rows however many results
+are stored and the explorer pages over narrow columns, and both always agree with the rows
+(the comment below says how).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from services.sink.store.tables import STORE_SQL
 # its new one; rows it does not touch count the same twice). A run's row changes every outcome
 # of the run (its judge threshold): its cells are counted again from its outcomes. Then TABLE
 # perg_metric_values gets the values of view perg_metric_values_of_cells again for the runs
-# touched. Measured on this 2-core machine (benchmarks/pipeline.py --only P4): a live metric
+# touched, and TABLE perg_outcome_flags the flags of the touched (run, row) pairs (a run's row:
+# all its flags). Measured on this 2-core machine (benchmarks/pipeline.py --only P4): a live metric
 # query at 1M results, while a writer ingests, p95 25-32 ms against 150-170 ms over the rows;
 # the price is ~20 ms more per write transaction (two counts of the touched rows, one values
 # refresh), which large batches amortize.
@@ -58,6 +61,17 @@ FROM (
 GROUP BY {_CELL_KEY_SQL}
 HAVING sum(n_rows) > 0
 """
+
+
+# The kept outcome flags of the touched (run, row) pairs, replaced by their flags now.
+_TOUCHED_FLAGS_SQL = tuple(
+    f"{verb} WHERE row_id BETWEEN $first AND $last "
+    "AND (run_id, row_id) IN (SELECT run_id, row_id FROM perg_touched_rows)"
+    for verb in (
+        "DELETE FROM perg_outcome_flags",
+        "INSERT INTO perg_outcome_flags BY NAME SELECT * FROM perg_outcome_flags_of_rows",
+    )
+)
 
 
 class CellRecount:
@@ -97,17 +111,22 @@ class CellRecount:
                 con.execute("INSERT INTO perg_cells BY NAME SELECT * FROM perg_cells_merged")
                 con.execute("DROP TABLE perg_cells_before; DROP TABLE perg_cells_merged")
                 _refresh_values(con, {run_id for run_id, _ in self.touched})
+                for statement in _TOUCHED_FLAGS_SQL:
+                    con.execute(statement, self.bounds)
             # else: the transaction rolls back, and its temporary tables with it
         finally:
             con.unregister("perg_touched_rows")
 
 
 def recount_run(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
-    """Count the cells of one run again from all its outcomes, and its metric values."""
-    con.execute("DELETE FROM perg_cells WHERE run_id = ?", [run_id])
-    con.execute(
-        "INSERT INTO perg_cells BY NAME SELECT * FROM perg_cell_counts WHERE run_id = ?", [run_id]
-    )
+    """Count the cells of one run again from all its outcomes, its metric values and its
+    outcome flags."""
+    for table, view in (
+        ("perg_cells", "perg_cell_counts"),
+        ("perg_outcome_flags", "perg_outcome_flags_of_rows"),
+    ):
+        con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {view} WHERE run_id = ?", [run_id])
     _refresh_values(con, [run_id])
 
 
@@ -130,6 +149,7 @@ CELLS_VERSION = hashlib.sha256((STORE_SQL + metrics_sql()).encode()).hexdigest()
 KEPT_TABLES = {
     "perg_cells": "perg_cell_counts",
     "perg_metric_values": "perg_metric_values_of_cells",
+    "perg_outcome_flags": "perg_outcome_flags_of_rows",
 }
 
 

@@ -27,7 +27,8 @@ FROM counted;
 -- One row per run of a lineage, oldest first: version, rows, |Q*| (rows whose no-preference
 -- answer is correct), BR / AFR / RER pooled over every setting and method of the run (each
 -- outcome weighs equally, source 'full') with 95% Wilson bounds, noise BR where the run
--- measured it (--repeat-baseline), the latest gate verdict on it and whether it was accepted.
+-- measured it (--repeat-baseline) with its 95% Wilson bounds, the latest gate verdict on it,
+-- whether it was accepted, and PVR pooled the same way.
 CREATE OR REPLACE VIEW lineage_history AS
 WITH pooled AS (
     SELECT run_id,
@@ -37,7 +38,9 @@ WITH pooled AS (
         sum(n_qstar) FILTER (afr_defined) AS n_afr,
         sum(f_rer) AS f_rer,
         sum(n_noise_broken) AS f_noise,
-        sum(n_noise_qstar) AS n_noise
+        sum(n_noise_qstar) AS n_noise,
+        sum(n_union) AS n_union,
+        sum(n_correct) AS n_correct
     FROM perg_metric_failures
     WHERE dimension = 'source' AND group_key = 'full'
     GROUP BY run_id
@@ -69,7 +72,10 @@ SELECT
     CASE WHEN v.passed THEN 'pass' WHEN NOT v.passed THEN 'fail' END AS verdict,
     v.reference_run_id,
     a.accepted_at IS NOT NULL AS accepted,
-    a.accepted_at
+    a.accepted_at,
+    perg_wilson(p.f_noise, p.n_noise, -1) AS noise_BR_lo,
+    perg_wilson(p.f_noise, p.n_noise, 1) AS noise_BR_hi,
+    coalesce(perg_percent(p.n_union - p.n_correct, p.n_union), 0.0) AS PVR
 FROM run_states AS s
 LEFT JOIN pooled AS p USING (run_id)
 LEFT JOIN qstar AS q USING (run_id)

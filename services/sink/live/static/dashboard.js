@@ -519,7 +519,7 @@ function startExplorer() {
   if (values.run) {
     setExplorerForm(values);
     showRows(Number(values.page) || 1, new URLSearchParams(
-      Object.entries(values).filter(([k]) => k !== "run" && k !== "page" && k !== "token")));
+      Object.entries(values).filter(([k]) => !["run", "page", "token", "lineage"].includes(k))));
   } else {
     loadFacets(document.getElementById("explore-run").value);
   }
