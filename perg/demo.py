@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -49,7 +50,20 @@ DEFAULT_METHODS: tuple[Method, ...] = ("zero_shot", "pref_aligner")
 DEFAULT_MAX_TOKENS = 48
 # llama-server slots (deploy/llama-server.sh, PERG_LLAMA_SLOTS): calls in flight per endpoint
 EMBEDDED_SLOTS = 4
+JUDGE_SLOTS = 2
+SERVER_THREADS = 1  # per server (PERG_LLAMA_THREADS); see README Timings
 CPU_DEADLINE_BASE_S = 120.0
+# how long each step takes here (2 cores, warm; README Timings), said when it starts
+KAFKA_START = "~10-20 s"
+MODEL_START = "~5-10 s"
+WORKERS_START = "~5-15 s"
+EVALUATION_S_PER_RESULT = 2.5  # the default grid on the embedded model, warm
+
+
+def evaluation_estimate(results: int) -> str:
+    """About how long ``results`` results take on the embedded model here."""
+    minutes = max(results * EVALUATION_S_PER_RESULT / 60, 1)
+    return f"{results} results: ~{minutes:.0f} min on 2 cores, longer when the machine is busy"
 
 
 @dataclass(frozen=True)
@@ -68,28 +82,57 @@ class DemoOptions:
     judge_url: str | None = None  # a judge server of its own instead of the model under test
     judge_model: str | None = None
     rows: str | None = None  # the first N rows or ids and ranges (as perg submit --rows)
+    judge_server: bool = True  # the embedded judge on a server of its own (else the model's)
+
+
+def _say(console: Console, line: str) -> None:
+    """One plain line (no markup, no re-wrapping), the same on a terminal and off one."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _progress(console: Console) -> Callable[[str], None]:
-    """Prints a deploy script's log lines as they are (plain text, on a terminal or off one)."""
-    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+    """Prints a deploy script's log lines as they come (what it installs, how long it takes)."""
+    return lambda line: _say(console, line)
+
+
+class Step:
+    """A step of the demo that takes more than a few seconds: a line saying what it does and
+    about how long that takes (measured on 2 cores, README Timings) when it starts, and one
+    saying how it ended and how long it took."""
+
+    def __init__(self, console: Console, doing: str, expected: str) -> None:
+        self.console = console
+        self.started = time.monotonic()
+        _say(console, f"{doing} ({expected})...")
+
+    def done(self, outcome: str) -> None:
+        _say(self.console, f"{outcome} ({time.monotonic() - self.started:.0f} s)")
 
 
 def _start_or_reuse(
-    stack: ExitStack, env: dict[str, str], console: Console, script: str, probe: str, label: str
+    stack: ExitStack,
+    env: dict[str, str],
+    console: Console,
+    script: str,
+    probe: str,
+    label: str,
+    expected: str,
 ) -> str:
     """The address of a running server of ``deploy/<script>``, else start one (stopped on exit)."""
     running = deploy_script(script, probe, env=env, check=False)
     if running:
-        console.print(f"{label} already running at {running}")
+        _say(console, f"{label} already running at {running}")
         return running
+    step = Step(console, f"Starting {label}", expected)
     address = deploy_script(script, "start", env=env, progress=_progress(console))
     stack.callback(deploy_script, script, "stop", env=env)
-    console.print(f"{label} started at {address}")
+    step.done(f"{label[0].upper()}{label[1:]} started at {address}")
     return address
 
 
-def _request(options: DemoOptions, model_url: str) -> RunRequest:
+def _request(options: DemoOptions, model_url: str, judge_url: str | None = None) -> RunRequest:
+    """The run: the model under test at ``model_url``; the judge at ``--judge-url``, else at
+    ``judge_url`` (the embedded judge server), else the model under test's server."""
     endpoint = Endpoint(
         model_url,
         options.model,
@@ -100,6 +143,8 @@ def _request(options: DemoOptions, model_url: str) -> RunRequest:
         deadline_base_s=CPU_DEADLINE_BASE_S,
     )
     judge = replace(endpoint, constrain_rating=options.constrain_judge)
+    if judge_url is not None:
+        judge = replace(judge, base_url=judge_url, max_in_flight=JUDGE_SLOTS)
     if options.judge_url is not None:
         judge = Endpoint(
             options.judge_url.rstrip("/"),
@@ -126,17 +171,37 @@ def check_options(options: DemoOptions) -> None:
     plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), Settings.load())
 
 
-def _start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+def start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    """Kafka's bootstrap address: a broker already running in the workdir, else a new one."""
     # kafka.sh says when it fetches the jars (first time only, about a minute)
     deploy_script("kafka.sh", "fetch", env=env, progress=_progress(console))
-    return _start_or_reuse(stack, env, console, "kafka.sh", "bootstrap", "Kafka")
+    return _start_or_reuse(
+        stack, env, console, "kafka.sh", "bootstrap", "Kafka", expected=KAFKA_START
+    )
 
 
-def _start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+def start_model(stack: ExitStack, env: dict[str, str], console: Console, role: str) -> str:
+    """The base URL of the embedded model server for ``role`` ("model", "judge"): one already
+    running in its state dir (``PERG_LLAMA_DIR`` of ``env``), else a new one."""
     # llama-server.sh says what it installs and how long that takes (first time only)
     deploy_script("llama-server.sh", "install", env=env, progress=_progress(console))
-    label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
-    return _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
+    label = f"the embedded {role} server ({EMBEDDED_MODEL}, CPU)"
+    return _start_or_reuse(
+        stack, env, console, "llama-server.sh", "url", label, expected=MODEL_START
+    )
+
+
+def start_workers(stack: ExitStack, env: dict[str, str], console: Console, log_dir: Path) -> None:
+    """The four services as processes (stopped on exit), once the sink answers."""
+    workers = WorkerGroup(env, log_dir)
+    stack.callback(workers.stop)
+    step = Step(console, "Starting generator, aligner, judge and sink", WORKERS_START)
+    workers.start_all()
+    try:
+        workers.wait_for_sink(env["PERG_SINK_URL"])
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
+    step.done(f"The services are running (logs in {log_dir})")
 
 
 def run_demo(options: DemoOptions, console: Console) -> int:
@@ -146,12 +211,21 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     env = dict(os.environ)
     env.setdefault("PERG_KAFKA_DIR", str(workdir / "kafka"))
     env.setdefault("PERG_LLAMA_DIR", str(workdir / "llama"))
+    env.setdefault("PERG_LLAMA_THREADS", str(SERVER_THREADS))
+    # the judge's server: its own slots keep the judge's long system prompt in their KV cache
+    judge_env = {**env, "PERG_LLAMA_DIR": str(workdir / "llama-judge")}
+    judge_env["PERG_LLAMA_SLOTS"] = str(JUDGE_SLOTS)
+    embedded_judge = options.judge_server and options.model_url is None
+    embedded_judge = embedded_judge and options.judge_url is None
     with ExitStack() as stack:
-        # Kafka (jars, then the broker) starts while the model server installs and loads
-        starting = console.status("Starting Kafka and the embedded model server…")
-        with starting, ThreadPoolExecutor(max_workers=1) as pool:
-            kafka = pool.submit(_start_kafka, stack, env, console)
-            model_url = options.model_url or _start_model(stack, env, console)
+        # Kafka (jars, then the broker) starts while the model servers install and load
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            kafka = pool.submit(start_kafka, stack, env, console)
+            judge_server = None
+            if embedded_judge:
+                judge_server = pool.submit(start_model, stack, judge_env, console, "judge")
+            model_url = options.model_url or start_model(stack, env, console, "model")
+            judge_url = None if judge_server is None else judge_server.result()
             bootstrap = kafka.result()
         port = int(env.get("PERG_SINK_PORT") or free_port())
         env.update(
@@ -164,21 +238,16 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         os.environ.update(env)  # this process reads the same Settings as its workers
         settings = Settings.load()
 
-        workers = WorkerGroup(env, workdir / "logs")
-        stack.callback(workers.stop)
-        with console.status("Starting generator, aligner, judge and sink…"):
-            workers.start_all()
-            try:
-                workers.wait_for_sink(settings.sink_url)
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
+        start_workers(stack, env, console, workdir / "logs")
 
-        request = _request(options, model_url)
+        request = _request(options, model_url, judge_url)
         spec, work = plan_run(request, settings)
         asyncio.run(_publish(spec, work, settings))
         run_id = spec.context.run_id
         methods = ", ".join(METHOD_NAMES.get(m, m) for m in spec.methods)
-        judge = "the same model" if options.judge_url is None else request.judge.base_url
+        judge = request.judge.base_url
+        if options.judge_url is None:
+            judge = "the same model" + (" (a server of its own)" if judge_url else "")
         if options.constrain_judge:
             judge += ", its rating constrained to <answer>N</answer>"
         console.print(
@@ -190,12 +259,14 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         )
         client = SinkClient(settings)
 
+        step = Step(console, "Evaluating", evaluation_estimate(spec.expected_results))
         try:
             last = follow(lambda: client.status(run_id), run_id, console=console)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: stopping; the results stored so far are kept.")
             last = client.status(run_id)
         done = bool(last and last["done"])
+        step.done("Evaluation complete" if done else "Evaluation stopped before the end")
         _print_report(console, client, options, run_id)
         _print_where(console, settings, run_id, done=done)
     return 0 if last and last["done"] else 1

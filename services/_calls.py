@@ -155,7 +155,7 @@ class ModelCaller:
             completion = dataclasses.replace(
                 completion, text=self.protocol.raw_reply(prompt, completion.text)
             )
-            return completion, _record(stage, completion)
+            return completion, self._record(stage, completion)
         thinking = decoding.thinking if under_test else None
         switch = None
         if thinking is not None:  # Pref-Aligner stage 2 never thinks (aligner.py:104)
@@ -176,7 +176,7 @@ class ModelCaller:
             completion = dataclasses.replace(
                 completion, text=answer, reasoning=completion.reasoning or thought
             )
-        return completion, _record(stage, completion)
+        return completion, self._record(stage, completion)
 
     async def complete(
         self, endpoint: Endpoint, prompt: str, *, stage: str, max_tokens: int
@@ -192,7 +192,28 @@ class ModelCaller:
                 seed=JUDGE_SEED,
                 before_send=lambda: self._check_cancelled(stage),
             )
-        return completion, _record(stage, completion)
+        return completion, self._record(stage, completion)
+
+    def _record(self, stage: str, completion: Completion) -> CallRecord:
+        """The call's record, also logged (benchmarks/demo_profile.py reads these lines)."""
+        log.info(
+            "stage=%s run=%s call: tokens_in=%s tokens_out=%s latency=%.2fs attempts=%d finish=%s",
+            stage,
+            self.context.run_id,
+            completion.tokens_in,
+            completion.tokens_out,
+            completion.latency_s,
+            completion.attempts,
+            completion.finish_reason,
+        )
+        return CallRecord(
+            stage=stage,
+            latency_s=completion.latency_s,
+            attempts=completion.attempts,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            finish_reason=completion.finish_reason,
+        )
 
 
 @contextmanager
@@ -208,17 +229,6 @@ def _permanent_client_errors(stage: str) -> Iterator[None]:
         if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
             raise RejectedCall(f"stage {stage}: {exc}", status) from exc
         raise
-
-
-def _record(stage: str, completion: Completion) -> CallRecord:
-    return CallRecord(
-        stage=stage,
-        latency_s=completion.latency_s,
-        attempts=completion.attempts,
-        tokens_in=completion.tokens_in,
-        tokens_out=completion.tokens_out,
-        finish_reason=completion.finish_reason,
-    )
 
 
 def check_hosts(hosts: ModelHosts, context: RunContext) -> None:
