@@ -9,8 +9,9 @@ Run it after ``./perg-cli demo --workdir WORKDIR`` (e.g. once per server build, 
   generated tokens, calls cut at max_tokens (``finish=length``), mean latency from submit
   (queueing behind the server's slots included);
 - server side, per model server (llama-server's per-task timings in ``llama*/llama.log``):
-  tasks, prompt tokens evaluated against prompt tokens in context (the rest came from the prompt cache), prompt and
-  generation milliseconds summed over tasks, and the busy span from the first task to the last.
+  tasks, prompt tokens evaluated against prompt tokens in context (the rest came from the
+  prompt cache), prompt and generation seconds summed over tasks, and the busy span from the
+  first task to the last.
 
 The machine may be shared: compare runs by ratios, back to back, with their load averages.
 """
