@@ -50,8 +50,6 @@ DEFAULT_METHODS: tuple[Method, ...] = ("zero_shot", "pref_aligner")
 DEFAULT_MAX_TOKENS = 48
 # llama-server slots (deploy/llama-server.sh, PERG_LLAMA_SLOTS): calls in flight per endpoint
 EMBEDDED_SLOTS = 4
-JUDGE_SLOTS = 2
-SERVER_THREADS = 1  # per server (PERG_LLAMA_THREADS); see README Timings
 CPU_DEADLINE_BASE_S = 120.0
 # how long each step takes here (2 cores, warm; README Timings), said when it starts
 KAFKA_START = "~10-20 s"
@@ -82,7 +80,6 @@ class DemoOptions:
     judge_url: str | None = None  # a judge server of its own instead of the model under test
     judge_model: str | None = None
     rows: str | None = None  # the first N rows or ids and ranges (as perg submit --rows)
-    judge_server: bool = True  # the embedded judge on a server of its own (else the model's)
 
 
 def _say(console: Console, line: str) -> None:
@@ -130,9 +127,7 @@ def _start_or_reuse(
     return address
 
 
-def _request(options: DemoOptions, model_url: str, judge_url: str | None = None) -> RunRequest:
-    """The run: the model under test at ``model_url``; the judge at ``--judge-url``, else at
-    ``judge_url`` (the embedded judge server), else the model under test's server."""
+def _request(options: DemoOptions, model_url: str) -> RunRequest:
     endpoint = Endpoint(
         model_url,
         options.model,
@@ -143,8 +138,6 @@ def _request(options: DemoOptions, model_url: str, judge_url: str | None = None)
         deadline_base_s=CPU_DEADLINE_BASE_S,
     )
     judge = replace(endpoint, constrain_rating=options.constrain_judge)
-    if judge_url is not None:
-        judge = replace(judge, base_url=judge_url, max_in_flight=JUDGE_SLOTS)
     if options.judge_url is not None:
         judge = Endpoint(
             options.judge_url.rstrip("/"),
@@ -180,12 +173,11 @@ def start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
     )
 
 
-def start_model(stack: ExitStack, env: dict[str, str], console: Console, role: str) -> str:
-    """The base URL of the embedded model server for ``role`` ("model", "judge"): one already
-    running in its state dir (``PERG_LLAMA_DIR`` of ``env``), else a new one."""
+def start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    """The embedded model server's base URL: one already running, else a new one."""
     # llama-server.sh says what it installs and how long that takes (first time only)
     deploy_script("llama-server.sh", "install", env=env, progress=_progress(console))
-    label = f"the embedded {role} server ({EMBEDDED_MODEL}, CPU)"
+    label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
     return _start_or_reuse(
         stack, env, console, "llama-server.sh", "url", label, expected=MODEL_START
     )
@@ -211,21 +203,11 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     env = dict(os.environ)
     env.setdefault("PERG_KAFKA_DIR", str(workdir / "kafka"))
     env.setdefault("PERG_LLAMA_DIR", str(workdir / "llama"))
-    env.setdefault("PERG_LLAMA_THREADS", str(SERVER_THREADS))
-    # the judge's server: its own slots keep the judge's long system prompt in their KV cache
-    judge_env = {**env, "PERG_LLAMA_DIR": str(workdir / "llama-judge")}
-    judge_env["PERG_LLAMA_SLOTS"] = str(JUDGE_SLOTS)
-    embedded_judge = options.judge_server and options.model_url is None
-    embedded_judge = embedded_judge and options.judge_url is None
     with ExitStack() as stack:
-        # Kafka (jars, then the broker) starts while the model servers install and load
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        # Kafka (jars, then the broker) starts while the model server installs and loads
+        with ThreadPoolExecutor(max_workers=1) as pool:
             kafka = pool.submit(start_kafka, stack, env, console)
-            judge_server = None
-            if embedded_judge:
-                judge_server = pool.submit(start_model, stack, judge_env, console, "judge")
-            model_url = options.model_url or start_model(stack, env, console, "model")
-            judge_url = None if judge_server is None else judge_server.result()
+            model_url = options.model_url or start_model(stack, env, console)
             bootstrap = kafka.result()
         port = int(env.get("PERG_SINK_PORT") or free_port())
         env.update(
@@ -240,14 +222,12 @@ def run_demo(options: DemoOptions, console: Console) -> int:
 
         start_workers(stack, env, console, workdir / "logs")
 
-        request = _request(options, model_url, judge_url)
+        request = _request(options, model_url)
         spec, work = plan_run(request, settings)
         asyncio.run(_publish(spec, work, settings))
         run_id = spec.context.run_id
         methods = ", ".join(METHOD_NAMES.get(m, m) for m in spec.methods)
-        judge = request.judge.base_url
-        if options.judge_url is None:
-            judge = "the same model" + (" (a server of its own)" if judge_url else "")
+        judge = "the same model" if options.judge_url is None else request.judge.base_url
         if options.constrain_judge:
             judge += ", its rating constrained to <answer>N</answer>"
         console.print(
