@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CALL = re.compile(
-    r"stage=(?P<stage>\S+) run=\S+ call: tokens_in=(?P<tin>\S+) tokens_out=(?P<tout>\S+) "
+    r"service=\S+ run=\S+ call=(?P<stage>\S+) tokens_in=(?P<tin>\S+) tokens_out=(?P<tout>\S+) "
     r"latency=(?P<lat>[0-9.]+)s attempts=\d+ finish=(?P<finish>\S+)"
 )
 # llama-server's log: "<m>.<ss>.<ms>.<us> I slot print_timing: id  N | task T | ..."

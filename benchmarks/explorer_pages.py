@@ -2,7 +2,7 @@
 ``--stored`` results (default 1M) while a writer keeps upserting, as the sink does.
 
 Fills a store with two full runs (every setting x method; the candidate breaks more rows),
-serves it with the sink's own API (perg.live.api.create_app) on a free port, and times each
+serves it with the sink's own API (services.sink.live.api.create_app) on a free port, and times each
 kind of page over HTTP: no filter, an outcome, an MMLU subject, a part of the preference, a
 deep page, one row, and the changed rows of the comparison. Prints the p95 per kind and over
 all pages.
@@ -27,9 +27,9 @@ import aiohttp
 from aiohttp import web
 from fixtures.live.runs import fails, make_spec, verdicts
 
-from perg.live.api import create_app
 from perg.protocol import METHODS, SETTINGS
-from perg.store import ResultStore
+from services.sink.live.api import create_app
+from services.sink.store import ResultStore
 
 BATCH_ROWS = 2000
 

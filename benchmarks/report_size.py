@@ -17,7 +17,7 @@ from fixtures.live.runs import fails, make_spec, verdicts
 
 from perg.cli import main as perg
 from perg.protocol import METHODS, SETTINGS
-from perg.store import ResultStore
+from services.sink.store import ResultStore
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from fixtures.live.runs import make_spec, verdicts
 
-from perg.store import ResultStore
+from services.sink.store import ResultStore
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from perg.cli.client import SinkClient
 from perg.client import Endpoint
 from perg.config import Settings
 from perg.demo_report import (
@@ -33,7 +34,6 @@ from perg.demo_report import (
     qstar_warning,
 )
 from perg.kafka import ensure_topics
-from perg.live.client import SinkClient
 from perg.local import WorkerGroup, deploy_script, free_port
 from perg.progress import follow
 from perg.protocol import Method, Setting
@@ -128,26 +128,14 @@ def _start_or_reuse(
 
 
 def _request(options: DemoOptions, model_url: str) -> RunRequest:
-    endpoint = Endpoint(
-        model_url,
-        options.model,
-        "llamacpp",
-        max_in_flight=EMBEDDED_SLOTS,
-        # a CPU server queues the three services' calls behind its slots: a first reply may
-        # take far longer than a GPU's, until the client learns the server's real latency
-        deadline_base_s=CPU_DEADLINE_BASE_S,
-    )
-    judge = replace(endpoint, constrain_rating=options.constrain_judge)
+    endpoint = Endpoint(model_url, options.model, "llamacpp")
+    judge = endpoint
     if options.judge_url is not None:
-        judge = Endpoint(
-            options.judge_url.rstrip("/"),
-            options.judge_model or options.model,
-            "openai",
-            constrain_rating=options.constrain_judge,
-        )
+        judge = Endpoint(options.judge_url.rstrip("/"), options.judge_model or options.model)
     return RunRequest(
         model=endpoint,
         judge=judge,
+        constrain_rating=options.constrain_judge,
         protocol=options.protocol,
         settings=options.settings,
         methods=options.methods,
@@ -158,10 +146,10 @@ def _request(options: DemoOptions, model_url: str) -> RunRequest:
     )
 
 
-def check_options(options: DemoOptions) -> None:
+def check_options(options: DemoOptions, settings: Settings) -> None:
     """Plan the run once before anything starts: a bad protocol, sample or dataset is reported
     (exit 2) before minutes go into starting Kafka, the model server and the workers."""
-    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), Settings.load())
+    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), settings)
 
 
 def start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
@@ -196,8 +184,49 @@ def start_workers(stack: ExitStack, env: dict[str, str], console: Console, log_d
     step.done(f"The services are running (logs in {log_dir})")
 
 
-def run_demo(options: DemoOptions, console: Console) -> int:
-    check_options(options)
+def demo_settings(settings: Settings, workdir: Path, bootstrap: str, port: int) -> Settings:
+    """The demo's configuration: its broker and sink port; its results file and topic prefix
+    unless configured."""
+    configured = settings.configured
+    # the workers' client: the embedded server's slots; a CPU server queues the three
+    # services' calls behind them, so a first reply may take far longer than a GPU's,
+    # until the client learns the server's real latency
+    client = replace(
+        settings.model_client,
+        max_in_flight=settings.model_client.max_in_flight
+        if "model_max_in_flight" in configured
+        else EMBEDDED_SLOTS,
+        deadline_base_s=settings.model_client.deadline_base_s
+        if "model_deadline_base_s" in configured
+        else CPU_DEADLINE_BASE_S,
+    )
+    return replace(
+        settings,
+        model_client=client,
+        kafka=bootstrap,
+        db=settings.db if "db" in configured else workdir / "perg.duckdb",
+        sink_port=port,
+        sink_url=f"http://127.0.0.1:{port}",
+        topic_prefix=settings.topic_prefix if "topic_prefix" in configured else "perg-demo",
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The variables that give a worker process what :func:`demo_settings` changed: how the
+    configuration crosses into the processes the demo starts."""
+    return {
+        "PERG_KAFKA": settings.kafka,
+        "PERG_DB": str(settings.db),
+        "PERG_SINK_PORT": str(settings.sink_port),
+        "PERG_SINK_URL": settings.sink_url,
+        "PERG_TOPIC_PREFIX": settings.topic_prefix,
+        "PERG_MODEL_MAX_IN_FLIGHT": str(settings.model_client.max_in_flight),
+        "PERG_MODEL_DEADLINE_BASE_S": str(settings.model_client.deadline_base_s),
+    }
+
+
+def run_demo(options: DemoOptions, console: Console, settings: Settings) -> int:
+    check_options(options, settings)
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -209,16 +238,9 @@ def run_demo(options: DemoOptions, console: Console) -> int:
             kafka = pool.submit(start_kafka, stack, env, console)
             model_url = options.model_url or start_model(stack, env, console)
             bootstrap = kafka.result()
-        port = int(env.get("PERG_SINK_PORT") or free_port())
-        env.update(
-            PERG_KAFKA=bootstrap,
-            PERG_DB=env.get("PERG_DB", str(workdir / "perg.duckdb")),
-            PERG_SINK_PORT=str(port),
-            PERG_SINK_URL=f"http://127.0.0.1:{port}",
-            PERG_TOPIC_PREFIX=env.get("PERG_TOPIC_PREFIX", "perg-demo"),
-        )
-        os.environ.update(env)  # this process reads the same Settings as its workers
-        settings = Settings.load()
+        port = settings.sink_port if "sink_port" in settings.configured else free_port()
+        settings = demo_settings(settings, workdir, bootstrap, port)
+        env.update(worker_env(settings))  # the workers load the same Settings as this process
 
         start_workers(stack, env, console, workdir / "logs")
 

@@ -53,7 +53,7 @@ def check_note(text: str, flag: str) -> None:
 
 
 class Queryable(Protocol):
-    """Live SQL: the sink's API or the results file (perg.live.client.SinkClient)."""
+    """Live SQL: the sink's API or the results file (perg.cli.client.SinkClient)."""
 
     def sql(self, query: str) -> dict[str, Any]: ...
 

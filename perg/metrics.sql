@@ -118,7 +118,7 @@ GROUP BY run_id, setting, method, source, preference, category;
 
 -- The cells the metric views read. Over a relation `outcomes` (perg score) they are the
 -- counts above. The results store keeps a TABLE perg_cells instead, the same counts brought
--- up to date inside every write transaction (perg/store.py), so a live metric query sums a
+-- up to date inside every write transaction (services/sink/store), so a live metric query sums a
 -- few hundred cells, not a million outcomes; this statement leaves that table alone.
 CREATE VIEW IF NOT EXISTS perg_cells AS SELECT * FROM perg_cell_counts;
 
@@ -196,7 +196,7 @@ FROM bounds;
 
 -- The metric values the views below read. Over a relation `outcomes` (perg score) they are
 -- the values above. The results store keeps a TABLE perg_metric_values instead, the values of
--- its perg_cells refreshed for the runs each write transaction touches (perg/store.py): a
+-- its perg_cells refreshed for the runs each write transaction touches (services/sink/store): a
 -- live metric query reads a few dozen rows instead of planning the whole computation (8 ms
 -- of planning, most of a live query's time); this statement leaves that table alone.
 CREATE VIEW IF NOT EXISTS perg_metric_values AS SELECT * FROM perg_metric_values_of_cells;

@@ -3,9 +3,10 @@
 One :class:`Metrics` per worker, in a ``CollectorRegistry`` of its own (never the global one),
 so several workers in one test process do not collide. Counted where things are counted
 already: the consume-commit loop and its ledgers (services/_runtime.py), the model client's
-attempts and retries (perg/client), the sink's store writes (services/sink.py) and its live SQL
-(perg/live/api.py). Served only when ``PERG_METRICS_PORT`` is set (``PERG_METRICS_BIND``,
-default 127.0.0.1); docs/metrics.md lists the metrics and the queries that matter.
+attempts and retries (perg/client), the sink's store writes (services/sink/service.py) and
+its live SQL (services/sink/live/api.py). Served only when ``PERG_METRICS_PORT`` is set
+(``PERG_METRICS_BIND``, default 127.0.0.1); docs/metrics.md lists the metrics and the
+queries that matter.
 
 ``/ready`` answers 200 once the worker's consumer has joined its group (the sink opens its
 results file before it starts consuming), else 503.
@@ -191,5 +192,5 @@ async def serve(metrics: Metrics, ready: Callable[[], bool], bind: str, port: in
             f"PERG_METRICS_BIND/PERG_METRICS_PORT: cannot serve metrics on {bind}:{port}: "
             f"{exc.strerror or exc}"
         ) from exc
-    log.info("stage=%s metrics on http://%s:%d/metrics", metrics.service, bind, port)
+    log.info("service=%s metrics on http://%s:%d/metrics", metrics.service, bind, port)
     return runner

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from perg.cli.client import SinkClient
 from perg.compare import TEST_NAME, TESTED_METRICS, Cell, Comparison, compare_runs
-from perg.live.client import SinkClient
-from perg.live.rows import ChangedFilter, Page
+from services.sink.live.rows import ChangedFilter, Page
 
 ROWS_PER_CELL = 20
 RESPONSE_CHARS = 300

@@ -21,7 +21,7 @@ import pytest
 from fixtures.live.runs import make_spec, verdicts
 
 from perg.config import default_data_dir
-from perg.store import ResultStore
+from services.sink.store import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = ["--model-url", "http://127.0.0.1:9/v1", "--model", "m"]

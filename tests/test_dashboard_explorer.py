@@ -21,9 +21,9 @@ from aiohttp import web
 from fixtures.live.runs import fails, item, make_spec, verdicts
 from test_dashboard_browser import ARGS, CHROMIUM
 
-from perg.live.api import create_app
-from perg.store import ResultStore
 from schemas import Verdict
+from services.sink.live.api import create_app
+from services.sink.store import ResultStore
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.async_api")

@@ -14,7 +14,7 @@ from fixtures.live.runs import fails, make_spec, write_run
 from perg.cli import main
 from perg.power import detectable_increase, gate_power, rows_needed
 from perg.sequential import fail_evalue, pass_evalue
-from perg.store import ResultStore
+from services.sink.store import ResultStore
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import gate_simulation

@@ -158,7 +158,7 @@ def test_the_sink_is_ready_only_once_its_store_is_open(kafka_broker: str, tmp_pa
     db = tmp_path / "perg.duckdb"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, pathlib; from perg.store import ResultStore; "
+         "import sys, pathlib; from services.sink.store import ResultStore; "
          "s = ResultStore(pathlib.Path(sys.argv[1])); "
          "print('held', flush=True); sys.stdin.read()", str(db)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,

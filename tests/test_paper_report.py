@@ -21,7 +21,7 @@ from perg.paper_report import (
     format_latex,
     format_markdown,
 )
-from perg.store import ResultStore
+from services.sink.store import ResultStore
 
 RELEASED = Path(__file__).parent / "fixtures" / "released" / "outcomes_released.csv"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import time
 import duckdb
 import pytest
 
-from perg.live.query import _time_limit
+from services.sink.live.query import _time_limit
 
 ENDLESS = "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT count(*) FROM r"
 

@@ -10,7 +10,7 @@ import pytest
 from fixtures.live.runs import fails, make_spec, verdicts
 
 from perg.cli import main
-from perg.store import ResultStore
+from services.sink.store import ResultStore
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)> مرحبا e\u0301\u0301 | `x`"
 

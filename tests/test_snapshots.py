@@ -16,9 +16,9 @@ import duckdb
 import pyarrow.parquet as pq
 from fixtures.live.runs import fails, make_spec, verdicts
 
-from perg.live.engine import harden
-from perg.live.snapshots import write_snapshot
-from perg.store import ResultStore
+from services.sink.live.engine import harden
+from services.sink.live.snapshots import write_snapshot
+from services.sink.store import ResultStore
 
 BATCH = 5
 CELLS = 4

@@ -39,16 +39,16 @@ from hostile_sql.corpus import CORPUS
 from pipeline_harness import running_pipeline
 
 from perg.cli import main
-from perg.live.engine import EngineRefused, harden
-from perg.live.query import (
+from services.sink.live.engine import EngineRefused, harden
+from services.sink.live.query import (
     QueryLimits,
     QueryTimeout,
     ResultTooLarge,
     RowCapExceeded,
     run_unguarded,
 )
-from perg.live.sqlguard import QueryRefused, check_query
-from perg.store import ResultStore
+from services.sink.live.sqlguard import QueryRefused, check_query
+from services.sink.store import ResultStore
 
 SERVE = Path(__file__).parent / "hostile_sql" / "serve.py"
 ENV_SECRET = "env-secret-" + secrets.token_hex(8)

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from fixtures.live.runs import make_spec, write_run
 
-from perg.live.engine import harden
-from perg.live.query import QueryLimits, StoreReader
-from perg.live.snapshots import write_snapshot
-from perg.live.sqlguard import QueryRefused
-from perg.store import ResultStore
+from services.sink.live.engine import harden
+from services.sink.live.query import QueryLimits, StoreReader
+from services.sink.live.snapshots import write_snapshot
+from services.sink.live.sqlguard import QueryRefused
+from services.sink.store import ResultStore
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from perg.alerts import (
     post_verdict,
 )
 from perg.cancel import cancel_run
+from perg.cli.client import SinkClient
 from perg.cli.plan import plan_rows
 from perg.cli.status import positive_seconds
 from perg.compare import (
@@ -42,7 +43,6 @@ from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import KafkaUnavailable
 from perg.lineage import accept_run, accepted_reference, record_gate_decision, run_state
-from perg.live.client import SinkClient
 from perg.sequential_gate import DEFAULT_STALL_S, SequentialVerdict, follow_gate
 from schemas import GateDecision
 
@@ -157,8 +157,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--markdown", action="store_true", help="Markdown (CI job summary)")
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    return _report(args, _comparison(args, SinkClient(Settings.load()), None))
+def run_compare(args: argparse.Namespace, settings: Settings) -> int:
+    return _report(args, _comparison(args, SinkClient(settings), None))
 
 
 def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
@@ -173,14 +173,13 @@ def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
     return accepted_reference(client, args.lineage), args.runs[0]
 
 
-def run_gate(args: argparse.Namespace) -> int:
+def run_gate(args: argparse.Namespace, settings: Settings) -> int:
     thresholds = Thresholds.checked(
         br=args.max_br_increase, afr=args.max_afr_increase, rer=args.max_rer_increase
     )
     check_alpha(args.alpha)
     webhook = check_webhook(args.webhook) if args.webhook else None
     summary = github_summary_path() if args.github else None
-    settings = Settings.load()
     client = SinkClient(settings)
     args.reference, args.candidate = _gate_runs(args, client)
     verdict = None

@@ -11,9 +11,9 @@ from typing import Any
 import orjson
 
 from perg._text import text_table
+from perg.cli.client import SinkClient
 from perg.config import Settings
 from perg.lineage import lineage_history
-from perg.live.client import SinkClient
 
 COLUMNS = ("#", "run", "version", "created", "state", "rows", "|Q*|", "BR", "AFR", "RER",
            "noise BR", "verdict", "accepted")  # fmt: skip
@@ -58,8 +58,8 @@ def _text(rows: list[dict[str, Any]]) -> str:
     return text_table(table) + "\n" + note
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = lineage_history(SinkClient(Settings.load()), args.lineage)
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    rows = lineage_history(SinkClient(settings), args.lineage)
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     else:

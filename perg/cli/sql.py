@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
+from perg.cli.client import SinkClient
 from perg.config import Settings
-from perg.live.client import SinkClient
 from perg.textsafe import printable
 
 
@@ -41,8 +41,8 @@ def _cell(value: Any) -> Text:
     return Text(printable(str(value)))  # Text: stored text is never read as rich markup
 
 
-def run(args: argparse.Namespace) -> int:
-    result = SinkClient(Settings.load()).sql(args.query)
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    result = SinkClient(settings).sql(args.query)
     on_terminal = sys.stdout.isatty()
     output = args.format or ("table" if on_terminal else "csv")
     if output == "json":  # JSON escapes every control character itself
