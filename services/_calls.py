@@ -155,7 +155,7 @@ class ModelCaller:
             completion = dataclasses.replace(
                 completion, text=self.protocol.raw_reply(prompt, completion.text)
             )
-            return completion, _record(label, completion)
+            return completion, self._record(label, completion)
         switch = None if config.thinking is None else {"enable_thinking": config.thinking}
         with _permanent_client_errors(label):
             completion = await client.chat(
@@ -173,7 +173,7 @@ class ModelCaller:
             completion = dataclasses.replace(
                 completion, text=answer, reasoning=completion.reasoning or thought
             )
-        return completion, _record(label, completion)
+        return completion, self._record(label, completion)
 
     async def complete_lora(self, prompt: str) -> tuple[Completion, CallRecord]:
         """The LoRA extractor's greedy one-token raw completion (as published)."""
@@ -191,7 +191,30 @@ class ModelCaller:
                 seed=JUDGE_SEED,
                 before_send=lambda: self._check_cancelled(label),
             )
-        return completion, _record(label, completion)
+        return completion, self._record(label, completion)
+
+    def _record(self, label: str, completion: Completion) -> CallRecord:
+        """The call's record, also logged (benchmarks/demo_profile.py reads these lines)."""
+        log.info(
+            "service=%s run=%s call=%s tokens_in=%s tokens_out=%s latency=%.2fs attempts=%d "
+            "finish=%s",
+            self.service,
+            self.context.run_id,
+            label,
+            completion.tokens_in,
+            completion.tokens_out,
+            completion.latency_s,
+            completion.attempts,
+            completion.finish_reason,
+        )
+        return CallRecord(
+            stage=label,
+            latency_s=completion.latency_s,
+            attempts=completion.attempts,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            finish_reason=completion.finish_reason,
+        )
 
 
 @contextmanager
@@ -207,17 +230,6 @@ def _permanent_client_errors(label: str) -> Iterator[None]:
         if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
             raise RejectedCall(f"call {label}: {exc}", status) from exc
         raise
-
-
-def _record(label: str, completion: Completion) -> CallRecord:
-    return CallRecord(
-        stage=label,
-        latency_s=completion.latency_s,
-        attempts=completion.attempts,
-        tokens_in=completion.tokens_in,
-        tokens_out=completion.tokens_out,
-        finish_reason=completion.finish_reason,
-    )
 
 
 def check_hosts(hosts: ModelHosts, context: RunContext) -> None:
