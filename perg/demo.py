@@ -286,8 +286,10 @@ def _print_report(console: Console, client: SinkClient, options: DemoOptions, ru
     asked, rated, lowest, highest = found[0] if found else (0, 0, None, None)
     judge = JudgeParse(asked or 0, rated or 0, lowest, highest)
     judged = judge.uninformative() is None
-    console.print("\n[bold]Pooled metrics[/] (%, lower is better; over Q*, the questions answered "
-                  "correctly without a preference)")  # fmt: skip
+    console.print(
+        "\n[bold]Pooled metrics[/] (%, lower is better; over Q*, the questions answered "
+        "correctly without a preference)"
+    )
     print(format_table(table, judged=judged))  # plain: a table must not be re-wrapped
     if options.by_source:
         console.print("\n[bold]By source[/]")

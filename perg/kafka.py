@@ -217,8 +217,12 @@ def _warn_if_different(
             "(PERG_PARTITIONS), replication %d (PERG_REPLICATION). Kafka does not change an "
             "existing topic: alter it (kafka-topics.sh --alter, kafka-reassign-partitions.sh) "
             "or use a new PERG_TOPIC_PREFIX",
-            name, len(partitions), replicas, settings.partitions, replication,
-        )  # fmt: skip
+            name,
+            len(partitions),
+            replicas,
+            settings.partitions,
+            replication,
+        )
 
 
 async def publish_records(

@@ -95,10 +95,12 @@ def _check_known_lineage(client: Queryable, lineage: str) -> None:
 def accepted_reference(client: Queryable, lineage: str) -> str:
     """The run id of the lineage's latest acceptance."""
     _check_known_lineage(client, lineage)
-    rows = _rows(client.sql(
-        f"SELECT run_id FROM acceptances WHERE lineage = {sql_literal(lineage)} "
-        "ORDER BY accepted_at DESC, run_id LIMIT 1"
-    ))  # fmt: skip
+    rows = _rows(
+        client.sql(
+            f"SELECT run_id FROM acceptances WHERE lineage = {sql_literal(lineage)} "
+            "ORDER BY accepted_at DESC, run_id LIMIT 1"
+        )
+    )
     if not rows:
         raise InputError(
             f"lineage {lineage!r} has no accepted run yet: accept one with perg accept RUN"
@@ -110,9 +112,12 @@ def accepted_reference(client: Queryable, lineage: str) -> str:
 def lineage_history(client: Queryable, lineage: str) -> list[dict[str, Any]]:
     """The lineage's runs, oldest first (view lineage_history)."""
     _check_known_lineage(client, lineage)
-    return _rows(client.sql(
-        f"SELECT * FROM lineage_history WHERE lineage = {sql_literal(lineage)} ORDER BY position"
-    ))  # fmt: skip
+    return _rows(
+        client.sql(
+            f"SELECT * FROM lineage_history WHERE lineage = {sql_literal(lineage)} "
+            "ORDER BY position"
+        )
+    )
 
 
 def wait_stored(client: Queryable, query: str, timeout_s: float = STORED_WAIT_S) -> bool:

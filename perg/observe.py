@@ -84,52 +84,79 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         by_topic = ["service", "topic"]
-        self.consumed = Counter("perg_messages_consumed", "Messages taken from Kafka",
-                                by_topic, registry=r)  # fmt: skip
+        self.consumed = Counter(
+            "perg_messages_consumed", "Messages taken from Kafka", by_topic, registry=r
+        )
         self.finished = Counter(
             "perg_messages_finished",
             "Messages finished: outputs acknowledged by Kafka, or dead-lettered",
-            by_topic, registry=r,
-        )  # fmt: skip
-        self.retried = Counter("perg_messages_retried", "Handler attempts retried",
-                               by_topic, registry=r)  # fmt: skip
-        self.dead_lettered = Counter("perg_messages_dead_lettered", "Messages dead-lettered",
-                                     by_topic, registry=r)  # fmt: skip
-        self.in_flight = Gauge("perg_messages_in_flight", "Messages in progress",
-                               ["service"], registry=r)  # fmt: skip
+            by_topic,
+            registry=r,
+        )
+        self.retried = Counter(
+            "perg_messages_retried", "Handler attempts retried", by_topic, registry=r
+        )
+        self.dead_lettered = Counter(
+            "perg_messages_dead_lettered", "Messages dead-lettered", by_topic, registry=r
+        )
+        self.in_flight = Gauge(
+            "perg_messages_in_flight", "Messages in progress", ["service"], registry=r
+        )
         by_endpoint = ["endpoint"]
-        self._calls = Counter("perg_model_calls", "Model calls (with their retries) by outcome",
-                              ["endpoint", "outcome"], registry=r)  # fmt: skip
-        self._retries = Counter("perg_model_retries", "Model call attempts retried",
-                                by_endpoint, registry=r)  # fmt: skip
-        self._timeouts = Counter("perg_model_timeouts", "Model call attempts that timed out",
-                                 by_endpoint, registry=r)  # fmt: skip
+        self._calls = Counter(
+            "perg_model_calls",
+            "Model calls (with their retries) by outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self._retries = Counter(
+            "perg_model_retries", "Model call attempts retried", by_endpoint, registry=r
+        )
+        self._timeouts = Counter(
+            "perg_model_timeouts", "Model call attempts that timed out", by_endpoint, registry=r
+        )
         self._connection_errors = Counter(
-            "perg_model_connection_errors", "Model call attempts that got no reply (no timeout)",
-            by_endpoint, registry=r,
-        )  # fmt: skip
+            "perg_model_connection_errors",
+            "Model call attempts that got no reply (no timeout)",
+            by_endpoint,
+            registry=r,
+        )
         self._http_errors = Counter(
-            "perg_model_http_errors", "Model call attempts answered with a non-2xx status",
-            ["endpoint", "status"], registry=r,
-        )  # fmt: skip
+            "perg_model_http_errors",
+            "Model call attempts answered with a non-2xx status",
+            ["endpoint", "status"],
+            registry=r,
+        )
         self._latency = Histogram(
-            "perg_model_call_seconds", "Wall time of a successful model call, retries included",
-            by_endpoint, buckets=CALL_SECONDS, registry=r,
-        )  # fmt: skip
+            "perg_model_call_seconds",
+            "Wall time of a successful model call, retries included",
+            by_endpoint,
+            buckets=CALL_SECONDS,
+            registry=r,
+        )
         self._tokens = Histogram(
-            "perg_model_tokens", "Tokens of a successful model call as the server reported them",
-            ["endpoint", "direction"], buckets=TOKENS, registry=r,
-        )  # fmt: skip
-        self.rows_written = Counter("perg_sink_rows_written", "Rows the sink stored, by table",
-                                    ["table"], registry=r)  # fmt: skip
+            "perg_model_tokens",
+            "Tokens of a successful model call as the server reported them",
+            ["endpoint", "direction"],
+            buckets=TOKENS,
+            registry=r,
+        )
+        self.rows_written = Counter(
+            "perg_sink_rows_written", "Rows the sink stored, by table", ["table"], registry=r
+        )
         self.write_seconds = Histogram(
-            "perg_sink_write_seconds", "Wall time of one store write transaction, by table",
-            ["table"], buckets=WRITE_SECONDS, registry=r,
-        )  # fmt: skip
+            "perg_sink_write_seconds",
+            "Wall time of one store write transaction, by table",
+            ["table"],
+            buckets=WRITE_SECONDS,
+            registry=r,
+        )
         self.live_query_seconds = Histogram(
-            "perg_live_query_seconds", "Wall time of a live SQL query (/sql), any outcome",
-            buckets=QUERY_SECONDS, registry=r,
-        )  # fmt: skip
+            "perg_live_query_seconds",
+            "Wall time of a live SQL query (/sql), any outcome",
+            buckets=QUERY_SECONDS,
+            registry=r,
+        )
         self._endpoints: dict[str, EndpointMetrics] = {}
 
     def watch(self, in_flight: Callable[[], int], lag: LagSource) -> None:

@@ -297,17 +297,22 @@ def _grouped_bars(
 
 def figure_pvr(report: PaperReport) -> Figure | None:
     return _grouped_bars(
-        report, "zero_shot", "PVR", "Performance variation rate PVR (%)",
+        report,
+        "zero_shot",
+        "PVR",
+        "Performance variation rate PVR (%)",
         "PVR by model and setting (zero-shot, Full)",
-    )  # fmt: skip
+    )
 
 
 def figure_aligner(report: PaperReport) -> Figure | None:
     return _grouped_bars(
-        report, "pref_aligner", "RER_relative_reduction",
+        report,
+        "pref_aligner",
+        "RER_relative_reduction",
         "Relative RER reduction against zero-shot (%)",
         "Pref-Aligner's improvement by model and setting (Full)",
-    )  # fmt: skip
+    )
 
 
 FIGURES = {

@@ -35,9 +35,12 @@ def _log_pmf(n: int, p: float, k: int) -> float:
     if p >= 1.0:
         return 0.0 if k == n else -math.inf
     return (
-        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-        + k * math.log(p) + (n - k) * math.log1p(-p)
-    )  # fmt: skip
+        math.lgamma(n + 1)
+        - math.lgamma(k + 1)
+        - math.lgamma(n - k + 1)
+        + k * math.log(p)
+        + (n - k) * math.log1p(-p)
+    )
 
 
 def _upper_tail(n: int, p: float, k: int) -> float:

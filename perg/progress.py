@@ -71,18 +71,34 @@ def _rate(per_second: float) -> str:
 
 
 def status_table(statuses: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table("run", "model", "lineage", "version", "protocol", "created", "stored",
-                  "retries", "dead", "state")  # fmt: skip
+    table = Table(
+        "run",
+        "model",
+        "lineage",
+        "version",
+        "protocol",
+        "created",
+        "stored",
+        "retries",
+        "dead",
+        "state",
+    )
     for s in statuses:
         state = s.get("state") or ("done" if s["done"] else "running")
         if state == "cancelled":
             state = "cancelled (partial)"
         cells = (
-            s["run_id"], s["model"], s.get("lineage") or "-", s.get("version") or "-",
-            s["protocol"], s["created_at"],
-            f"{s['results_stored']}/{s['expected_results']}", s["retries"],
-            s["dead_letters"], state,
-        )  # fmt: skip
+            s["run_id"],
+            s["model"],
+            s.get("lineage") or "-",
+            s.get("version") or "-",
+            s["protocol"],
+            s["created_at"],
+            f"{s['results_stored']}/{s['expected_results']}",
+            s["retries"],
+            s["dead_letters"],
+            state,
+        )
         table.add_row(*(Text(printable(str(cell))) for cell in cells))
     return table
 

@@ -33,8 +33,15 @@ BETS = tuple(0.8 * 0.7**i for i in range(16))
 Decision = Literal["fail", "pass", "continue"]
 
 
-def _mixture(worse: int, better: int, rows: int, on_worse: float, on_better: float,
-             on_tie: float, largest: float) -> float:  # fmt: skip
+def _mixture(
+    worse: int,
+    better: int,
+    rows: int,
+    on_worse: float,
+    on_better: float,
+    on_tie: float,
+    largest: float,
+) -> float:
     """mean over BETS of prod(1 + l * x) with x = on_worse / on_better / on_tie per row."""
     ties = rows - worse - better
     logs = []

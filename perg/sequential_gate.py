@@ -41,19 +41,25 @@ class SequentialVerdict:
 def _gated(comparison: Comparison) -> list[Cell]:
     limits = comparison.thresholds or Thresholds(RER=None)
     return [
-        c for c in comparison.cells
+        c
+        for c in comparison.cells
         if c.source == "full" and c.p_value is not None and limits.of(c.metric) is not None
-    ]  # fmt: skip
+    ]
 
 
 def _inputs(
     cells: list[Cell], thresholds: Thresholds, care: Callable[[Cell], float]
 ) -> list[tuple[int, int, int, float, float]]:
     return [
-        (c.worse, c.better, c.n_shared, max(thresholds.of(c.metric) or 0.0, c.noise_floor or 0.0),
-         care(c))
+        (
+            c.worse,
+            c.better,
+            c.n_shared,
+            max(thresholds.of(c.metric) or 0.0, c.noise_floor or 0.0),
+            care(c),
+        )
         for c in cells
-    ]  # fmt: skip
+    ]
 
 
 def follow_gate(
@@ -92,9 +98,14 @@ def follow_gate(
                 "are its workers running? (--stall-timeout)"
             )
         comparison = _compare(
-            source, reference, candidate, thresholds=thresholds, alpha=alpha,
-            correction=correction, allow_mismatch=allow_mismatch,
-        )  # fmt: skip
+            source,
+            reference,
+            candidate,
+            thresholds=thresholds,
+            alpha=alpha,
+            correction=correction,
+            allow_mismatch=allow_mismatch,
+        )
         cells = _gated(comparison) if comparison else []
         rule = SequentialRule(alpha=alpha, power=power, tests=max(1, len(cells)))
         decision = rule.decide(_inputs(cells, thresholds, care)) if cells else "continue"
@@ -125,9 +136,16 @@ def _compare(
 ) -> Comparison | None:
     """The comparison over the rows stored so far, None while they share none."""
     try:
-        return compare_runs(source, reference, candidate, alpha=alpha, thresholds=thresholds,
-                            correction=correction, allow_mismatch=allow_mismatch,
-                            allow_partial=True)  # fmt: skip
+        return compare_runs(
+            source,
+            reference,
+            candidate,
+            alpha=alpha,
+            thresholds=thresholds,
+            correction=correction,
+            allow_mismatch=allow_mismatch,
+            allow_partial=True,
+        )
     except InputError as exc:
         if "share no rows" in str(exc):  # none stored yet
             return None

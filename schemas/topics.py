@@ -42,6 +42,13 @@ ACCEPTANCES = TopicSpec("acceptances", Acceptance, compacted=True)
 GATE_DECISIONS = TopicSpec("gate-decisions", GateDecision, compacted=True)
 
 ALL_TOPICS = (
-    RUNS, WORK, ALIGN, GENERATIONS, VERDICTS, DEAD_LETTERS,
-    CANCELS, ACCEPTANCES, GATE_DECISIONS,
-)  # fmt: skip
+    RUNS,
+    WORK,
+    ALIGN,
+    GENERATIONS,
+    VERDICTS,
+    DEAD_LETTERS,
+    CANCELS,
+    ACCEPTANCES,
+    GATE_DECISIONS,
+)

@@ -94,8 +94,11 @@ class CancelledRuns:
                 while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                     await self._read(consumer)
                 return
-        log.warning("service=%s cancellations not read to the end in %.0fs; serving anyway",
-                    self.service, CATCH_UP_S)  # fmt: skip
+        log.warning(
+            "service=%s cancellations not read to the end in %.0fs; serving anyway",
+            self.service,
+            CATCH_UP_S,
+        )
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:
@@ -112,10 +115,18 @@ class CancelledRuns:
                 try:
                     cancel = RunCancel.decode(message.value)
                 except SchemaError as exc:
-                    log.error("service=%s ignoring an invalid cancellation at offset %d: %s",
-                              self.service, message.offset, exc)  # fmt: skip
+                    log.error(
+                        "service=%s ignoring an invalid cancellation at offset %d: %s",
+                        self.service,
+                        message.offset,
+                        exc,
+                    )
                     continue
                 if cancel.run_id not in self._runs:
-                    log.info("service=%s run=%s cancelled: no more model calls for it (%s)",
-                             self.service, cancel.run_id, cancel.reason)  # fmt: skip
+                    log.info(
+                        "service=%s run=%s cancelled: no more model calls for it (%s)",
+                        self.service,
+                        cancel.run_id,
+                        cancel.reason,
+                    )
                 self._runs.add(cancel.run_id)

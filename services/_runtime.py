@@ -307,8 +307,11 @@ class RecordHandler(Generic[R]):
                 return
             except Exception as exc:
                 if _cause(exc, RunCancelled) is not None:
-                    log.debug("service=%s %s: run cancelled, finished without more model calls",
-                              self.service, _where(message))  # fmt: skip
+                    log.debug(
+                        "service=%s %s: run cancelled, finished without more model calls",
+                        self.service,
+                        _where(message),
+                    )
                     return
                 permanent = _cause(exc, PermanentError)
                 if permanent is not None:
@@ -318,8 +321,12 @@ class RecordHandler(Generic[R]):
                     attempt -= 1
                     if kafka.spent():
                         raise
-                    log.warning("service=%s %s: Kafka did not take an output (%s); retrying",
-                                self.service, _where(message), _describe(exc))  # fmt: skip
+                    log.warning(
+                        "service=%s %s: Kafka did not take an output (%s); retrying",
+                        self.service,
+                        _where(message),
+                        _describe(exc),
+                    )
                     await asyncio.sleep(PUBLISH_RETRY_S)
                     continue
                 if attempt >= HANDLER_ATTEMPTS:
@@ -328,14 +335,25 @@ class RecordHandler(Generic[R]):
                     )
                     return
                 self.metrics.retried.labels(self.service, message.topic).inc()
-                log.warning("service=%s %s attempt %d failed: %s; retrying",
-                            self.service, _where(message), attempt, _describe(exc))  # fmt: skip
+                log.warning(
+                    "service=%s %s attempt %d failed: %s; retrying",
+                    self.service,
+                    _where(message),
+                    attempt,
+                    _describe(exc),
+                )
                 await asyncio.sleep(self.retry_wait_s * 2**attempt)
 
     async def dead_letter(self, message: Message, reason: str) -> None:
         letter = dead_letter_for(self.service, message, reason)
-        log.error("service=%s dead-letter %s run=%s row=%s: %s", self.service, _where(message),
-                  letter.run_id, letter.row_id, letter.reason)  # fmt: skip
+        log.error(
+            "service=%s dead-letter %s run=%s row=%s: %s",
+            self.service,
+            _where(message),
+            letter.run_id,
+            letter.row_id,
+            letter.reason,
+        )
         kafka = _KafkaPatience()
         while True:
             try:
@@ -347,8 +365,12 @@ class RecordHandler(Generic[R]):
             except PublishError as exc:  # Kafka away: wait for it, as for any output
                 if kafka.spent():
                     raise
-                log.warning("service=%s %s: dead letter not taken (%s); retrying",
-                            self.service, _where(message), exc)  # fmt: skip
+                log.warning(
+                    "service=%s %s: dead letter not taken (%s); retrying",
+                    self.service,
+                    _where(message),
+                    exc,
+                )
                 await asyncio.sleep(PUBLISH_RETRY_S)
 
 
@@ -542,9 +564,14 @@ class Worker:
             listener=_Rebalance(self),
         )
         await started(consumer, self.settings)
-        log.info("service=%s consuming %s as %s (in flight %d, instance %s)", self.name,
-                 ", ".join(s.suffix for s in self.inputs), group, self.in_flight,
-                 options.instance or "dynamic")  # fmt: skip
+        log.info(
+            "service=%s consuming %s as %s (in flight %d, instance %s)",
+            self.name,
+            ", ".join(s.suffix for s in self.inputs),
+            group,
+            self.in_flight,
+            options.instance or "dynamic",
+        )
         committer = asyncio.create_task(self._commit_periodically())
         try:
             if self._handle_batch is not None:
@@ -627,8 +654,12 @@ class Worker:
     async def _drain(self, grace_s: float) -> None:
         """On a graceful stop: let the messages in progress finish (bounded), then commit."""
         if self._tasks:
-            log.info("service=%s stopping: waiting up to %.0fs for %d messages in progress",
-                     self.name, grace_s, len(self._tasks))  # fmt: skip
+            log.info(
+                "service=%s stopping: waiting up to %.0fs for %d messages in progress",
+                self.name,
+                grace_s,
+                len(self._tasks),
+            )
             await asyncio.wait(list(self._tasks), timeout=grace_s)
             for task in list(self._tasks):
                 task.cancel()
@@ -671,8 +702,9 @@ class Worker:
             task.cancel()
         if cancelled:
             await asyncio.gather(*cancelled, return_exceptions=True)
-            log.info("service=%s gave up %d messages of revoked partitions",
-                     self.name, len(cancelled))  # fmt: skip
+            log.info(
+                "service=%s gave up %d messages of revoked partitions", self.name, len(cancelled)
+            )
         for tp in partitions:
             self._ledgers.pop(tp, None)
             self._committed.pop(tp, None)
@@ -687,8 +719,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.worker.joined = True
-        log.info("service=%s assigned %s", self.worker.name,
-                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))  # fmt: skip
+        log.info(
+            "service=%s assigned %s",
+            self.worker.name,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)),
+        )
 
 
 def run_worker(worker: Worker) -> None:

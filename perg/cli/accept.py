@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace, settings: Settings) -> int:
     acceptance, stored = accept_run(settings, SinkClient(settings), args.run, args.note)
     if not stored:
-        print("perg accept: published; the sink has not stored it yet (is it running?)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "perg accept: published; the sink has not stored it yet (is it running?)",
+            file=sys.stderr,
+        )
     print(f"accepted {acceptance.run_id} in lineage {acceptance.lineage}")
     return 0

@@ -30,7 +30,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace, settings: Settings) -> int:
     stored = cancel_run(settings, SinkClient(settings), args.run, args.reason)
     if not stored:
-        print("perg cancel: published; the sink has not stored it yet (is it running?)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "perg cancel: published; the sink has not stored it yet (is it running?)",
+            file=sys.stderr,
+        )
     print(f"cancelled {args.run}")
     return 0

@@ -74,20 +74,32 @@ class SinkClient:
 
     def agreement(self, run_id: str) -> list[dict[str, Any]]:
         """How often the rules parser and the run's model extractor disagree (pooled)."""
-        rows = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/agreement",
-                          lambda r: r.agreement(run_id))  # fmt: skip
+        rows = self._call(
+            "GET", f"/api/runs/{quote(run_id, safe='')}/agreement", lambda r: r.agreement(run_id)
+        )
         return list(rows or [])
 
     def metrics(self, run_id: str) -> list[dict[str, Any]]:
-        rows = self._call("GET", f"/api/runs/{quote(run_id, safe='')}/metrics?by=source",
-                          lambda r: r.metrics(run_id))  # fmt: skip
+        rows = self._call(
+            "GET",
+            f"/api/runs/{quote(run_id, safe='')}/metrics?by=source",
+            lambda r: r.metrics(run_id),
+        )
         return list(rows or [])
 
     def changed(self, reference: str, candidate: str, f: ChangedFilter) -> dict[str, Any]:
         """One page of the discordant rows of two runs (GET /api/changed)."""
-        params = {"reference": reference, "candidate": candidate, "metric": f.metric,
-                  "direction": f.direction, "setting": f.setting, "method": f.method,
-                  "source": f.source, "page": f.page.number, "page_size": f.page.size}  # fmt: skip
+        params = {
+            "reference": reference,
+            "candidate": candidate,
+            "metric": f.metric,
+            "direction": f.direction,
+            "setting": f.setting,
+            "method": f.method,
+            "source": f.source,
+            "page": f.page.number,
+            "page_size": f.page.size,
+        }
         query = urlencode({k: v for k, v in params.items() if v is not None})
         found: dict[str, Any] | None = self._call(
             "GET", f"/api/changed?{query}", lambda r: r.changed(reference, candidate, f)
@@ -195,11 +207,15 @@ class SinkClient:
                     f"no sink answers at {self.settings.sink_url} and another process (a sink "
                     f"starting up?) holds {db}: {exc}"
                 ) from exc
-            raise SinkUnavailable(f"no sink answers at {self.settings.sink_url} and {db} "
-                            f"cannot be opened read-only: {exc}") from exc  # fmt: skip
+            raise SinkUnavailable(
+                f"no sink answers at {self.settings.sink_url} and {db} "
+                f"cannot be opened read-only: {exc}"
+            ) from exc
         except duckdb.Error as exc:
-            raise SinkUnavailable(f"no sink answers at {self.settings.sink_url} and {db} "
-                            f"cannot be opened read-only: {exc}") from exc  # fmt: skip
+            raise SinkUnavailable(
+                f"no sink answers at {self.settings.sink_url} and {db} "
+                f"cannot be opened read-only: {exc}"
+            ) from exc
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

@@ -46,14 +46,40 @@ from perg.lineage import accept_run, accepted_reference, record_gate_decision, r
 from perg.sequential_gate import DEFAULT_STALL_S, SequentialVerdict, follow_gate
 from schemas import GateDecision
 
-COLUMNS = ("setting", "method", "source", "metric", "reference", "candidate", "Δ",
-           "Δ shared", "noise floor", "shared Q*", "worse", "better", "p adj", "")  # fmt: skip
+COLUMNS = (
+    "setting",
+    "method",
+    "source",
+    "metric",
+    "reference",
+    "candidate",
+    "Δ",
+    "Δ shared",
+    "noise floor",
+    "shared Q*",
+    "worse",
+    "better",
+    "p adj",
+    "",
+)
 
 
 # per metric in the webhook's JSON
-PAYLOAD_FIELDS = ("setting", "method", "metric", "reference", "candidate", "delta",
-                  "paired_delta", "n_shared", "p_value", "p_adjusted", "noise_floor",
-                  "detectable", "gate_failed")  # fmt: skip
+PAYLOAD_FIELDS = (
+    "setting",
+    "method",
+    "metric",
+    "reference",
+    "candidate",
+    "delta",
+    "paired_delta",
+    "n_shared",
+    "p_value",
+    "p_adjusted",
+    "noise_floor",
+    "detectable",
+    "gate_failed",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,23 +119,39 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="follow the candidate while it runs, decide as soon as the verdict is settled "
         "(always-valid e-processes), then cancel the rest of the run",
     )
-    gate.add_argument("--max-rows", type=int, metavar="N",
-                      help="with --sequential: decide by N candidate rows")  # fmt: skip
+    gate.add_argument(
+        "--max-rows", type=int, metavar="N", help="with --sequential: decide by N candidate rows"
+    )
     stall = "with --sequential: give up (exit 3) when the candidate stores nothing new for S s "
     stall += f"(default {DEFAULT_STALL_S:g})"
-    gate.add_argument("--stall-timeout", type=positive_seconds, default=DEFAULT_STALL_S,
-                      metavar="S", help=stall)  # fmt: skip
-    gate.add_argument("--power", type=float, default=0.8,
-                      help="with --sequential: power of the early pass (default 0.8)")  # fmt: skip
-    gate.add_argument("--mde", type=float, metavar="POINTS",
-                      help="with --sequential: the increase to exclude before passing early "
-                      "(default: what the fixed gate detects at max rows, perg plan)")  # fmt: skip
-    gate.add_argument("--webhook", metavar="URL",
-                      help="POST the verdict as JSON here (timeout, retries; unreachable: "
-                      "said on stderr, the verdict stands)")  # fmt: skip
-    gate.add_argument("--github", action="store_true",
-                      help="GitHub Actions: the Markdown table to $GITHUB_STEP_SUMMARY, "
-                      "::error lines for failed metrics")  # fmt: skip
+    gate.add_argument(
+        "--stall-timeout", type=positive_seconds, default=DEFAULT_STALL_S, metavar="S", help=stall
+    )
+    gate.add_argument(
+        "--power",
+        type=float,
+        default=0.8,
+        help="with --sequential: power of the early pass (default 0.8)",
+    )
+    gate.add_argument(
+        "--mde",
+        type=float,
+        metavar="POINTS",
+        help="with --sequential: the increase to exclude before passing early "
+        "(default: what the fixed gate detects at max rows, perg plan)",
+    )
+    gate.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="POST the verdict as JSON here (timeout, retries; unreachable: "
+        "said on stderr, the verdict stands)",
+    )
+    gate.add_argument(
+        "--github",
+        action="store_true",
+        help="GitHub Actions: the Markdown table to $GITHUB_STEP_SUMMARY, "
+        "::error lines for failed metrics",
+    )
     gate.add_argument(
         "--partial",
         action="store_true",
@@ -148,10 +190,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
-    parser.add_argument("--correction", choices=("holm", "none"), default="holm",
-                        help="multiple-test correction (default holm)")  # fmt: skip
-    parser.add_argument("--allow-mismatch", action="store_true",
-                        help="compare runs over different datasets or protocols")  # fmt: skip
+    parser.add_argument(
+        "--correction",
+        choices=("holm", "none"),
+        default="holm",
+        help="multiple-test correction (default holm)",
+    )
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare runs over different datasets or protocols",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="machine-readable output")
     output.add_argument("--markdown", action="store_true", help="Markdown (CI job summary)")
@@ -205,8 +254,10 @@ def run_gate(args: argparse.Namespace, settings: Settings) -> int:
         acceptance, _ = accept_run(
             settings, client, args.candidate, note, allow_partial=args.sequential
         )
-        print(f"perg gate: accepted {acceptance.run_id} in lineage {acceptance.lineage}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"perg gate: accepted {acceptance.run_id} in lineage {acceptance.lineage}",
+            file=sys.stderr,
+        )
     return code
 
 
@@ -240,11 +291,13 @@ def _github(summary: Path, comparison: Comparison) -> None:
     """The Markdown table to the job summary; one ::error line per failed metric (stdout)."""
     github_summary(summary, markdown(comparison))
     for c in comparison.failures:
-        print(github_error(
-            f"PERG gate: {c.metric} regression",
-            f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points on "
-            f"{c.n_shared} shared rows (p adj {_p(c)})",
-        ))  # fmt: skip
+        print(
+            github_error(
+                f"PERG gate: {c.metric} regression",
+                f"{c.setting}/{c.method} {c.metric} {_num(c.paired_delta, sign=True)} points on "
+                f"{c.n_shared} shared rows (p adj {_p(c)})",
+            )
+        )
 
 
 def _sequential(
@@ -258,20 +311,33 @@ def _sequential(
     rows = args.max_rows or state.get("n_rows")  # the candidate's, until it shows: the reference's
     planned = {
         (p["setting"], p["method"], p["metric"]): p["detectable_increase"]
-        for p in plan_rows(client.metrics(args.reference), thresholds, rows=rows or 1,
-                           alpha=args.alpha, power=power, mde=None)
-    }  # fmt: skip
+        for p in plan_rows(
+            client.metrics(args.reference),
+            thresholds,
+            rows=rows or 1,
+            alpha=args.alpha,
+            power=power,
+            mde=None,
+        )
+    }
 
     def care(cell: Cell) -> float:
         found = planned.get((cell.setting, cell.method, cell.metric))
         return args.mde if args.mde is not None else 100.0 if found is None else found
 
     comparison, verdict = follow_gate(
-        client, args.reference, args.candidate,
-        thresholds=thresholds, alpha=args.alpha, power=power, care=care,
-        max_rows=args.max_rows, correction=args.correction, allow_mismatch=args.allow_mismatch,
+        client,
+        args.reference,
+        args.candidate,
+        thresholds=thresholds,
+        alpha=args.alpha,
+        power=power,
+        care=care,
+        max_rows=args.max_rows,
+        correction=args.correction,
+        allow_mismatch=args.allow_mismatch,
         stall_s=args.stall_timeout,
-    )  # fmt: skip
+    )
     return comparison, verdict
 
 
@@ -286,8 +352,10 @@ def _cancel_rest(
         print(f"perg gate: the rest of the run was NOT cancelled: {exc}", file=sys.stderr)
         return
     if not stored:
-        print("perg gate: the cancellation was published but not yet stored by the sink",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "perg gate: the cancellation was published but not yet stored by the sink",
+            file=sys.stderr,
+        )
 
 
 def _record_decision(settings: Settings, args: argparse.Namespace, passed: bool) -> None:
@@ -355,14 +423,21 @@ def _mark(cell: Cell) -> str:
 def _row(cell: Cell) -> list[str]:
     tested = cell.p_value is not None
     return [
-        cell.setting, cell.method, cell.source, cell.metric,
-        _num(cell.reference), _num(cell.candidate), _num(cell.delta, sign=True),
-        _num(cell.paired_delta, sign=True), _num(cell.noise_floor),
+        cell.setting,
+        cell.method,
+        cell.source,
+        cell.metric,
+        _num(cell.reference),
+        _num(cell.candidate),
+        _num(cell.delta, sign=True),
+        _num(cell.paired_delta, sign=True),
+        _num(cell.noise_floor),
         str(cell.n_shared) if tested else "-",
         str(cell.worse) if tested else "-",
         str(cell.better) if tested else "-",
-        _p(cell), _mark(cell),
-    ]  # fmt: skip
+        _p(cell),
+        _mark(cell),
+    ]
 
 
 def _run_line(role: str, run: dict[str, object]) -> str:
@@ -391,20 +466,25 @@ def _method_lines(comparison: Comparison) -> list[str]:
 def _seen(comparison: Comparison) -> str:
     """What the shared rows could detect: the largest detectable increase over gated cells."""
     cells = [c for c in comparison.cells if c.source == "full" and c.n_shared]
-    gated = [c for c in cells if comparison.thresholds and comparison.thresholds.of(c.metric)
-             is not None]  # fmt: skip
+    gated = [
+        c for c in cells if comparison.thresholds and comparison.thresholds.of(c.metric) is not None
+    ]
     if not gated:
         return ""
     blind = [c for c in gated if c.detectable is None]
     worst = max(gated, key=lambda c: c.detectable or 0.0)
     if blind:
         c = blind[0]
-        return (f"On {c.n_shared} shared rows {c.setting}/{c.method} {c.metric} could not detect "
-                f"any increase with {DETECT_POWER:.0%} power.")  # fmt: skip
-    return (f"Detectable on the shared rows ({DETECT_POWER:.0%} power): increases of "
-            f"{worst.detectable:.2f} points and more ({worst.setting}/{worst.method} "
-            f"{worst.metric}, {worst.n_shared} rows); smaller ones could not have been "
-            "seen.")  # fmt: skip
+        return (
+            f"On {c.n_shared} shared rows {c.setting}/{c.method} {c.metric} could not detect "
+            f"any increase with {DETECT_POWER:.0%} power."
+        )
+    return (
+        f"Detectable on the shared rows ({DETECT_POWER:.0%} power): increases of "
+        f"{worst.detectable:.2f} points and more ({worst.setting}/{worst.method} "
+        f"{worst.metric}, {worst.n_shared} rows); smaller ones could not have been "
+        "seen."
+    )
 
 
 def _verdict(comparison: Comparison) -> str:

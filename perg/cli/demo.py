@@ -40,24 +40,46 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     size.add_argument("--full", action="store_true", help="all 7,208 rows")
     parser.add_argument("--seed", type=int, default=0, help="sample seed")
     grid = parser.add_mutually_exclusive_group()
-    grid.add_argument("--all", action="store_true",
-                      help="every setting and method (3 x 5; ~7x the default's time)")  # fmt: skip
-    grid.add_argument("--settings", type=csv_list(SETTINGS), default=DEFAULT_SETTINGS,
-                      help=f"default {','.join(DEFAULT_SETTINGS)}")  # fmt: skip
-    parser.add_argument("--methods", type=csv_list(METHODS), default=DEFAULT_METHODS,
-                        help=f"default {','.join(DEFAULT_METHODS)}")  # fmt: skip
+    grid.add_argument(
+        "--all",
+        action="store_true",
+        help="every setting and method (3 x 5; ~7x the default's time)",
+    )
+    grid.add_argument(
+        "--settings",
+        type=csv_list(SETTINGS),
+        default=DEFAULT_SETTINGS,
+        help=f"default {','.join(DEFAULT_SETTINGS)}",
+    )
+    parser.add_argument(
+        "--methods",
+        type=csv_list(METHODS),
+        default=DEFAULT_METHODS,
+        help=f"default {','.join(DEFAULT_METHODS)}",
+    )
     parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, help="paper, strict, or a file")
-    parser.add_argument("--max-tokens", type=at_least(1), default=DEFAULT_MAX_TOKENS,
-                        help=f"cap per model call (default {DEFAULT_MAX_TOKENS})")  # fmt: skip
+    parser.add_argument(
+        "--max-tokens",
+        type=at_least(1),
+        default=DEFAULT_MAX_TOKENS,
+        help=f"cap per model call (default {DEFAULT_MAX_TOKENS})",
+    )
     free = "let the judge reply freely (default: only <answer>N</answer>)"
     parser.add_argument("--free-judge", action="store_true", help=free)
     parser.add_argument("--by-source", action="store_true", help="also print metrics per source")
-    parser.add_argument("--workdir", type=Path, default=Path("perg-results/demo"),
-                        help="results, logs and local Kafka state")  # fmt: skip
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("perg-results/demo"),
+        help="results, logs and local Kafka state",
+    )
     parser.add_argument("--model-url", help="use this OpenAI-compatible server instead")
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="model name at --model-url")
-    parser.add_argument("--judge-url", help="an OpenAI-compatible judge server (default: the "
-                        "model under test, too weak a judge to inform AFR and RER)")  # fmt: skip
+    parser.add_argument(
+        "--judge-url",
+        help="an OpenAI-compatible judge server (default: the "
+        "model under test, too weak a judge to inform AFR and RER)",
+    )
     parser.add_argument("--judge-model", help="model name at --judge-url (default: --model)")
     parser.set_defaults(func=run)
 

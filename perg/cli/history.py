@@ -15,8 +15,21 @@ from perg.cli.client import SinkClient
 from perg.config import Settings
 from perg.lineage import lineage_history
 
-COLUMNS = ("#", "run", "version", "created", "state", "rows", "|Q*|", "BR", "AFR", "RER",
-           "noise BR", "verdict", "accepted")  # fmt: skip
+COLUMNS = (
+    "#",
+    "run",
+    "version",
+    "created",
+    "state",
+    "rows",
+    "|Q*|",
+    "BR",
+    "AFR",
+    "RER",
+    "noise BR",
+    "verdict",
+    "accepted",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,13 +57,23 @@ def _text(rows: list[dict[str, Any]]) -> str:
     table = [COLUMNS]
     for r in rows:
         verdict = "-" if r["verdict"] is None else f"{r['verdict']} vs {r['reference_run_id']}"
-        table.append((
-            str(r["position"]), r["run_id"], r["version"] or "-", str(r["created_at"])[:19],
-            r["state"], f"{r['results_stored']} results of {r['n_rows']} rows", str(r["n_qstar"]),
-            _interval(r, "BR"), _interval(r, "AFR"), _interval(r, "RER"),
-            "-" if r["noise_BR"] is None else f"{r['noise_BR']:.1f}",
-            verdict, "yes" if r["accepted"] else "no",
-        ))  # fmt: skip
+        table.append(
+            (
+                str(r["position"]),
+                r["run_id"],
+                r["version"] or "-",
+                str(r["created_at"])[:19],
+                r["state"],
+                f"{r['results_stored']} results of {r['n_rows']} rows",
+                str(r["n_qstar"]),
+                _interval(r, "BR"),
+                _interval(r, "AFR"),
+                _interval(r, "RER"),
+                "-" if r["noise_BR"] is None else f"{r['noise_BR']:.1f}",
+                verdict,
+                "yes" if r["accepted"] else "no",
+            )
+        )
     note = (
         "Metrics: percent, lower is better, pooled over every setting and method of the run "
         "(each outcome weighs equally; 95% Wilson intervals treat outcomes as independent)."

@@ -37,12 +37,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--lineage", metavar="NAME", help="plan against its accepted run")
     which.add_argument("--reference", metavar="RUN", help="plan against this run")
-    parser.add_argument("--rows", type=int, required=True, metavar="N",
-                        help="rows the candidate will run")  # fmt: skip
+    parser.add_argument(
+        "--rows", type=int, required=True, metavar="N", help="rows the candidate will run"
+    )
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level")
     parser.add_argument("--power", type=float, default=0.8, help="power (default 0.8)")
-    parser.add_argument("--mde", type=float, metavar="POINTS",
-                        help="also the rows needed to detect this increase")  # fmt: skip
+    parser.add_argument(
+        "--mde", type=float, metavar="POINTS", help="also the rows needed to detect this increase"
+    )
     parser.add_argument("--max-rer-increase", type=float, default=1.0, metavar="POINTS")
     parser.add_argument("--max-br-increase", type=float, metavar="POINTS")
     parser.add_argument("--max-afr-increase", type=float, metavar="POINTS")
@@ -75,14 +77,22 @@ def plan_rows(
             options = {"alpha": level, "power": power, "limit": limit, "floor": floor}
             detectable = detectable_increase(shared, ceiling=100 - rate, **options)
             needed = rows_needed(mde, **options) if mde is not None else None
-            plans.append({
-                "setting": cell["setting"], "method": cell["method"], "metric": metric,
-                "reference": rate, "threshold": limit, "noise_floor": floor,
-                "qstar_share": qstar_share, "shared_rows": shared, "level": level,
-                "detectable_increase": detectable,
-                "mde": mde,
-                "rows_needed": None if needed is None else math.ceil(needed / qstar_share),
-            })  # fmt: skip
+            plans.append(
+                {
+                    "setting": cell["setting"],
+                    "method": cell["method"],
+                    "metric": metric,
+                    "reference": rate,
+                    "threshold": limit,
+                    "noise_floor": floor,
+                    "qstar_share": qstar_share,
+                    "shared_rows": shared,
+                    "level": level,
+                    "detectable_increase": detectable,
+                    "mde": mde,
+                    "rows_needed": None if needed is None else math.ceil(needed / qstar_share),
+                }
+            )
     return plans
 
 
@@ -103,20 +113,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise InputError(f"--reference: unknown run or no stored results: {reference!r}")
     plans = plan_rows(metrics, thresholds, rows=args.rows, alpha=alpha, power=power, mde=args.mde)
     if args.json:
-        report = {"reference": reference, "rows": args.rows, "alpha": alpha, "power": power,
-                  "assumption": ASSUMPTION, "plans": plans}  # fmt: skip
+        report = {
+            "reference": reference,
+            "rows": args.rows,
+            "alpha": alpha,
+            "power": power,
+            "assumption": ASSUMPTION,
+            "plans": plans,
+        }
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return 0
-    header = ["setting", "method", "metric", "reference", "threshold", "noise floor",
-              "shared Q* rows", "detectable +pts"]  # fmt: skip
+    header = [
+        "setting",
+        "method",
+        "metric",
+        "reference",
+        "threshold",
+        "noise floor",
+        "shared Q* rows",
+        "detectable +pts",
+    ]
     if args.mde is not None:
         header.append(f"rows for +{args.mde:g}")
     table = [header]
     for p in plans:
         found = p["detectable_increase"]
-        line = [p["setting"], p["method"], p["metric"], f"{p['reference']:.1f}",
-                f"{p['threshold']:g}", f"{p['noise_floor']:.1f}", str(p["shared_rows"]),
-                "none" if found is None else f"{found:.2f}"]  # fmt: skip
+        line = [
+            p["setting"],
+            p["method"],
+            p["metric"],
+            f"{p['reference']:.1f}",
+            f"{p['threshold']:g}",
+            f"{p['noise_floor']:.1f}",
+            str(p["shared_rows"]),
+            "none" if found is None else f"{found:.2f}",
+        ]
         if args.mde is not None:
             line.append("never" if p["rows_needed"] is None else str(p["rows_needed"]))
         table.append(line)

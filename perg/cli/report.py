@@ -69,8 +69,10 @@ def add_run_report_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.paper is not None:
         if args.run is not None or args.html is not None or args.markdown or args.against:
-            raise InputError("--paper RUN... takes its runs itself: no RUN, --against, --html "
-                             "or --markdown with it")  # fmt: skip
+            raise InputError(
+                "--paper RUN... takes its runs itself: no RUN, --against, --html "
+                "or --markdown with it"
+            )
         for path in paper(args, settings):
             print(path)
         return 0

@@ -91,8 +91,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"perg status: run {args.run!r} never appeared", file=sys.stderr)
         return 1
     if not last["done"] and last.get("state") == "cancelled":
-        print(f"perg status: run cancelled; {last['results_stored']}/"
-              f"{last['expected_results']} results stored (partial)", file=sys.stderr)  # fmt: skip
+        print(
+            f"perg status: run cancelled; {last['results_stored']}/"
+            f"{last['expected_results']} results stored (partial)",
+            file=sys.stderr,
+        )
         return 1
     if not last["done"]:
         why = (
@@ -100,8 +103,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if stall.stalled()
             else f"timed out after {args.timeout:g} s (--timeout)"
         )
-        print(f"perg status: {why}; {last['results_stored']}/{last['expected_results']} "
-              "results stored", file=sys.stderr)  # fmt: skip
+        print(
+            f"perg status: {why}; {last['results_stored']}/{last['expected_results']} "
+            "results stored",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

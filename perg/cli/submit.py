@@ -90,10 +90,13 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge-model", required=True)
     parser.add_argument("--judge-backend", default="openai", choices=backends)
     parser.add_argument("--judge-token-env")
-    parser.add_argument("--extractor", choices=EXTRACTORS,
-                        help="answer extractor: rules (no model), llm (the paper's prompt), lora "
-                        "(the paper's 1-token LoRA extractor, llm fallback); default lora with "
-                        "--lora-url, llm with --extractor-url, else rules")  # fmt: skip
+    parser.add_argument(
+        "--extractor",
+        choices=EXTRACTORS,
+        help="answer extractor: rules (no model), llm (the paper's prompt), lora "
+        "(the paper's 1-token LoRA extractor, llm fallback); default lora with "
+        "--lora-url, llm with --extractor-url, else rules",
+    )
     parser.add_argument("--extractor-url", help="llm extractor base URL (default: the judge's)")
     parser.add_argument("--extractor-model", help="llm extractor model name")
     parser.add_argument("--extractor-backend", default="openai", choices=backends)
@@ -122,10 +125,13 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
         "a system role); inst: one raw [INST] prompt on the completions endpoint "
         "(Janus); default: the model family's, as published; recorded on the run",
     )
-    parser.add_argument("--thinking", choices=("on", "off"),
-                        help="a thinking model's switch (Qwen3: chat_template_kwargs "
-                        "enable_thinking; default off); Pref-Aligner stage 2 never "
-                        "thinks")  # fmt: skip
+    parser.add_argument(
+        "--thinking",
+        choices=("on", "off"),
+        help="a thinking model's switch (Qwen3: chat_template_kwargs "
+        "enable_thinking; default off); Pref-Aligner stage 2 never "
+        "thinks",
+    )
     parser.add_argument(
         "--decoding-profile",
         choices=tuple(DECODING_PROFILES),
@@ -191,8 +197,13 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
     if args.extractor_url or args.extractor_model:
         if not (args.extractor_url and args.extractor_model):
             raise InputError("give --extractor-url and --extractor-model together")
-        extractor = endpoint("extractor", args.extractor_url, args.extractor_model,
-                             args.extractor_backend, args.extractor_token_env)  # fmt: skip
+        extractor = endpoint(
+            "extractor",
+            args.extractor_url,
+            args.extractor_model,
+            args.extractor_backend,
+            args.extractor_token_env,
+        )
     if args.lora_url or args.lora_model:
         if not (args.lora_url and args.lora_model):
             raise InputError("give --lora-url and --lora-model together")
@@ -233,16 +244,22 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
 def warn_about_hosts(context: RunContext, settings: Settings) -> None:
     """Warn (stderr) about URLs this machine's PERG_MODEL_HOSTS refuses: workers with the same
     list will dead-letter the run. The workers decide; theirs may differ."""
-    for role, endpoint in (("model", context.model), ("judge", context.judge),
-                           ("extractor", context.extractor_endpoint),
-                           ("lora", context.lora_endpoint)):  # fmt: skip
+    for role, endpoint in (
+        ("model", context.model),
+        ("judge", context.judge),
+        ("extractor", context.extractor_endpoint),
+        ("lora", context.lora_endpoint),
+    ):
         if endpoint is None:
             continue
         try:
             settings.model_hosts.check(endpoint.base_url)
         except HostNotAllowed as exc:
-            print(f"perg submit: warning: --{role}-url: {exc}; workers with this allow-list "
-                  "will dead-letter the run", file=sys.stderr)  # fmt: skip
+            print(
+                f"perg submit: warning: --{role}-url: {exc}; workers with this allow-list "
+                "will dead-letter the run",
+                file=sys.stderr,
+            )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -96,12 +96,17 @@ def open_store(settings: Settings, wait_s: float) -> ResultStore:
                 raise
             waited = time.monotonic() - started
             if waited >= wait_s:
-                log.critical("stage=sink %s is still locked after %.0fs: %s", settings.db,
-                             waited, exc)  # fmt: skip
+                log.critical(
+                    "stage=sink %s is still locked after %.0fs: %s", settings.db, waited, exc
+                )
                 raise SystemExit(EXIT_LOCKED) from None
-            log.warning("stage=sink waiting for the write lock on %s (another process holds "
-                        "it: %s); retry in %.1fs", settings.db, first_line(exc),
-                        delay)  # fmt: skip
+            log.warning(
+                "stage=sink waiting for the write lock on %s (another process holds "
+                "it: %s); retry in %.1fs",
+                settings.db,
+                first_line(exc),
+                delay,
+            )
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -189,8 +194,11 @@ class Sink:
         """Store one batch; raises (after retries) only when the store itself fails."""
         batch = self.decode(messages)
         for spec, _ in batch.runs:
-            log.info("stage=sink run=%s registered (%d results expected)",
-                     spec.context.run_id, spec.expected_results)  # fmt: skip
+            log.info(
+                "stage=sink run=%s registered (%d results expected)",
+                spec.context.run_id,
+                spec.expected_results,
+            )
         for cancel, _ in batch.cancels:
             log.info("stage=sink run=%s cancelled (%s)", cancel.run_id, cancel.reason)
         store = self.store
@@ -241,9 +249,15 @@ class Sink:
     def reject(self, message: Message, reason: str) -> DeadLetter:
         """The dead letter of a record the sink cannot use (stored here: the end of the line)."""
         letter = dead_letter_for("sink", message, reason)
-        log.error("stage=sink dead-letter %s[%d]@%d run=%s row=%s: %s", message.topic,
-                  message.partition, message.offset, letter.run_id, letter.row_id,
-                  letter.reason)  # fmt: skip
+        log.error(
+            "stage=sink dead-letter %s[%d]@%d run=%s row=%s: %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            letter.run_id,
+            letter.row_id,
+            letter.reason,
+        )
         self.metrics.dead_lettered.labels("sink", message.topic).inc()
         return letter
 
@@ -296,9 +310,14 @@ class Sink:
 def _log_store_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     delay = state.next_action.sleep if state.next_action else 0.0
-    log.warning("stage=sink store write failed (%s: %s); retry %d/%d in %.1fs",
-                type(exc).__name__, exc, state.attempt_number, STORE_ATTEMPTS - 1,
-                delay)  # fmt: skip
+    log.warning(
+        "stage=sink store write failed (%s: %s); retry %d/%d in %.1fs",
+        type(exc).__name__,
+        exc,
+        state.attempt_number,
+        STORE_ATTEMPTS - 1,
+        delay,
+    )
 
 
 def build_app(settings: Settings, options: WorkerOptions) -> Worker:

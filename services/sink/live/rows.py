@@ -163,10 +163,28 @@ def _page(query: Mapping[str, str]) -> Page:
 
 _SETTINGS: tuple[str, ...] = get_args(Setting)
 _METHODS: tuple[str, ...] = get_args(Method)
-_ROW_PARAMS = ("setting", "method", "source", "subject", "preference", "row_id", "outcome",
-               "page", "page_size")  # fmt: skip
-_CHANGED_PARAMS = ("reference", "candidate", "metric", "direction", "setting", "method",
-                   "source", "page", "page_size")  # fmt: skip
+_ROW_PARAMS = (
+    "setting",
+    "method",
+    "source",
+    "subject",
+    "preference",
+    "row_id",
+    "outcome",
+    "page",
+    "page_size",
+)
+_CHANGED_PARAMS = (
+    "reference",
+    "candidate",
+    "metric",
+    "direction",
+    "setting",
+    "method",
+    "source",
+    "page",
+    "page_size",
+)
 
 
 def parse_row_filter(query: Mapping[str, str]) -> RowFilter:
@@ -350,8 +368,12 @@ def explore_rows(
 ) -> dict[str, Any]:
     """One page of the run's rows matching ``f``, with their texts and verdicts."""
     run = _run(con, run_id)
-    params: dict[str, Any] = {"run_id": run_id, "setting": f.setting, "method": f.method,
-                              "row_id": f.row_id}  # fmt: skip
+    params: dict[str, Any] = {
+        "run_id": run_id,
+        "setting": f.setting,
+        "method": f.method,
+        "row_id": f.row_id,
+    }
     if f.outcome == DEAD_LETTERED:
         if f.source or f.subject or f.preference:
             raise RowQueryError(
@@ -364,8 +386,9 @@ def explore_rows(
         if f.row_id is None:
             cell_params = {k: v for k, v in params.items() if k != "row_id"}
             count = CELL_COUNTS[f.outcome]
-            con.execute(f"SELECT coalesce(sum({count}), 0) FROM perg_cells WHERE {_CELL_WHERE}",
-                        cell_params)  # fmt: skip
+            con.execute(
+                f"SELECT coalesce(sum({count}), 0) FROM perg_cells WHERE {_CELL_WHERE}", cell_params
+            )
         else:
             where = _WHERE + f" AND ({OUTCOMES[f.outcome]})"
             con.execute(f"SELECT count(*) FROM perg_outcome_flags WHERE {where}", params)
@@ -383,10 +406,17 @@ def explore_rows(
     rows = _records(con)
     if f.outcome != DEAD_LETTERED:
         _add_questions(rows, questions.items(run["dataset_path"], run["dataset_sha256"]))
-    return {"run_id": run_id, "filter": f.described(), "total": total, "page": f.page.number,
-            "page_size": f.page.size, "pages": last, "max_text_chars": MAX_TEXT_CHARS,
-            "kind": "dead_letters" if f.outcome == DEAD_LETTERED else "results",
-            "rows": rows}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "filter": f.described(),
+        "total": total,
+        "page": f.page.number,
+        "page_size": f.page.size,
+        "pages": last,
+        "max_text_chars": MAX_TEXT_CHARS,
+        "kind": "dead_letters" if f.outcome == DEAD_LETTERED else "results",
+        "rows": rows,
+    }
 
 
 def _seek(con: duckdb.DuckDBPyConnection, outcome: str, params: dict[str, Any]) -> dict[str, int]:
@@ -409,8 +439,11 @@ def _add_questions(rows: list[dict[str, Any]], items: dict[int, Item] | str) -> 
         item = items.get(row["row_id"]) if isinstance(items, dict) else None
         row["question"] = item.question if item else None
         row["options"] = list(item.options) if item else None
-        row["question_note"] = items if isinstance(items, str) else (
-            None if item else "this row is not in the run's dataset file")  # fmt: skip
+        row["question_note"] = (
+            items
+            if isinstance(items, str)
+            else (None if item else "this row is not in the run's dataset file")
+        )
         # Pref-Aligner's stage 2 rewrites the baseline answer; self-critic's rewrites its own
         # first answer (not stored: only its rewrite is).
         row["stage2"] = (
@@ -430,45 +463,77 @@ def changed_rows(
     for run_id in (reference, candidate):
         _run(con, run_id)
     sql = _CHANGED_SQL.format(failed=FAILURE_COLUMNS[f.metric], discordant=DISCORDANCE[f.direction])
-    params: dict[str, Any] = {"reference": reference, "candidate": candidate,
-        "setting": f.setting, "method": f.method, "source": f.source,
-        "limit": f.page.size, "offset": f.page.offset}  # fmt: skip
+    params: dict[str, Any] = {
+        "reference": reference,
+        "candidate": candidate,
+        "setting": f.setting,
+        "method": f.method,
+        "source": f.source,
+        "limit": f.page.size,
+        "offset": f.page.offset,
+    }
     con.execute(sql, params)
     pairs = _records(con)
     total = int(pairs[0]["total"]) if pairs else 0
-    described = (f"{f.metric} {f.direction} in {candidate[:80]!r} against {reference[:80]!r}"
-                 f" (setting={f.setting or 'any'}, method={f.method or 'any'},"
-                 f" source={f.source or 'full'})")  # fmt: skip
+    described = (
+        f"{f.metric} {f.direction} in {candidate[:80]!r} against {reference[:80]!r}"
+        f" (setting={f.setting or 'any'}, method={f.method or 'any'},"
+        f" source={f.source or 'full'})"
+    )
     if not pairs:
         if f.page.number > 1:
             con.execute(sql, params | {"limit": 1, "offset": 0})
             if con.fetchall():
                 raise NotFound(f"page {f.page.number} is past the last page of {described}")
         return {"filter": described, "total": 0, "page": 1, "pages": 0, "rows": []}
-    con.execute(_CHANGED_DETAIL_SQL, {
-        "reference": reference, "candidate": candidate, "max_chars": MAX_TEXT_CHARS,
-        "row_ids": sorted({p["row_id"] for p in pairs}),
-        "settings": sorted({p["setting"] for p in pairs}),
-        "methods": sorted({p["method"] for p in pairs}),
-    })  # fmt: skip
+    con.execute(
+        _CHANGED_DETAIL_SQL,
+        {
+            "reference": reference,
+            "candidate": candidate,
+            "max_chars": MAX_TEXT_CHARS,
+            "row_ids": sorted({p["row_id"] for p in pairs}),
+            "settings": sorted({p["setting"] for p in pairs}),
+            "methods": sorted({p["method"] for p in pairs}),
+        },
+    )
     detail = {(d["run_id"], d["row_id"], d["setting"], d["method"]): d for d in _records(con)}
     rows = []
     for p in pairs:
         key = (p["row_id"], p["setting"], p["method"])
         ref, cand = detail.get((reference, *key), {}), detail.get((candidate, *key), {})
-        rows.append({"row_id": p["row_id"], "setting": p["setting"], "method": p["method"],
-                     "source": p["source"], "reference": ref, "candidate": cand})  # fmt: skip
-    return {"filter": described, "metric": f.metric, "direction": f.direction, "total": total,
-            "page": f.page.number, "page_size": f.page.size, "pages": -(-total // f.page.size),
-            "rows": rows}  # fmt: skip
+        rows.append(
+            {
+                "row_id": p["row_id"],
+                "setting": p["setting"],
+                "method": p["method"],
+                "source": p["source"],
+                "reference": ref,
+                "candidate": cand,
+            }
+        )
+    return {
+        "filter": described,
+        "metric": f.metric,
+        "direction": f.direction,
+        "total": total,
+        "page": f.page.number,
+        "page_size": f.page.size,
+        "pages": -(-total // f.page.size),
+        "rows": rows,
+    }
 
 
 def facets(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     """The values the explorer's filters can take for this run (from the kept cells)."""
     _run(con, run_id)
     out: dict[str, Any] = {"outcomes": list(OUTCOME_NAMES)}
-    for name, column in (("settings", "setting"), ("methods", "method"), ("sources", "source"),
-                         ("subjects", "category")):  # fmt: skip
+    for name, column in (
+        ("settings", "setting"),
+        ("methods", "method"),
+        ("sources", "source"),
+        ("subjects", "category"),
+    ):
         con.execute(
             f"SELECT DISTINCT {column} FROM perg_cells WHERE run_id = $run_id "
             f"AND {column} IS NOT NULL AND {column} <> '' ORDER BY 1",

@@ -37,14 +37,33 @@ from perg.errors import InputError, first_line
 from services.sink.live.engine import EngineRefused, harden, single_select
 from services.sink.live.sqlfunctions import ALLOWED_FUNCTIONS
 
-DOCUMENTED_TABLES = frozenset({
-    "runs", "baselines", "baseline_repeats", "results", "progress", "dead_letters", "outcomes",
-    "run_cancels", "acceptances", "gate_decisions", "run_states", "lineage_history",
-    "metrics_by_source", "metrics_by_preference", "metrics_by_subject", "extraction_agreement",
-    # the intermediate views of perg/metrics.sql (perg compare reads them)
-    "perg_row_outcomes", "perg_metric_groups", "perg_metric_counts", "perg_metric_failures",
-    "perg_metric_values", "perg_extraction_pairs",
-})  # fmt: skip
+DOCUMENTED_TABLES = frozenset(
+    {
+        "runs",
+        "baselines",
+        "baseline_repeats",
+        "results",
+        "progress",
+        "dead_letters",
+        "outcomes",
+        "run_cancels",
+        "acceptances",
+        "gate_decisions",
+        "run_states",
+        "lineage_history",
+        "metrics_by_source",
+        "metrics_by_preference",
+        "metrics_by_subject",
+        "extraction_agreement",
+        # the intermediate views of perg/metrics.sql (perg compare reads them)
+        "perg_row_outcomes",
+        "perg_metric_groups",
+        "perg_metric_counts",
+        "perg_metric_failures",
+        "perg_metric_values",
+        "perg_extraction_pairs",
+    }
+)
 METRIC_MACROS = frozenset({"perg_wilson", "perg_percent"})
 ALLOWED_TABLE_FUNCTIONS = frozenset(
     {"range", "generate_series", "unnest", "json_each", "json_tree"}
