@@ -97,11 +97,11 @@ def open_store(settings: Settings, wait_s: float) -> ResultStore:
             waited = time.monotonic() - started
             if waited >= wait_s:
                 log.critical(
-                    "stage=sink %s is still locked after %.0fs: %s", settings.db, waited, exc
+                    "service=sink %s is still locked after %.0fs: %s", settings.db, waited, exc
                 )
                 raise SystemExit(EXIT_LOCKED) from None
             log.warning(
-                "stage=sink waiting for the write lock on %s (another process holds "
+                "service=sink waiting for the write lock on %s (another process holds "
                 "it: %s); retry in %.1fs",
                 settings.db,
                 first_line(exc),
@@ -167,7 +167,7 @@ class Sink:
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, settings.sink_bind, settings.sink_port).start()
-        log.info("stage=sink API on http://%s:%d", settings.sink_bind, settings.sink_port)
+        log.info("service=sink API on http://%s:%d", settings.sink_bind, settings.sink_port)
         snapshots = asyncio.create_task(self._snapshots())
         try:
             yield
@@ -184,9 +184,9 @@ class Sink:
             await asyncio.sleep(self.settings.snapshot_every_s)
             try:
                 path = await asyncio.to_thread(write_snapshot, self.store, directory)
-                log.debug("stage=sink snapshot %s", path)
+                log.debug("service=sink snapshot %s", path)
             except Exception:
-                log.warning("stage=sink snapshot failed", exc_info=True)
+                log.warning("service=sink snapshot failed", exc_info=True)
 
     # -- one batch --------------------------------------------------------------------------
 
@@ -195,12 +195,12 @@ class Sink:
         batch = self.decode(messages)
         for spec, _ in batch.runs:
             log.info(
-                "stage=sink run=%s registered (%d results expected)",
+                "service=sink run=%s registered (%d results expected)",
                 spec.context.run_id,
                 spec.expected_results,
             )
         for cancel, _ in batch.cancels:
-            log.info("stage=sink run=%s cancelled (%s)", cancel.run_id, cancel.reason)
+            log.info("service=sink run=%s cancelled (%s)", cancel.run_id, cancel.reason)
         store = self.store
         saves = (
             await self.save("runs", self._save_runs, batch.runs),
@@ -221,7 +221,7 @@ class Sink:
             "dead_letters", self.store.save_dead_letters, [(d, None) for d in saved.rejected]
         )
         if batch.verdicts:
-            log.info("stage=sink stored %d verdicts", len(batch.verdicts))
+            log.info("service=sink stored %d verdicts", len(batch.verdicts))
 
     def _save_runs(self, specs: list[RunSpec]) -> None:
         for spec in specs:
@@ -250,7 +250,7 @@ class Sink:
         """The dead letter of a record the sink cannot use (stored here: the end of the line)."""
         letter = dead_letter_for("sink", message, reason)
         log.error(
-            "stage=sink dead-letter %s[%d]@%d run=%s row=%s: %s",
+            "service=sink dead-letter %s[%d]@%d run=%s row=%s: %s",
             message.topic,
             message.partition,
             message.offset,
@@ -311,7 +311,7 @@ def _log_store_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     delay = state.next_action.sleep if state.next_action else 0.0
     log.warning(
-        "stage=sink store write failed (%s: %s); retry %d/%d in %.1fs",
+        "service=sink store write failed (%s: %s); retry %d/%d in %.1fs",
         type(exc).__name__,
         exc,
         state.attempt_number,

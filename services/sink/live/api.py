@@ -243,7 +243,7 @@ async def _run_sql(request: web.Request, query: str, fmt: str) -> web.Response:
     except duckdb.Error as exc:
         return _error(f"the query failed: {_engine_message(exc)}", 400)
     except Exception:  # a user query must never surface as a 500
-        log.exception("stage=api live SQL failed unexpectedly")
+        log.exception("service=sink api: live SQL failed unexpectedly")
         return _error("the query failed (see the sink's log)", 400)
 
 
