@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from perg.client import Endpoint, ModelClient
+from perg.client import ClientTuning, Endpoint, ModelClient
 
 MESSAGES = [{"role": "user", "content": "Which of the options best answers the question?"}]
 Call = Callable[[], Awaitable[str]]
@@ -38,7 +38,7 @@ def _importable(module: str | None) -> bool:
 
 
 async def _ours(url: str, in_flight: int) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    client = ModelClient(Endpoint(url, "bench", max_in_flight=in_flight))
+    client = ModelClient(Endpoint(url, "bench"), tuning=ClientTuning(max_in_flight=in_flight))
 
     async def call() -> str:
         return (await client.chat(MESSAGES, max_tokens=8)).text

@@ -9,7 +9,8 @@ SmolLM2-135M-Instruct GGUF, and measures:
   unique from its first token so no cache can help), one at a time, ``max_tokens=1``;
 - decode tok/s: one long generation (128 tokens) from a short prompt;
 - workload: the demo's calls for ``--rows`` rows (relevant-setting zero-shot and ICL answers,
-  then a judge prompt), ``--concurrency`` in flight, 48 tokens each: wall seconds.
+  then a judge prompt, its reply constrained to <answer>N</answer> as the demo's is),
+  ``--concurrency`` in flight, 48 tokens each: wall seconds.
 
 Configurations (each skipped when its build is missing):
   python-avx2    llama-cpp-python's server, GGML_NATIVE=OFF (the former deploy/llama-server.sh,
@@ -36,13 +37,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perg.client import response_format
 from perg.dataset import load_dataset, stratified_sample
+from perg.judging import RATING_SCHEMA
 from perg.local import free_port
 from perg.protocol import ChatMessage, load_protocol
 
@@ -71,7 +74,7 @@ def perg_home() -> Path:
     return Path(os.environ.get("PERG_HOME", Path.home() / ".cache" / "perg"))
 
 
-def configs(home: Path, slots: int) -> tuple[list[Config], Path | None]:
+def configs(home: Path, slots: int, threads: int = 2) -> tuple[list[Config], Path | None]:
     server_dir = {v: home / f"llama-server-{LLAMA_CPP_PYTHON}-{v}" for v in ("native", "portable")}
     server_dir["wheel"] = home / f"llama-server-{XLLAMACPP}-wheel"
     ggufs = [d / "models" / GGUF_NAME for d in server_dir.values()]
@@ -100,7 +103,7 @@ def configs(home: Path, slots: int) -> tuple[list[Config], Path | None]:
                 f"server-{variant}-{n}",
                 [str(binary), "--model", str(gguf), "--alias", ALIAS, "--host", "127.0.0.1",
                  "--port", "{port}", "--parallel", str(n), "--ctx-size", str(4096 * n),
-                 "--threads", "2", "--threads-batch", "2", "--jinja", "--no-webui"],
+                 "--threads", str(threads), "--threads-batch", "2", "--jinja", "--no-webui"],
                 llama_server=True,
                 prompt_cache=cache,
             )
@@ -119,14 +122,23 @@ def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
         return reply
 
 
-def chat(config: Config, url: str, messages: Sequence[ChatMessage], max_tokens: int) -> int:
-    """One call; returns the prompt tokens the server reports."""
+def chat(
+    config: Config,
+    url: str,
+    messages: Sequence[ChatMessage],
+    max_tokens: int,
+    schema: Mapping[str, object] | None = None,
+) -> int:
+    """One call (constrained to ``schema`` as the demo's judge is); returns the prompt tokens
+    the server reports."""
     body: dict[str, Any] = {
         "model": ALIAS,
         "messages": list(messages),
         "max_tokens": max_tokens,
         "temperature": 0.0,
     }
+    if schema is not None:
+        body["response_format"] = response_format("llamacpp", schema)
     if config.llama_server:
         body["cache_prompt"] = config.prompt_cache
     usage = post(url, body).get("usage") or {}
@@ -172,15 +184,15 @@ def measure(config: Config, rows: int, concurrency: int) -> Figures:
         usage = post(url, body).get("usage") or {}
         decode_tps = int(usage.get("completion_tokens", 0)) / (time.perf_counter() - started)
 
-        calls: list[list[ChatMessage]] = []
+        calls: list[tuple[list[ChatMessage], Mapping[str, object] | None]] = []
         for item in items:
-            calls.append(protocol.answer_messages(item, "relevant", "zero_shot"))
-            calls.append(protocol.answer_messages(item, "relevant", "icl"))
+            calls.append((protocol.answer_messages(item, "relevant", "zero_shot"), None))
+            calls.append((protocol.answer_messages(item, "relevant", "icl"), None))
             answer = f"The answer is {item.letters[0]}."
-            calls.append(protocol.judge_messages(item, answer, answer))
+            calls.append((protocol.judge_messages(item, answer, answer), RATING_SCHEMA))
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda m: chat(config, url, m, 48), calls))
+            list(pool.map(lambda call: chat(config, url, call[0], 48, call[1]), calls))
         workload_s = time.perf_counter() - started
         return Figures(prompt_tps, decode_tps, workload_s)
     finally:
@@ -197,14 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=6, help="PERG rows per measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight (and slots)")
     parser.add_argument("--only", help="comma-separated configuration names")
+    parser.add_argument("--threads", type=int, default=2, help="decode threads (--threads)")
     args = parser.parse_args(argv)
-    found, gguf = configs(perg_home(), args.concurrency)
+    found, gguf = configs(perg_home(), args.concurrency, args.threads)
     if args.only:
         found = [c for c in found if c.name in args.only.split(",")]
     if not found:
         print(f"no server build found under {perg_home()} (run deploy/llama-server.sh install)")
         return 2
-    print(f"GGUF {gguf}; {args.rows} rows, {args.concurrency} in flight")
+    print(f"GGUF {gguf}; {args.rows} rows, {args.concurrency} in flight, {args.threads} threads")
     print(f"load average before: {os.getloadavg()[0]:.1f}")
     results: list[tuple[str, Figures]] = []
     for config in found:

@@ -48,7 +48,7 @@ import orjson  # noqa: E402
 from kafka_fixture import broker_session  # noqa: E402
 from pipeline_harness import DATA_DIR, Pipeline, wait_until  # noqa: E402
 
-from perg.client import Endpoint, ModelClient  # noqa: E402
+from perg.client import ClientTuning, Endpoint, ModelClient  # noqa: E402
 from perg.dataset import load_dataset, stratified_sample  # noqa: E402
 from perg.protocol import load_protocol  # noqa: E402
 
@@ -150,7 +150,9 @@ async def _sequential(url: str, calls: int) -> float:
     protocol = load_protocol("paper", DATA_DIR)
     items = stratified_sample(load_dataset(DATA_DIR / "pergdata.csv"), 10, 1)
     messages = [protocol.baseline_messages(item, "system") for item in items]
-    async with ModelClient(Endpoint(url, "scripted-double", max_in_flight=1)) as client:
+    async with ModelClient(
+        Endpoint(url, "scripted-double"), tuning=ClientTuning(max_in_flight=1)
+    ) as client:
         started = time.perf_counter()
         for i in range(calls):
             chat = [{"role": m["role"], "content": m["content"]} for m in messages[i % 10]]
@@ -239,7 +241,7 @@ def p4_sink(stored: int) -> tuple[float, float]:
         favour_live_queries()  # as the sink's live API does in the sink process
         writer = threading.Thread(target=ingest)
         writer.start()
-        reader = StoreReader(store, QueryLimits.from_settings())
+        reader = StoreReader(store, QueryLimits())
         latencies = []
         try:
             for _ in range(40):

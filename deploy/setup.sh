@@ -14,8 +14,13 @@ if [[ "${1:-}" == "--dev" ]]; then
     LOCK="$ROOT/deploy/requirements-dev.lock"
 fi
 STAMP="$VENV/.perg-installed$EXTRAS"
+DEV_STAMP="$VENV/.perg-installed[dev]"  # the dev install holds the runtime one
+DEV_LOCK="$ROOT/deploy/requirements-dev.lock"
 
-if [[ -f "$STAMP" && "$STAMP" -nt "$ROOT/pyproject.toml" && "$STAMP" -nt "$LOCK" ]] \
+installed() {  # installed STAMP LOCK: the install STAMP records is newer than its inputs
+    [[ -f "$1" && "$1" -nt "$ROOT/pyproject.toml" && "$1" -nt "$2" ]]
+}
+if { installed "$STAMP" "$LOCK" || installed "$DEV_STAMP" "$DEV_LOCK"; } \
     && "$VENV/bin/python" -c 'import perg' 2>/dev/null; then
     exit 0
 fi

@@ -20,7 +20,6 @@ import json
 import logging
 import random
 import re
-import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 from perg._text import bracket_depth
 from perg.config import default_data_dir
 from perg.errors import InputError
+from schemas.values import LETTERS, Item
 
 __all__ = [
     "COLUMNS",
@@ -47,7 +47,6 @@ __all__ = [
 
 SOURCES = ("truthfulqa/truthful_qa", "tau/commonsense_qa", "cais/mmlu")
 COLUMNS = ("question", "options", "gold_option", "gold_answer", "category", "source", "preference")
-LETTERS = string.ascii_uppercase
 MAX_REPORTED = 20
 DATASET_FILE = "pergdata.csv"
 # Hostile-input bounds: a field longer than this (the csv module's own field limit) or an
@@ -61,25 +60,6 @@ _NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit() also accepts
 _UNACCEPTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One PERGData row; ``row_id`` is its 0-based position in the file."""
-
-    row_id: int
-    question: str
-    options: tuple[str, ...]
-    gold_option: str
-    gold_answer: str
-    category: str
-    source: str
-    preference: str
-
-    @property
-    def letters(self) -> tuple[str, ...]:
-        """The option letters, ``("A", "B", ...)``."""
-        return tuple(LETTERS[: len(self.options)])
 
 
 @dataclass(frozen=True)

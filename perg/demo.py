@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -50,6 +51,17 @@ DEFAULT_MAX_TOKENS = 48
 # llama-server slots (deploy/llama-server.sh, PERG_LLAMA_SLOTS): calls in flight per endpoint
 EMBEDDED_SLOTS = 4
 CPU_DEADLINE_BASE_S = 120.0
+# how long each step takes here (2 cores, warm; README Timings), said when it starts
+KAFKA_START = "~10-20 s"
+MODEL_START = "~5-10 s"
+WORKERS_START = "~5-15 s"
+EVALUATION_S_PER_RESULT = 2.5  # the default grid on the embedded model, warm
+
+
+def evaluation_estimate(results: int) -> str:
+    """About how long ``results`` results take on the embedded model here."""
+    minutes = max(results * EVALUATION_S_PER_RESULT / 60, 1)
+    return f"{results} results: ~{minutes:.0f} min on 2 cores, longer when the machine is busy"
 
 
 @dataclass(frozen=True)
@@ -70,46 +82,60 @@ class DemoOptions:
     rows: str | None = None  # the first N rows or ids and ranges (as perg submit --rows)
 
 
+def _say(console: Console, line: str) -> None:
+    """One plain line (no markup, no re-wrapping), the same on a terminal and off one."""
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def _progress(console: Console) -> Callable[[str], None]:
-    """Prints a deploy script's log lines as they are (plain text, on a terminal or off one)."""
-    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+    """Prints a deploy script's log lines as they come (what it installs, how long it takes)."""
+    return lambda line: _say(console, line)
+
+
+class Step:
+    """A step of the demo that takes more than a few seconds: a line saying what it does and
+    about how long that takes (measured on 2 cores, README Timings) when it starts, and one
+    saying how it ended and how long it took."""
+
+    def __init__(self, console: Console, doing: str, expected: str) -> None:
+        self.console = console
+        self.started = time.monotonic()
+        _say(console, f"{doing} ({expected})...")
+
+    def done(self, outcome: str) -> None:
+        _say(self.console, f"{outcome} ({time.monotonic() - self.started:.0f} s)")
 
 
 def _start_or_reuse(
-    stack: ExitStack, env: dict[str, str], console: Console, script: str, probe: str, label: str
+    stack: ExitStack,
+    env: dict[str, str],
+    console: Console,
+    script: str,
+    probe: str,
+    label: str,
+    expected: str,
 ) -> str:
     """The address of a running server of ``deploy/<script>``, else start one (stopped on exit)."""
     running = deploy_script(script, probe, env=env, check=False)
     if running:
-        console.print(f"{label} already running at {running}")
+        _say(console, f"{label} already running at {running}")
         return running
+    step = Step(console, f"Starting {label}", expected)
     address = deploy_script(script, "start", env=env, progress=_progress(console))
     stack.callback(deploy_script, script, "stop", env=env)
-    console.print(f"{label} started at {address}")
+    step.done(f"{label[0].upper()}{label[1:]} started at {address}")
     return address
 
 
 def _request(options: DemoOptions, model_url: str) -> RunRequest:
-    endpoint = Endpoint(
-        model_url,
-        options.model,
-        "llamacpp",
-        max_in_flight=EMBEDDED_SLOTS,
-        # a CPU server queues the three services' calls behind its slots: a first reply may
-        # take far longer than a GPU's, until the client learns the server's real latency
-        deadline_base_s=CPU_DEADLINE_BASE_S,
-    )
-    judge = replace(endpoint, constrain_rating=options.constrain_judge)
+    endpoint = Endpoint(model_url, options.model, "llamacpp")
+    judge = endpoint
     if options.judge_url is not None:
-        judge = Endpoint(
-            options.judge_url.rstrip("/"),
-            options.judge_model or options.model,
-            "openai",
-            constrain_rating=options.constrain_judge,
-        )
+        judge = Endpoint(options.judge_url.rstrip("/"), options.judge_model or options.model)
     return RunRequest(
         model=endpoint,
         judge=judge,
+        constrain_rating=options.constrain_judge,
         protocol=options.protocol,
         settings=options.settings,
         methods=options.methods,
@@ -120,27 +146,87 @@ def _request(options: DemoOptions, model_url: str) -> RunRequest:
     )
 
 
-def check_options(options: DemoOptions) -> None:
+def check_options(options: DemoOptions, settings: Settings) -> None:
     """Plan the run once before anything starts: a bad protocol, sample or dataset is reported
     (exit 2) before minutes go into starting Kafka, the model server and the workers."""
-    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), Settings.load())
+    plan_run(_request(options, options.model_url or "http://127.0.0.1:1/v1"), settings)
 
 
-def _start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+def start_kafka(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    """Kafka's bootstrap address: a broker already running in the workdir, else a new one."""
     # kafka.sh says when it fetches the jars (first time only, about a minute)
     deploy_script("kafka.sh", "fetch", env=env, progress=_progress(console))
-    return _start_or_reuse(stack, env, console, "kafka.sh", "bootstrap", "Kafka")
+    return _start_or_reuse(
+        stack, env, console, "kafka.sh", "bootstrap", "Kafka", expected=KAFKA_START
+    )
 
 
-def _start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+def start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str:
+    """The embedded model server's base URL: one already running, else a new one."""
     # llama-server.sh says what it installs and how long that takes (first time only)
     deploy_script("llama-server.sh", "install", env=env, progress=_progress(console))
     label = f"the embedded model server ({EMBEDDED_MODEL}, CPU)"
-    return _start_or_reuse(stack, env, console, "llama-server.sh", "url", label)
+    return _start_or_reuse(
+        stack, env, console, "llama-server.sh", "url", label, expected=MODEL_START
+    )
 
 
-def run_demo(options: DemoOptions, console: Console) -> int:
-    check_options(options)
+def start_workers(stack: ExitStack, env: dict[str, str], console: Console, log_dir: Path) -> None:
+    """The four services as processes (stopped on exit), once the sink answers."""
+    workers = WorkerGroup(env, log_dir)
+    stack.callback(workers.stop)
+    step = Step(console, "Starting generator, aligner, judge and sink", WORKERS_START)
+    workers.start_all()
+    try:
+        workers.wait_for_sink(env["PERG_SINK_URL"])
+    except (RuntimeError, TimeoutError) as exc:
+        raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
+    step.done(f"The services are running (logs in {log_dir})")
+
+
+def demo_settings(settings: Settings, workdir: Path, bootstrap: str, port: int) -> Settings:
+    """The demo's configuration: its broker and sink port; its results file and topic prefix
+    unless configured."""
+    configured = settings.configured
+    # the workers' client: the embedded server's slots; a CPU server queues the three
+    # services' calls behind them, so a first reply may take far longer than a GPU's,
+    # until the client learns the server's real latency
+    client = replace(
+        settings.model_client,
+        max_in_flight=settings.model_client.max_in_flight
+        if "model_max_in_flight" in configured
+        else EMBEDDED_SLOTS,
+        deadline_base_s=settings.model_client.deadline_base_s
+        if "model_deadline_base_s" in configured
+        else CPU_DEADLINE_BASE_S,
+    )
+    return replace(
+        settings,
+        model_client=client,
+        kafka=bootstrap,
+        db=settings.db if "db" in configured else workdir / "perg.duckdb",
+        sink_port=port,
+        sink_url=f"http://127.0.0.1:{port}",
+        topic_prefix=settings.topic_prefix if "topic_prefix" in configured else "perg-demo",
+    )
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The variables that give a worker process what :func:`demo_settings` changed: how the
+    configuration crosses into the processes the demo starts."""
+    return {
+        "PERG_KAFKA": settings.kafka,
+        "PERG_DB": str(settings.db),
+        "PERG_SINK_PORT": str(settings.sink_port),
+        "PERG_SINK_URL": settings.sink_url,
+        "PERG_TOPIC_PREFIX": settings.topic_prefix,
+        "PERG_MODEL_MAX_IN_FLIGHT": str(settings.model_client.max_in_flight),
+        "PERG_MODEL_DEADLINE_BASE_S": str(settings.model_client.deadline_base_s),
+    }
+
+
+def run_demo(options: DemoOptions, console: Console, settings: Settings) -> int:
+    check_options(options, settings)
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -148,30 +234,15 @@ def run_demo(options: DemoOptions, console: Console) -> int:
     env.setdefault("PERG_LLAMA_DIR", str(workdir / "llama"))
     with ExitStack() as stack:
         # Kafka (jars, then the broker) starts while the model server installs and loads
-        starting = console.status("Starting Kafka and the embedded model server…")
-        with starting, ThreadPoolExecutor(max_workers=1) as pool:
-            kafka = pool.submit(_start_kafka, stack, env, console)
-            model_url = options.model_url or _start_model(stack, env, console)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            kafka = pool.submit(start_kafka, stack, env, console)
+            model_url = options.model_url or start_model(stack, env, console)
             bootstrap = kafka.result()
-        port = int(env.get("PERG_SINK_PORT") or free_port())
-        env.update(
-            PERG_KAFKA=bootstrap,
-            PERG_DB=env.get("PERG_DB", str(workdir / "perg.duckdb")),
-            PERG_SINK_PORT=str(port),
-            PERG_SINK_URL=f"http://127.0.0.1:{port}",
-            PERG_TOPIC_PREFIX=env.get("PERG_TOPIC_PREFIX", "perg-demo"),
-        )
-        os.environ.update(env)  # this process reads the same Settings as its workers
-        settings = Settings.load()
+        port = settings.sink_port if "sink_port" in settings.configured else free_port()
+        settings = demo_settings(settings, workdir, bootstrap, port)
+        env.update(worker_env(settings))  # the workers load the same Settings as this process
 
-        workers = WorkerGroup(env, workdir / "logs")
-        stack.callback(workers.stop)
-        with console.status("Starting generator, aligner, judge and sink…"):
-            workers.start_all()
-            try:
-                workers.wait_for_sink(settings.sink_url)
-            except (RuntimeError, TimeoutError) as exc:
-                raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
+        start_workers(stack, env, console, workdir / "logs")
 
         request = _request(options, model_url)
         spec, work = plan_run(request, settings)
@@ -190,12 +261,14 @@ def run_demo(options: DemoOptions, console: Console) -> int:
         )
         client = SinkClient(settings)
 
+        step = Step(console, "Evaluating", evaluation_estimate(spec.expected_results))
         try:
             last = follow(lambda: client.status(run_id), run_id, console=console)
         except KeyboardInterrupt:
             console.print("[yellow]Interrupted: stopping; the results stored so far are kept.")
             last = client.status(run_id)
         done = bool(last and last["done"])
+        step.done("Evaluation complete" if done else "Evaluation stopped before the end")
         _print_report(console, client, options, run_id)
         _print_where(console, settings, run_id, done=done)
     return 0 if last and last["done"] else 1

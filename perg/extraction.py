@@ -29,17 +29,13 @@ import re
 import string
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
 
-from perg.dataset import LETTERS, Item
 from perg.errors import InputError
 from perg.protocol import ChatMessage, Protocol, parse_json_response
-
-Extractor = Literal["rules", "llm", "lora"]
-EXTRACTORS: tuple[Extractor, ...] = get_args(Extractor)
-# Which tier decided a row: the rules parser, the LoRA extractor, the LLM extractor, or none;
-# refused / error: the LLM extractor's endpoint refused the call (content filter) or failed.
-ExtractionPath = Literal["parsed", "lora", "llm", "unresolved", "refused", "error"]
+from schemas.values import EXTRACTORS as EXTRACTORS
+from schemas.values import LETTERS, Item
+from schemas.values import ExtractionPath as ExtractionPath
+from schemas.values import Extractor as Extractor
 
 
 class ExtractorFailed(Exception):

@@ -15,7 +15,7 @@ _STORABLE_MAX = 2**31 - 1  # the results store keeps ratings in an INTEGER colum
 # ``afr_defined`` of the view ``perg_row_outcomes`` (perg/metrics.sql).
 AFR_UNDEFINED_SETTINGS: frozenset[str] = frozenset({"irrelevant"})
 
-# Structured output of a constrained judge (Endpoint.constrain_rating): a JSON string that
+# Structured output of a constrained judge (RunContext.constrain_rating): a JSON string that
 # can only be one of the five tags, so the reply parses by the paper's rule (first
 # <answer>(\d+)</answer>) and by parse_rating.
 RATING_SCHEMA: dict[str, object] = {

@@ -192,5 +192,5 @@ async def serve(metrics: Metrics, ready: Callable[[], bool], bind: str, port: in
             f"PERG_METRICS_BIND/PERG_METRICS_PORT: cannot serve metrics on {bind}:{port}: "
             f"{exc.strerror or exc}"
         ) from exc
-    log.info("stage=%s metrics on http://%s:%d/metrics", metrics.service, bind, port)
+    log.info("service=%s metrics on http://%s:%d/metrics", metrics.service, bind, port)
     return runner

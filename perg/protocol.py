@@ -8,22 +8,37 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TypedDict, get_args
+from typing import Any, Literal, TypedDict, assert_never
 
 from perg.config import default_data_dir
-from perg.dataset import LETTERS, Item
+from schemas import Decoding, StageTokens
+from schemas.values import LETTERS, Item
+from schemas.values import METHODS as METHODS
+from schemas.values import ROLE_LAYOUTS as ROLE_LAYOUTS
+from schemas.values import SETTINGS as SETTINGS
+from schemas.values import Method as Method
+from schemas.values import RoleLayout as RoleLayout
+from schemas.values import Setting as Setting
 
-Setting = Literal["relevant", "mixed", "irrelevant"]
-SETTINGS: tuple[Setting, ...] = get_args(Setting)
-Method = Literal["zero_shot", "cot", "icl", "self_critic", "pref_aligner"]
-METHODS: tuple[Method, ...] = get_args(Method)
-# system: a system message; merged: the system text in the user turn; inst: one raw
-# ``[INST] ... [/INST] `` completion prompt (Janus).
-RoleLayout = Literal["system", "merged", "inst"]
-ROLE_LAYOUTS: tuple[RoleLayout, ...] = get_args(RoleLayout)
-# the kinds of prompt a run sends, each with its own generation limit (Protocol.max_tokens).
-PromptKind = Literal["answer", "critic", "aligner", "judge", "extraction"]
+
+class CallKind(StrEnum):
+    """The kinds of model call (and prompt) a run makes; perg.generation maps each to how it
+    is decoded, :meth:`Protocol.max_tokens` to its limit."""
+
+    ANSWER = "answer"
+    """The model under test answers a row (the baseline, a method's answer, self-critic's
+    first pass)."""
+    CRITIQUE = "critique"
+    """Self-critic's second pass: critique and rewrite the answer (JSON)."""
+    ALIGN = "align"
+    """Pref-Aligner stage 2: rewrite the baseline for the preference (JSON)."""
+    JUDGE = "judge"
+    """The judge rates how well a response follows the preference."""
+    EXTRACT = "extract"
+    """The LLM extractor reads the chosen option from a response."""
+
 
 PROTOCOL_FILE = "paper_protocol.json"
 MERGE_SEPARATOR = "\n\n\n"
@@ -217,20 +232,24 @@ class Protocol:
         user = spec["llm_user"].format(response=response, reference=self.extractor_references(item))
         return chat_messages(spec["llm_system"], user, layout)
 
-    def max_tokens(self, kind: PromptKind) -> int | None:
-        """Generation limit of a kind of prompt, None for no limit: the answering model's prompts
+    def max_tokens(self, kind: CallKind) -> int | None:
+        """Generation limit of a kind of call, None for no limit: the answering model's prompts
         have the protocol's limits (a decoding profile may lift them); paper's judge and LLM
         extractor ran uncapped, strict caps them."""
         limits = self.spec["decoding"]["max_new_tokens"]
-        by_kind: dict[PromptKind, int | None] = {
-            "answer": limits["answer"],
-            "critic": limits["self_critic_second_pass"],
-            "aligner": limits["aligner"],
-            "judge": STRICT_JUDGE_MAX_TOKENS if self.strict else None,
-            "extraction": STRICT_EXTRACTION_MAX_TOKENS if self.strict else None,
-        }
-        limit = by_kind[kind]
-        return None if limit is None else int(limit)
+        match kind:
+            case CallKind.ANSWER:
+                return int(limits["answer"])
+            case CallKind.CRITIQUE:
+                return int(limits["self_critic_second_pass"])
+            case CallKind.ALIGN:
+                return int(limits["aligner"])
+            case CallKind.JUDGE:
+                return STRICT_JUDGE_MAX_TOKENS if self.strict else None
+            case CallKind.EXTRACT:
+                return STRICT_EXTRACTION_MAX_TOKENS if self.strict else None
+            case _:
+                assert_never(kind)
 
     def read_rewrite(self, text: str) -> RewriteReading:
         """The revised ``response`` of a self-critic / aligner JSON reply (None if unreadable)
@@ -243,11 +262,11 @@ class Protocol:
             return RewriteReading(value, "json" if value is not None else "unreadable")
         return read_rewrite_paper(text)
 
-    def raw_prompt(self, messages: list[ChatMessage], kind: PromptKind) -> str:
+    def raw_prompt(self, messages: list[ChatMessage], kind: CallKind) -> str:
         """The ``inst`` layout's completion prompt (:func:`render_raw_prompt`). paper's
         Pref-Aligner stage 2 is the published Janus call, which passed the message list as the
         template's only argument (:func:`render_published_aligner_prompt`); strict fixes it."""
-        if kind == "aligner" and not self.strict:
+        if kind is CallKind.ALIGN and not self.strict:
             return render_published_aligner_prompt(messages)
         return render_raw_prompt(messages)
 
@@ -259,7 +278,7 @@ class Protocol:
             return completion.strip()
         return (prompt + completion).split(INST_CLOSE, 1)[1].strip()
 
-    def decoding_profile(self, name: str) -> DecodingProfile:
+    def decoding_profile(self, name: str) -> Decoding:
         """A decoding profile by name (see :data:`DECODING_PROFILES`)."""
         if name not in DECODING_PROFILES:
             raise ValueError(
@@ -275,7 +294,7 @@ class Protocol:
             )
         return profile
 
-    def default_decoding_profile(self, model: str) -> DecodingProfile:
+    def default_decoding_profile(self, model: str) -> Decoding:
         """strict: its own profile; paper: the profile of the model's family (see
         :func:`model_family_profile`)."""
         return self.decoding_profile("strict" if self.strict else model_family_profile(model))
@@ -302,60 +321,45 @@ class RewriteReading:
     how: Literal["json", "json_missing", "regex", "not_object", "unreadable"]
 
 
-@dataclass(frozen=True)
-class DecodingProfile:
-    """How the model under test is decoded. ``capped``: send the protocol's per-stage
-    ``max_new_tokens`` (else no limit); ``temperature`` 0 is greedy; ``top_p`` None leaves the
-    server's; ``seed`` None sends none. ``retry_temperature``: strict's parse re-asks."""
-
-    name: str
-    capped: bool
-    temperature: float
-    top_p: float | None
-    seed: int | None
-    retry_temperature: float | None
-    description: str
-    # per-stage max new tokens (answer, self-critic pass 2, aligner) replacing the protocol's
-    stage_tokens: tuple[int, int, int] | None = None
-
-
-DECODING_PROFILES: dict[str, DecodingProfile] = {
-    profile.name: profile
-    for profile in (
-        DecodingProfile(
-            "api", False, 0.0, None, 42, None,
-            "paper, API models (OpenAI, Together): no max-token limit, temperature 0, seed 42",
-        ),
-        DecodingProfile(
-            "hf", True, 0.0, None, None, None,
-            "paper, local Hugging Face models: greedy (their generation configs do not sample), "
-            "max_new_tokens 500 answer / 1024 self-critic pass 2 / 1000 aligner",
-        ),
-        DecodingProfile(
-            "hf-sampled", True, 0.6, 0.9, None, None,
-            "paper, Llama-3.1-8B-Instruct: sampled with its generation_config defaults "
-            "(temperature 0.6, top_p 0.9), the same max_new_tokens as hf",
-        ),
-        DecodingProfile(
-            "janus", True, 0.0, None, None, None,
-            "paper, Janus-7B: greedy, raw [INST] prompt, max_new_tokens 1024 answer / 2048 "
-            "self-critic pass 2 / 1024 aligner",
-            (1024, 2048, 1024),
-        ),
-        DecodingProfile(
-            "qwen3", True, 0.0, None, None, None,
-            "paper, Qwen3: greedy, max_new_tokens 1024 for every stage (thinking and answer "
-            "share them), thinking switched off unless --thinking on",
-            (1024, 1024, 1024),
-        ),
-        DecodingProfile(
-            "strict", True, 0.0, None, 42, STRICT_RETRY_TEMPERATURE,
-            "strict: the hf limits, temperature 0, seed 42; an unparseable JSON rewrite or "
-            f"judge reply is asked again up to {STRICT_PARSE_RETRIES} times at temperature "
-            f"{STRICT_RETRY_TEMPERATURE} with seed 42 + attempt",
-        ),
-    )
-}  # fmt: skip
+# The named decodings of the model under test (``perg submit --decoding``): the run records
+# the chosen one (with --max-tokens and --thinking) as its Decoding; perg.generation turns it
+# into each call's configuration. ``uncapped``: no max-token limit (else the protocol's, or the
+# profile's own per-stage ones); temperature 0 is greedy; top_p None leaves the server's; seed
+# None sends none; retry_temperature: strict's parse re-asks.
+DECODING_PROFILES: dict[str, Decoding] = {
+    "api": Decoding(profile="api", uncapped=True, temperature=0.0, seed=42),
+    "hf": Decoding(profile="hf", temperature=0.0, seed=None),
+    "hf-sampled": Decoding(profile="hf-sampled", temperature=0.6, top_p=0.9, seed=None),
+    "janus": Decoding(
+        profile="janus",
+        temperature=0.0,
+        seed=None,
+        stage_tokens=StageTokens(answer=1024, critic=2048, aligner=1024),
+    ),
+    "qwen3": Decoding(
+        profile="qwen3",
+        temperature=0.0,
+        seed=None,
+        stage_tokens=StageTokens(answer=1024, critic=1024, aligner=1024),
+    ),
+    "strict": Decoding(
+        profile="strict", temperature=0.0, seed=42, retry_temperature=STRICT_RETRY_TEMPERATURE
+    ),
+}
+PROFILE_DESCRIPTIONS: dict[str, str] = {
+    "api": "paper, API models (OpenAI, Together): no max-token limit, temperature 0, seed 42",
+    "hf": "paper, local Hugging Face models: greedy (their generation configs do not sample), "
+    "max_new_tokens 500 answer / 1024 self-critic pass 2 / 1000 aligner",
+    "hf-sampled": "paper, Llama-3.1-8B-Instruct: sampled with its generation_config defaults "
+    "(temperature 0.6, top_p 0.9), the same max_new_tokens as hf",
+    "janus": "paper, Janus-7B: greedy, raw [INST] prompt, max_new_tokens 1024 answer / 2048 "
+    "self-critic pass 2 / 1024 aligner",
+    "qwen3": "paper, Qwen3: greedy, max_new_tokens 1024 for every stage (thinking and answer "
+    "share them), thinking switched off unless --thinking on",
+    "strict": "strict: the hf limits, temperature 0, seed 42; an unparseable JSON rewrite or "
+    f"judge reply is asked again up to {STRICT_PARSE_RETRIES} times at temperature "
+    f"{STRICT_RETRY_TEMPERATURE} with seed 42 + attempt",
+}
 
 # Model names the published runs called over an API (evaluations/aligner.py `client_models`).
 # gemma-2-27b-it too (evaluations/mcq_task_1.py client_models).

@@ -1,6 +1,6 @@
 """Creating a run: choose the rows, pin dataset and protocol by hash, publish spec and work.
 
-    spec, work = plan_run(RunRequest(model=endpoint, judge=judge, sample=600), Settings.load())
+    spec, work = plan_run(RunRequest(model=endpoint, judge=judge, sample=600), settings)
     await publish_run(spec, work, settings)      # the workers take it from there
 
 Bad requests raise :class:`~perg.errors.InputError` (naming the flag, file, line or field at
@@ -31,7 +31,6 @@ from perg.kafka import client_options, reaching_kafka, started
 from perg.protocol import (
     METHODS,
     SETTINGS,
-    DecodingProfile,
     Method,
     Protocol,
     RoleLayout,
@@ -44,7 +43,6 @@ from schemas import (
     RunContext,
     RunSpec,
     SchemaError,
-    StageTokens,
     WorkItem,
     check_label,
     partition_key,
@@ -91,6 +89,7 @@ class RunRequest:
     extractor_endpoint: Endpoint | None = None  # llm extractor (default: the judge's endpoint)
     lora_endpoint: Endpoint | None = None
     repeat_baseline: bool = False  # noise floor: the no-preference baseline twice
+    constrain_rating: bool = False  # the judge's rating reply constrained to <answer>N</answer>
     # Overrides of the profile (recorded as profile "<name>+override" when they change it).
     temperature: float | None = None
     decode_seed: int | None = None
@@ -125,24 +124,6 @@ def shuffle_within_strata(items: Sequence[Item], seed: int) -> list[Item]:
         order.append(strata[source][taken[source]])
         taken[source] += 1
     return order
-
-
-def decoding_from_profile(
-    profile: DecodingProfile, max_tokens_cap: int | None, thinking: bool | None = None
-) -> Decoding:
-    """The record form of a decoding profile."""
-    stages = profile.stage_tokens
-    return Decoding(
-        temperature=profile.temperature,
-        seed=profile.seed,
-        max_tokens_cap=max_tokens_cap,
-        profile=profile.name,
-        uncapped=not profile.capped,
-        top_p=profile.top_p,
-        retry_temperature=profile.retry_temperature,
-        stage_tokens=None if stages is None else StageTokens(*stages),
-        thinking=thinking,
-    )
 
 
 def new_run_id(model: str) -> str:
@@ -194,6 +175,7 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         ),
         extractor_endpoint=request.extractor_endpoint,
         lora_endpoint=request.lora_endpoint,
+        constrain_rating=request.constrain_rating,
         repeat_baseline=request.repeat_baseline,
     )
     spec = RunSpec(
@@ -210,7 +192,10 @@ def plan_run(request: RunRequest, settings: Settings) -> tuple[RunSpec, list[Wor
         version_label=request.version,
         shuffle_seed=shuffle_seed,
     )
-    work = [WorkItem(context, item, spec.settings, spec.methods) for item in items]
+    work = [
+        WorkItem(context=context, item=item, settings=spec.settings, methods=spec.methods)
+        for item in items
+    ]
     return spec, work
 
 
@@ -246,12 +231,12 @@ def _decoding(request: RunRequest, protocol: Protocol) -> Decoding:
     temperature = profile.temperature if request.temperature is None else request.temperature
     seed = profile.seed if request.decode_seed is None else request.decode_seed
     if (temperature, seed) != (profile.temperature, profile.seed):
-        name = profile.name + "+override"
-        profile = dataclasses.replace(profile, name=name, temperature=temperature, seed=seed)
+        name = profile.profile + "+override"
+        profile = dataclasses.replace(profile, profile=name, temperature=temperature, seed=seed)
     thinking = request.thinking
     if thinking is None and has_thinking_switch(request.model.model):
         thinking = False  # the published Qwen3 entries without "_thinking"
-    return decoding_from_profile(profile, request.max_tokens_cap, thinking)
+    return dataclasses.replace(profile, max_tokens_cap=request.max_tokens_cap, thinking=thinking)
 
 
 async def publish_run(spec: RunSpec, work: list[WorkItem], settings: Settings) -> None:

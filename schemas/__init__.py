@@ -1,4 +1,23 @@
-"""Contracts between the PERG Stream services (see records.py for the flow)."""
+"""Contracts between the PERG Stream services (see records.py for the flow).
+
+The ground floor: this package imports nothing from ``perg`` (tests/test_schemas.py checks it
+in a fresh interpreter); the core takes the run's vocabulary, the dataset row and the endpoint
+reference from here (values.py). Only what a run names travels: an endpoint is its URL, model,
+backend and token *variable*; how a worker's client calls it is the worker's configuration.
+
+Changing a record, during a rolling deploy where old and new workers read the same topics:
+
+- compatible, same ``VERSION``: a new field *with a default* (optional). Old readers ignore
+  keys they do not know; new readers fill the default into old messages. Also compatible:
+  dropping a field that has a default (old readers fill it in).
+- a new ``VERSION`` (and a reader of both versions before any writer of the new one): a new
+  required field, a field removed or renamed without a default, a changed type or meaning of a
+  field, a narrowed set of allowed values (a ``Literal`` that loses a value). A reader refuses
+  any version it does not know, and still refuses a wrong type or a missing required field.
+
+Every release records its messages (tests/fixtures/messages/<release>/); the fixtures test
+replays all of them through today's decoders and workers.
+"""
 
 from ._codec import Record, SchemaError
 from .records import (
@@ -10,10 +29,10 @@ from .records import (
     CallRecord,
     DeadLetter,
     Decoding,
+    FanOut,
     GateDecision,
     Generation,
     IdempotencyKey,
-    Result,
     RunCancel,
     RunContext,
     RunSpec,
@@ -22,9 +41,11 @@ from .records import (
     Verdict,
     WorkItem,
     check_label,
+    fan_out,
     partition_key,
 )
 from .topics import ALL_TOPICS, TopicSpec
+from .values import Endpoint, Item
 
 __all__ = [
     "ALL_TOPICS",
@@ -36,11 +57,13 @@ __all__ = [
     "CallRecord",
     "DeadLetter",
     "Decoding",
+    "Endpoint",
+    "FanOut",
     "GateDecision",
     "Generation",
     "IdempotencyKey",
+    "Item",
     "Record",
-    "Result",
     "RunCancel",
     "RunContext",
     "RunSpec",
@@ -51,5 +74,6 @@ __all__ = [
     "Verdict",
     "WorkItem",
     "check_label",
+    "fan_out",
     "partition_key",
 ]

@@ -1,10 +1,12 @@
 """orjson encoding and strict, typed decoding of the record dataclasses.
 
-Decoding checks every field against the dataclass annotations (str, int, float, bool, None,
+Decoding checks every known field against the dataclass annotations (str, int, float, bool, None,
 Literal, list/tuple, nested records) and the constraints attached with ``Annotated`` (integer
 ranges, timestamps, base64; see :class:`Constraint`), then the record's own :meth:`Record.check`,
 so a record that reaches a service or the store is well-formed; any mismatch raises
-:class:`SchemaError` naming the record type and the field path.
+:class:`SchemaError` naming the record type and the field path. Keys that are no field of the
+record are ignored (a newer release's optional fields: see the package docstring); a message
+of another version is refused.
 """
 
 from __future__ import annotations
@@ -229,7 +231,8 @@ def _sequence(convert: Converter, *, as_tuple: bool) -> Converter:
 
 
 def _builder(cls: Any) -> Converter:
-    """Build ``cls`` from a JSON object: every field converted, none missing, none unknown."""
+    """Build ``cls`` from a JSON object: every field converted, none required missing; keys
+    that are no field (a later release's optional fields) are ignored."""
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = [
         (
@@ -239,7 +242,6 @@ def _builder(cls: Any) -> Converter:
         )
         for field in dataclasses.fields(cls)
     ]
-    names = frozenset(name for name, _, _ in fields)
 
     def build(data: Any, path: str) -> Any:
         if not isinstance(data, dict):
@@ -250,8 +252,6 @@ def _builder(cls: Any) -> Converter:
                 kwargs[name] = convert(data[name], f"{path}.{name}")
             elif required:
                 raise SchemaError(f"{path}.{name}: missing")
-        if len(data) > len(kwargs):  # every key taken is a field: the rest are not
-            raise SchemaError(f"{path}: unknown fields {sorted(set(data) - names)}")
         return cls(**kwargs)
 
     return build

@@ -5,7 +5,6 @@
     generator   ──AlignRequest──▶ align                  ──▶ aligner
     generator, aligner ──Generation──▶ generations       ──▶ judge, sink (progress)
     judge       ──Verdict──▶ verdicts                    ──▶ sink
-    sink        ──Result──▶ results (change feed of stored rows)
     any service ──DeadLetter──▶ dead-letters             ──▶ sink
     perg cancel ──RunCancel──▶ cancels (compacted)       ──▶ generator, aligner, judge, sink
     perg accept ──Acceptance──▶ acceptances (compacted, one key each: append-only) ──▶ sink
@@ -25,13 +24,9 @@ dead-lettered at the contract and never reaches the writer.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, Literal, NamedTuple
-
-from perg.client import Endpoint
-from perg.dataset import Item
-from perg.extraction import ExtractionPath, Extractor
-from perg.protocol import Method, RoleLayout, Setting
 
 from ._codec import (
     INT32_MAX,
@@ -44,6 +39,7 @@ from ._codec import (
     SchemaError,
     check_int_range,
 )
+from .values import Endpoint, ExtractionPath, Extractor, Item, Method, RoleLayout, Setting
 
 # Where in the pipeline a record was made: a work item, a generation (the row's baseline, a
 # preference-conditioned answer, its self-critique, a Pref-Aligner rewrite), a verdict.
@@ -97,6 +93,44 @@ def partition_key(run_id: str, row_id: int) -> bytes:
 
 
 @dataclass(frozen=True, slots=True)
+class FanOut:
+    """What one row of a run generates (:func:`fan_out`): the generator's answers, the
+    Pref-Aligner rewrites (one per setting, from the row's baseline) and the repeated
+    baselines; besides them, always the one baseline."""
+
+    answers: tuple[tuple[Setting, Method], ...]
+    """The (setting, method) answers the generator makes: every method but pref_aligner."""
+    aligned: tuple[Setting, ...]
+    """The settings whose Pref-Aligner rewrite the aligner makes."""
+    repeats: int
+    """Repeated baselines (the noise floor): 0 or 1."""
+
+    @property
+    def results(self) -> int:
+        """Results stored for the row: one per (setting, method)."""
+        return len(self.answers) + len(self.aligned)
+
+    @property
+    def generations(self) -> int:
+        """The generator's generations of the row: the baseline and the answers (the repeated
+        baseline is counted by ``repeats``)."""
+        return 1 + len(self.answers)
+
+
+def fan_out(
+    settings: Sequence[Setting], methods: Sequence[Method], repeat_baseline: bool
+) -> FanOut:
+    """The fan-out rule, in one place: which generations one row of a run needs. The
+    generator makes them from it, :attr:`RunSpec.expected_results` counts them, and the
+    store's run status (services.sink.store.run_statuses) takes its expected counts from it."""
+    return FanOut(
+        answers=tuple((s, m) for s in settings for m in methods if m != "pref_aligner"),
+        aligned=tuple(settings) if "pref_aligner" in methods else (),
+        repeats=1 if repeat_baseline else 0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class StageTokens:
     """A decoding profile's own max new tokens per stage, replacing the protocol's."""
 
@@ -110,7 +144,8 @@ class StageTokens:
 
 @dataclass(frozen=True, slots=True)
 class Decoding:
-    """How the model under test is decoded (perg.protocol.DECODING_PROFILES names them)."""
+    """How the run decodes the model under test (perg.protocol.DECODING_PROFILES names them);
+    perg.generation turns it, with the protocol's limits, into each call's configuration."""
 
     temperature: float = 0.0
     """Sampling temperature of every call to the model under test."""
@@ -133,15 +168,8 @@ class Decoding:
     """A thinking model's switch (``perg submit --thinking``), sent as the chat template's
     ``enable_thinking`` (off for Pref-Aligner stage 2); None sends none."""
 
-    def max_tokens(self, protocol_limit: int | None) -> int | None:
-        """The max_tokens to send for a prompt whose protocol limit is ``protocol_limit``."""
-        limit = None if self.uncapped else protocol_limit
-        if limit is None:
-            return self.max_tokens_cap
-        return min(limit, self.max_tokens_cap or limit)
 
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunContext:
     """What every service needs to know about the run a record belongs to."""
 
@@ -167,9 +195,14 @@ class RunContext:
     """The lora extractor's completions endpoint."""
     repeat_baseline: bool = False
     """Generate the no-preference baseline twice (the noise floor)."""
+    constrain_rating: bool = False
+    """The judge's Likert rating call asks for structured output that can only be
+    ``"<answer>N</answer>"`` (N in 1..5), still read by the paper's rule; for small judges that
+    otherwise never emit the tag (the demo's). Off by default: the paper's judge reasons before
+    it rates. (Release 0.1.0 carried it as ``judge.constrain_rating``.)"""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallRecord:
     """One model call: which prompt kind (``stage``), its wall time including retries, the
     number of attempts (1 + retries), token usage as the server reported it, finish reason."""
@@ -224,18 +257,23 @@ class RunSpec(Record):
     published in); None: runs submitted before the shuffle, in dataset order."""
 
     def check(self) -> None:
-        if len(self.row_ids) * len(self.settings) * len(self.methods) > INT32_MAX:
+        if self.expected_results > INT32_MAX:
             raise SchemaError(f"{self.SCHEMA}.row_ids: too many expected results")
         check_label(self.lineage, f"{self.SCHEMA}.lineage")
         check_label(self.version_label, f"{self.SCHEMA}.version_label")
 
     @property
+    def fan_out(self) -> FanOut:
+        """What each row of the run generates."""
+        return fan_out(self.settings, self.methods, self.context.repeat_baseline)
+
+    @property
     def expected_results(self) -> int:
-        """Results the run stores when complete: rows x settings x methods."""
-        return len(self.row_ids) * len(self.settings) * len(self.methods)
+        """Results the run stores when complete: rows x its rows' fan-out."""
+        return len(self.row_ids) * self.fan_out.results
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WorkItem(Record):
     """One row of one run: the generator answers every (setting, method) of it."""
 
@@ -254,12 +292,17 @@ class WorkItem(Record):
         _check_item(self.item, f"{self.SCHEMA}.item")
 
     @property
+    def fan_out(self) -> FanOut:
+        """What the row generates."""
+        return fan_out(self.settings, self.methods, self.context.repeat_baseline)
+
+    @property
     def key(self) -> IdempotencyKey:
         """The record's idempotency key (setting and method ``"*"``: the whole row)."""
         return IdempotencyKey(self.context.run_id, self.item.row_id, "*", "*", "work")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AlignRequest(Record):
     """Pref-Aligner stage 2 for one setting of one row: rewrite the row's baseline answer
     (``baseline_response``, made by the generator) for the setting's preference."""
@@ -286,7 +329,7 @@ class AlignRequest(Record):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Generation(Record):
     """A model's final text for one (run, row, setting, method), or the row's baseline
     (setting ``"none"``, method ``"baseline"``, stage ``"baseline"``; its repeat for the noise
@@ -345,7 +388,7 @@ class Generation(Record):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict(Record):
     """The judge's reading of one generation: extracted option and preference rating."""
 
@@ -380,35 +423,6 @@ class Verdict(Record):
         """The generation's key with stage ``verdict``."""
         g = self.generation
         return IdempotencyKey(g.context.run_id, g.item.row_id, g.setting, g.method, "verdict")
-
-
-@dataclass(frozen=True, slots=True)
-class Result(Record):
-    """A row as the sink stored it (the change feed of the results table)."""
-
-    SCHEMA = "perg.result"
-
-    run_id: str
-    """The run."""
-    row_id: RowId
-    """The dataset row."""
-    setting: SettingOrNone
-    """The preference setting, ``"none"`` for the baseline."""
-    method: MethodOrBaseline
-    """The prompting method, ``"baseline"`` for the baseline."""
-    answer: str | None
-    """The extracted option letter."""
-    correct: bool
-    """The letter is the gold option."""
-    judge_outcome: str | None
-    """``followed``, ``not_followed``, ``unparseable`` or ``not_applicable``."""
-    stored_at: Timestamp
-    """When the sink stored the row (ISO 8601, UTC)."""
-
-    @property
-    def key(self) -> IdempotencyKey:
-        """The record's idempotency key (stage ``result``)."""
-        return IdempotencyKey(self.run_id, self.row_id, self.setting, self.method, "result")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ from .records import (
     DeadLetter,
     GateDecision,
     Generation,
-    Result,
     RunCancel,
     RunSpec,
     Verdict,
@@ -36,7 +35,6 @@ WORK = TopicSpec("work", WorkItem)
 ALIGN = TopicSpec("align", AlignRequest)
 GENERATIONS = TopicSpec("generations", Generation)
 VERDICTS = TopicSpec("verdicts", Verdict)
-RESULTS = TopicSpec("results", Result)
 DEAD_LETTERS = TopicSpec("dead-letters", DeadLetter)
 CANCELS = TopicSpec("cancels", RunCancel, compacted=True)  # keyed by run: the last per run
 # One key per record: compaction keeps every one (an append-only history).
@@ -44,6 +42,6 @@ ACCEPTANCES = TopicSpec("acceptances", Acceptance, compacted=True)
 GATE_DECISIONS = TopicSpec("gate-decisions", GateDecision, compacted=True)
 
 ALL_TOPICS = (
-    RUNS, WORK, ALIGN, GENERATIONS, VERDICTS, RESULTS, DEAD_LETTERS,
+    RUNS, WORK, ALIGN, GENERATIONS, VERDICTS, DEAD_LETTERS,
     CANCELS, ACCEPTANCES, GATE_DECISIONS,
 )  # fmt: skip

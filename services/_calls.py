@@ -6,10 +6,10 @@ read, the protocol decides: ``paper`` keeps the earlier text as published and re
 fallback; ``strict`` asks again (sampling, so the answer can differ) up to ``parse_retries``
 times, then records a parse failure.
 
-The model under test is decoded with the run's decoding profile (its per-stage limits, its
-thinking switch) in the run's layout (``inst``: one raw ``[INST]`` prompt on the completions
-endpoint); the judge and extractor endpoints always greedily, temperature 0 and seed 42, as
-the paper's gpt-4o-mini calls (pref_eval_utils.py, mcq_extractor_utils.py).
+Every call names its :class:`~perg.protocol.CallKind`, which decides its endpoint and how it
+is decoded (perg.generation: the run's decoding profile for the model under test, greedy for
+the judge and extractor); the model under test is called in the run's layout (``inst``: one
+raw ``[INST]`` prompt on the completions endpoint).
 
 Failures: a run naming a model host the worker may not call (``PERG_MODEL_HOSTS``, checked for
 every endpoint of the run before any call: nothing is sent anywhere), a client that cannot be
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -32,24 +32,33 @@ from typing import TypeVar
 
 from perg.client import ClientPool, Completion, Endpoint, ModelClient, ModelError
 from perg.config import Settings
+from perg.generation import generation_config, under_test
 from perg.hosts import HostNotAllowed, ModelHosts
 from perg.protocol import (
     JUDGE_SEED,
-    STRICT_RETRY_TEMPERATURE,
+    LORA_EXTRACTION_MAX_TOKENS,
+    CallKind,
     ChatMessage,
-    PromptKind,
     Protocol,
     load_protocol,
     split_thinking,
 )
-from schemas import CallRecord, Record, RunContext, TopicSpec
+from schemas import CallRecord, Item, Record, RunContext, TopicSpec
 
 from ._cancels import CancelledRuns
 from ._runtime import PermanentError, Publish, RunCancelled, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services")
 
-JUDGE_SIDE_STAGES = frozenset({"judge", "extraction", "extraction_lora"})
+# What a call of each kind is recorded as (CallRecord.stage, stored with the row). The
+# generator records its baseline calls as "baseline" / "baseline_repeat" (the label argument).
+CALL_LABELS: dict[CallKind, str] = {
+    CallKind.ANSWER: "answer",
+    CallKind.CRITIQUE: "critique",
+    CallKind.ALIGN: "aligned",
+    CallKind.JUDGE: "judge",
+    CallKind.EXTRACT: "extraction",
+}
 RETRYABLE_4XX = frozenset({408, 409, 429})
 
 
@@ -92,8 +101,9 @@ def _never_cancelled(run_id: str) -> bool:
 
 @dataclass(frozen=True)
 class ModelCaller:
-    """Calls the endpoints of one run with its protocol and records every call; once the run
-    is cancelled (``cancelled(run_id)``), every call raises :class:`RunCancelled` instead, also
+    """Calls the endpoints of one run with its protocol, each call decoded as its
+    :class:`CallKind` says (perg.generation), and records every call; once the run is
+    cancelled (``cancelled(run_id)``), every call raises :class:`RunCancelled` instead, also
     one that was waiting for a free slot of its endpoint (checked again right before it is
     sent)."""
 
@@ -101,102 +111,114 @@ class ModelCaller:
     context: RunContext
     protocol: Protocol
     cancelled: Callable[[str], bool] = _never_cancelled
+    service: str = "model-caller"
+    """The service making the calls, for log lines."""
 
-    def _check_cancelled(self, stage: str) -> None:
+    def _check_cancelled(self, label: str) -> None:
         if self.cancelled(self.context.run_id):
-            raise RunCancelled(f"run {self.context.run_id} cancelled before its {stage} call")
+            raise RunCancelled(f"run {self.context.run_id} cancelled before its {label} call")
 
-    def max_tokens(self, kind: PromptKind, *, under_test: bool) -> int | None:
-        """The max_tokens of a prompt kind: the decoding profile's own stage limit or the
-        protocol's, then the profile's cap; the judge side never takes the profile's lifted
-        limits (they are the tested model's)."""
-        decoding = self.context.decoding
-        limit = self.protocol.max_tokens(kind)
-        if not under_test:
-            return dataclasses.replace(decoding, uncapped=False).max_tokens(limit)
-        stages = decoding.stage_tokens
-        if stages is not None and kind in ("answer", "critic", "aligner"):
-            limit = getattr(stages, kind)
-        return decoding.max_tokens(limit)
+    def endpoint(self, kind: CallKind) -> Endpoint:
+        """The run's endpoint for a call of ``kind``: the model under test, the judge, or the
+        LLM extractor's (default: the judge's)."""
+        if kind is CallKind.EXTRACT:
+            return self.context.extractor_endpoint or self.context.judge
+        return self.context.model if under_test(kind) else self.context.judge
 
     async def call(
         self,
-        endpoint: Endpoint,
+        kind: CallKind,
+        item: Item,
         messages: Sequence[ChatMessage],
         *,
-        stage: str,
-        kind: PromptKind,
-        json_schema: Mapping[str, object] | None = None,
+        label: str | None = None,
         attempt: int = 0,
     ) -> tuple[Completion, CallRecord]:
-        """One call; the model under test's reply comes without its thinking (kept in
+        """One call of ``kind`` about ``item``, recorded under ``label`` (default: the kind's
+        :data:`CALL_LABELS`); the model under test's reply comes without its thinking (kept in
         ``Completion.reasoning``) and, in the ``inst`` layout, as the protocol reads a raw
         completion."""
-        self._check_cancelled(stage)
-        decoding = self.context.decoding
-        under_test = stage not in JUDGE_SIDE_STAGES  # the judge's and extractor's: greedy
-        if attempt:
-            temperature = decoding.retry_temperature or STRICT_RETRY_TEMPERATURE
-        else:
-            temperature = decoding.temperature if under_test else 0.0
-        if under_test:
-            seed = None if decoding.seed is None else decoding.seed + attempt
-        else:
-            seed = JUDGE_SEED + attempt
-        max_tokens = self.max_tokens(kind, under_test=under_test)
-        top_p = decoding.top_p if under_test else None
-        client = client_for(self.pool, endpoint)
-        if under_test and self.context.layout == "inst":
+        label = label or CALL_LABELS[kind]
+        self._check_cancelled(label)
+        config = generation_config(kind, self.protocol, self.context, item, attempt=attempt)
+        client = client_for(self.pool, self.endpoint(kind))
+        if under_test(kind) and self.context.layout == "inst":
             prompt = self.protocol.raw_prompt(list(messages), kind)
-            with _permanent_client_errors(stage):
+            with _permanent_client_errors(label):
                 completion = await client.complete(
-                    prompt, max_tokens=max_tokens, temperature=temperature, seed=seed, top_p=top_p
+                    prompt,
+                    max_tokens=config.max_tokens,
+                    temperature=config.temperature,
+                    seed=config.seed,
+                    top_p=config.top_p,
                 )
             completion = dataclasses.replace(
                 completion, text=self.protocol.raw_reply(prompt, completion.text)
             )
-            return completion, _record(stage, completion)
-        thinking = decoding.thinking if under_test else None
-        switch = None
-        if thinking is not None:  # Pref-Aligner stage 2 never thinks (aligner.py:104)
-            switch = {"enable_thinking": thinking and kind != "aligner"}
-        with _permanent_client_errors(stage):
+            return completion, self._record(label, completion)
+        switch = None if config.thinking is None else {"enable_thinking": config.thinking}
+        with _permanent_client_errors(label):
             completion = await client.chat(
                 [{"role": m["role"], "content": m["content"]} for m in messages],
-                max_tokens=max_tokens,
-                temperature=temperature,
-                seed=seed,
-                json_schema=json_schema,
-                top_p=top_p,
+                max_tokens=config.max_tokens,
+                temperature=config.temperature,
+                seed=config.seed,
+                json_schema=config.constraint,
+                top_p=config.top_p,
                 chat_template_kwargs=switch,
-                before_send=lambda: self._check_cancelled(stage),
+                before_send=lambda: self._check_cancelled(label),
             )
-        if thinking is not None:
+        if config.thinking is not None:
             answer, thought = split_thinking(completion.text)
             completion = dataclasses.replace(
                 completion, text=answer, reasoning=completion.reasoning or thought
             )
-        return completion, _record(stage, completion)
+        return completion, self._record(label, completion)
 
-    async def complete(
-        self, endpoint: Endpoint, prompt: str, *, stage: str, max_tokens: int
-    ) -> tuple[Completion, CallRecord]:
-        """A greedy raw completion (the LoRA extractor's one token)."""
-        self._check_cancelled(stage)
+    async def complete_lora(self, prompt: str) -> tuple[Completion, CallRecord]:
+        """The LoRA extractor's greedy one-token raw completion (as published)."""
+        endpoint = self.context.lora_endpoint
+        if endpoint is None:
+            raise PermanentError("the run uses the lora extractor but names no lora endpoint")
+        label = "extraction_lora"
+        self._check_cancelled(label)
         client = client_for(self.pool, endpoint)
-        with _permanent_client_errors(stage):
+        with _permanent_client_errors(label):
             completion = await client.complete(
                 prompt,
-                max_tokens=max_tokens,
+                max_tokens=LORA_EXTRACTION_MAX_TOKENS,
                 temperature=0.0,
                 seed=JUDGE_SEED,
-                before_send=lambda: self._check_cancelled(stage),
+                before_send=lambda: self._check_cancelled(label),
             )
-        return completion, _record(stage, completion)
+        return completion, self._record(label, completion)
+
+    def _record(self, label: str, completion: Completion) -> CallRecord:
+        """The call's record, also logged (benchmarks/demo_profile.py reads these lines)."""
+        log.info(
+            "service=%s run=%s call=%s tokens_in=%s tokens_out=%s latency=%.2fs attempts=%d "
+            "finish=%s",
+            self.service,
+            self.context.run_id,
+            label,
+            completion.tokens_in,
+            completion.tokens_out,
+            completion.latency_s,
+            completion.attempts,
+            completion.finish_reason,
+        )
+        return CallRecord(
+            stage=label,
+            latency_s=completion.latency_s,
+            attempts=completion.attempts,
+            tokens_in=completion.tokens_in,
+            tokens_out=completion.tokens_out,
+            finish_reason=completion.finish_reason,
+        )
 
 
 @contextmanager
-def _permanent_client_errors(stage: str) -> Iterator[None]:
+def _permanent_client_errors(label: str) -> Iterator[None]:
     """A redirect (not followed), or a 4xx reply other than 408/409/429 (the request itself
     is wrong): permanent."""
     try:
@@ -204,21 +226,10 @@ def _permanent_client_errors(stage: str) -> Iterator[None]:
     except ModelError as exc:
         status = exc.status
         if status is not None and 300 <= status < 400:
-            raise PermanentError(f"stage {stage}: {exc}") from exc
+            raise PermanentError(f"call {label}: {exc}") from exc
         if status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX:
-            raise RejectedCall(f"stage {stage}: {exc}", status) from exc
+            raise RejectedCall(f"call {label}: {exc}", status) from exc
         raise
-
-
-def _record(stage: str, completion: Completion) -> CallRecord:
-    return CallRecord(
-        stage=stage,
-        latency_s=completion.latency_s,
-        attempts=completion.attempts,
-        tokens_in=completion.tokens_in,
-        tokens_out=completion.tokens_out,
-        finish_reason=completion.finish_reason,
-    )
 
 
 def check_hosts(hosts: ModelHosts, context: RunContext) -> None:
@@ -255,24 +266,27 @@ def model_worker(
     cancelled = CancelledRuns(settings, name)
 
     @asynccontextmanager
-    async def watching_cancels(_: Worker) -> AsyncIterator[None]:
+    async def watching_cancels() -> AsyncIterator[None]:
         async with cancelled.watching():
             yield
 
     worker = Worker(
         name, settings, options, (source,), in_flight=in_flight, lifespan=watching_cancels
     )
-    models = pool or ClientPool(metrics=worker.metrics)
+    models = pool or ClientPool(
+        tuning=options.client, metrics=worker.metrics, token_envs=settings.model_token_envs
+    )
 
     async def handle(message: M) -> None:
         context: RunContext = message.context  # type: ignore[attr-defined]
         if context.run_id in cancelled:
-            log.debug("stage=%s run=%s cancelled: finished without a model call",
-                      name, context.run_id)  # fmt: skip
+            log.debug(
+                "service=%s run=%s cancelled: finished without a model call", name, context.run_id
+            )
             return
         check_hosts(settings.model_hosts, context)
         protocol = protocol_for(context.protocol, context.protocol_sha256, settings.data_dir)
-        caller = ModelCaller(models, context, protocol, cancelled.is_cancelled)
+        caller = ModelCaller(models, context, protocol, cancelled.is_cancelled, service=name)
         await orchestrate(message, caller, protocol, worker.publish)
 
     worker.serve(record, handle)
@@ -281,47 +295,49 @@ def model_worker(
 
 @dataclass(frozen=True)
 class Rewrite:
+    """A structured rewrite's text (None: a strict parse failure), the calls it made, how
+    the last reply was read (perg.protocol.RewriteReading.how) and the model's thinking."""
+
     response: str | None
     calls: list[CallRecord]
-    parse_fallback: bool
-    parse_failure: bool
-    read: str  # perg.protocol.RewriteReading.how of the last reply
+    read: str
     thinking: str | None
+    parse_fallback: bool = False
+    parse_failure: bool = False
 
 
 async def structured_rewrite(
     caller: ModelCaller,
+    kind: CallKind,
+    item: Item,
     messages: Sequence[ChatMessage],
     *,
-    stage: str,
-    kind: PromptKind,
-    schema: Mapping[str, object],
     earlier_text: str,
     log_key: object,
 ) -> Rewrite:
-    """Ask the run's model for a JSON rewrite and read its ``response`` field."""
+    """Ask the run's model for a JSON rewrite (``kind``: a critique or an alignment) and read
+    its ``response`` field."""
     protocol = caller.protocol
     calls: list[CallRecord] = []
-    json_schema = schema if protocol.structured_output else None
     reading, thinking = None, None
     for attempt in range(protocol.parse_retries + 1):
-        completion, record = await caller.call(
-            caller.context.model,
-            messages,
-            stage=stage,
-            kind=kind,
-            json_schema=json_schema,
-            attempt=attempt,
-        )
+        completion, record = await caller.call(kind, item, messages, attempt=attempt)
         calls.append(record)
         reading, thinking = protocol.read_rewrite(completion.text), completion.reasoning
         if reading.response is not None:
-            return Rewrite(reading.response, calls, False, False, reading.how, thinking)
+            return Rewrite(
+                response=reading.response, calls=calls, read=reading.how, thinking=thinking
+            )
         log.warning(
-            "stage=%s %s: unreadable JSON (%s, attempt %d)", stage, log_key, reading.how,
+            "service=%s %s: unreadable JSON (%s, attempt %d)",
+            caller.service,
+            log_key,
+            reading.how,
             attempt + 1,
-        )  # fmt: skip
+        )
     how = reading.how if reading is not None else "unreadable"
     if protocol.strict:
-        return Rewrite(None, calls, False, True, how, thinking)
-    return Rewrite(earlier_text, calls, True, False, how, thinking)
+        return Rewrite(response=None, calls=calls, read=how, thinking=thinking, parse_failure=True)
+    return Rewrite(
+        response=earlier_text, calls=calls, read=how, thinking=thinking, parse_fallback=True
+    )

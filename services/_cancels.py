@@ -94,7 +94,7 @@ class CancelledRuns:
                 while [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
                     await self._read(consumer)
                 return
-        log.warning("stage=%s cancellations not read to the end in %.0fs; serving anyway",
+        log.warning("service=%s cancellations not read to the end in %.0fs; serving anyway",
                     self.service, CATCH_UP_S)  # fmt: skip
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
@@ -102,7 +102,7 @@ class CancelledRuns:
             try:
                 await self._read(consumer)
             except KafkaError as exc:  # broker away: the next fetch retries
-                log.warning("stage=%s reading cancellations: %s", self.service, exc)
+                log.warning("service=%s reading cancellations: %s", self.service, exc)
                 await asyncio.sleep(1.0)
 
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
@@ -112,10 +112,10 @@ class CancelledRuns:
                 try:
                     cancel = RunCancel.decode(message.value)
                 except SchemaError as exc:
-                    log.error("stage=%s ignoring an invalid cancellation at offset %d: %s",
+                    log.error("service=%s ignoring an invalid cancellation at offset %d: %s",
                               self.service, message.offset, exc)  # fmt: skip
                     continue
                 if cancel.run_id not in self._runs:
-                    log.info("stage=%s run=%s cancelled: no more model calls for it (%s)",
+                    log.info("service=%s run=%s cancelled: no more model calls for it (%s)",
                              self.service, cancel.run_id, cancel.reason)  # fmt: skip
                 self._runs.add(cancel.run_id)

@@ -59,7 +59,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from aiokafka.structs import TopicPartition
 
-from perg.config import Settings, int_setting, seconds_setting, setting
+from perg.client import ClientTuning
+from perg.config import Settings
 from perg.errors import InputError
 from perg.kafka import client_options, ensure_topics, started
 from perg.observe import Metrics, serve
@@ -117,11 +118,13 @@ class WorkerOptions:
 
     ``in_flight``: messages in progress at once (None: the service's default). ``instance``: a
     name unique in the service's group and stable across restarts (static membership).
+    ``client``: how the model workers' client calls every endpoint of a run (``PERG_MODEL_*``).
     """
 
     in_flight: int | None = None
     instance: str | None = None
     session_timeout_s: float = 6.0
+    client: ClientTuning = field(default_factory=ClientTuning)
 
     def __post_init__(self) -> None:
         if self.in_flight is not None and self.in_flight < 1:
@@ -130,14 +133,14 @@ class WorkerOptions:
             raise InputError(f"session timeout must be >= 1 s, got {self.session_timeout_s}")
 
     @classmethod
-    def load(cls) -> WorkerOptions:
-        """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S``."""
+    def of(cls, settings: Settings) -> WorkerOptions:
+        """``PERG_WORKER_IN_FLIGHT``, ``PERG_WORKER_INSTANCE``, ``PERG_SESSION_TIMEOUT_S`` and
+        the client's ``PERG_MODEL_*`` tuning (``Settings.model_client``)."""
         return cls(
-            in_flight=int_setting("worker_in_flight", 1)
-            if setting("worker_in_flight", "")
-            else None,
-            instance=setting("worker_instance", "") or None,
-            session_timeout_s=seconds_setting("session_timeout_s", 6),
+            client=settings.model_client,
+            in_flight=settings.worker_in_flight,
+            instance=settings.worker_instance,
+            session_timeout_s=settings.session_timeout_s,
         )
 
 
@@ -304,7 +307,7 @@ class RecordHandler(Generic[R]):
                 return
             except Exception as exc:
                 if _cause(exc, RunCancelled) is not None:
-                    log.debug("stage=%s %s: run cancelled, finished without more model calls",
+                    log.debug("service=%s %s: run cancelled, finished without more model calls",
                               self.service, _where(message))  # fmt: skip
                     return
                 permanent = _cause(exc, PermanentError)
@@ -315,7 +318,7 @@ class RecordHandler(Generic[R]):
                     attempt -= 1
                     if kafka.spent():
                         raise
-                    log.warning("stage=%s %s: Kafka did not take an output (%s); retrying",
+                    log.warning("service=%s %s: Kafka did not take an output (%s); retrying",
                                 self.service, _where(message), _describe(exc))  # fmt: skip
                     await asyncio.sleep(PUBLISH_RETRY_S)
                     continue
@@ -325,13 +328,13 @@ class RecordHandler(Generic[R]):
                     )
                     return
                 self.metrics.retried.labels(self.service, message.topic).inc()
-                log.warning("stage=%s %s attempt %d failed: %s; retrying",
+                log.warning("service=%s %s attempt %d failed: %s; retrying",
                             self.service, _where(message), attempt, _describe(exc))  # fmt: skip
                 await asyncio.sleep(self.retry_wait_s * 2**attempt)
 
     async def dead_letter(self, message: Message, reason: str) -> None:
         letter = dead_letter_for(self.service, message, reason)
-        log.error("stage=%s dead-letter %s run=%s row=%s: %s", self.service, _where(message),
+        log.error("service=%s dead-letter %s run=%s row=%s: %s", self.service, _where(message),
                   letter.run_id, letter.row_id, letter.reason)  # fmt: skip
         kafka = _KafkaPatience()
         while True:
@@ -344,7 +347,7 @@ class RecordHandler(Generic[R]):
             except PublishError as exc:  # Kafka away: wait for it, as for any output
                 if kafka.spent():
                     raise
-                log.warning("stage=%s %s: dead letter not taken (%s); retrying",
+                log.warning("service=%s %s: dead letter not taken (%s); retrying",
                             self.service, _where(message), exc)  # fmt: skip
                 await asyncio.sleep(PUBLISH_RETRY_S)
 
@@ -374,12 +377,23 @@ def _exit_unfinished(reason: str) -> None:
     os._exit(EXIT_UNFINISHED)
 
 
-Lifespan = Callable[["Worker"], AbstractAsyncContextManager[None]]
+Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+"""What a worker opens around its consume loop (and closes after it): a store, a watcher."""
 
 
 @contextlib.asynccontextmanager
-async def _no_lifespan(worker: Worker) -> AsyncIterator[None]:
+async def _no_lifespan() -> AsyncIterator[None]:
     yield
+
+
+class BatchHandler(Protocol):
+    """What a batch worker runs (the sink): ``lifespan`` opens what the batches need, around
+    the consume loop; each batch is handled in order, and raising means it could not be (the
+    worker then stops without committing it, so it is redelivered after the restart)."""
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]: ...
+
+    async def __call__(self, messages: list[Message]) -> None: ...
 
 
 class Worker:
@@ -465,9 +479,11 @@ class Worker:
         (an exception stops the worker without committing)."""
         self._handle_one = handle
 
-    def serve_batches(self, handle: Callable[[list[Message]], Awaitable[None]]) -> None:
-        """Handle up to ``in_flight`` messages at a time, in order (the sink)."""
-        self._handle_batch = handle
+    def serve_batches(self, handler: BatchHandler) -> None:
+        """Hand up to ``in_flight`` messages at a time to ``handler``, in order (the sink),
+        inside its lifespan."""
+        self._handle_batch = handler
+        self.lifespan = handler.lifespan
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -496,7 +512,7 @@ class Worker:
         await started(self._producer, self.settings)
         self._publisher = Publisher(self._producer, self.settings.topic_prefix)
         try:
-            async with self.lifespan(self):
+            async with self.lifespan():
                 await self._consume()
         finally:
             await self._producer.stop()
@@ -526,7 +542,7 @@ class Worker:
             listener=_Rebalance(self),
         )
         await started(consumer, self.settings)
-        log.info("stage=%s consuming %s as %s (in flight %d, instance %s)", self.name,
+        log.info("service=%s consuming %s as %s (in flight %d, instance %s)", self.name,
                  ", ".join(s.suffix for s in self.inputs), group, self.in_flight,
                  options.instance or "dynamic")  # fmt: skip
         committer = asyncio.create_task(self._commit_periodically())
@@ -574,7 +590,7 @@ class Worker:
             return
         exc = task.exception()
         if exc is not None:
-            self.on_fatal(f"stage={self.name} {tp.topic}[{tp.partition}]@{offset}: {exc!r}")
+            self.on_fatal(f"service={self.name} {tp.topic}[{tp.partition}]@{offset}: {exc!r}")
             return
         ledger = self._ledgers.get(tp)
         if ledger is not None:
@@ -597,7 +613,7 @@ class Worker:
             try:
                 await handle(messages)
             except Exception as exc:
-                self.on_fatal(f"stage={self.name} batch of {len(messages)}: {exc!r}")
+                self.on_fatal(f"service={self.name} batch of {len(messages)}: {exc!r}")
                 return
             for tp, ms in batches.items():
                 self.metrics.finished.labels(self.name, tp.topic).inc(len(ms))
@@ -611,7 +627,7 @@ class Worker:
     async def _drain(self, grace_s: float) -> None:
         """On a graceful stop: let the messages in progress finish (bounded), then commit."""
         if self._tasks:
-            log.info("stage=%s stopping: waiting up to %.0fs for %d messages in progress",
+            log.info("service=%s stopping: waiting up to %.0fs for %d messages in progress",
                      self.name, grace_s, len(self._tasks))  # fmt: skip
             await asyncio.wait(list(self._tasks), timeout=grace_s)
             for task in list(self._tasks):
@@ -625,7 +641,7 @@ class Worker:
             try:
                 await self._commit()
             except KafkaError as exc:  # rebalancing or broker away: the next round retries
-                log.warning("stage=%s commit deferred: %s", self.name, exc)
+                log.warning("service=%s commit deferred: %s", self.name, exc)
 
     async def _commit(self, partitions: Sequence[TopicPartition] | None = None) -> None:
         consumer = self._consumer
@@ -655,7 +671,7 @@ class Worker:
             task.cancel()
         if cancelled:
             await asyncio.gather(*cancelled, return_exceptions=True)
-            log.info("stage=%s gave up %d messages of revoked partitions",
+            log.info("service=%s gave up %d messages of revoked partitions",
                      self.name, len(cancelled))  # fmt: skip
         for tp in partitions:
             self._ledgers.pop(tp, None)
@@ -671,7 +687,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         self.worker.joined = True
-        log.info("stage=%s assigned %s", self.worker.name,
+        log.info("service=%s assigned %s", self.worker.name,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)))  # fmt: skip
 
 

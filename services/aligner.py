@@ -12,7 +12,7 @@ import logging
 
 from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
 from perg.config import Settings
-from perg.protocol import ALIGNER_SCHEMA, Protocol
+from perg.protocol import CallKind, Protocol
 from schemas import AlignRequest, Generation, partition_key
 from schemas.topics import ALIGN, GENERATIONS
 
@@ -31,21 +31,29 @@ async def align(
 ) -> None:
     """Rewrite the baseline for the request's setting and publish the aligned generation."""
     ctx, item = request.context, request.item
-    log.info("stage=aligned run=%s row=%d setting=%s", ctx.run_id, item.row_id, request.setting)
+    log.info("service=aligner run=%s row=%d setting=%s", ctx.run_id, item.row_id, request.setting)
     rewrite = await structured_rewrite(
         caller,
+        CallKind.ALIGN,
+        item,
         protocol.aligner_messages(item, request.setting, request.baseline_response),
-        stage="aligned",
-        kind="aligner",
-        schema=ALIGNER_SCHEMA,
         earlier_text=request.baseline_response,
         log_key=(ctx.run_id, item.row_id, request.setting, "pref_aligner"),
     )
     aligned = Generation(
-        ctx, item, request.setting, "pref_aligner", "aligned", rewrite.response,
-        request.baseline_response, rewrite.calls, rewrite.parse_fallback, rewrite.parse_failure,
-        thinking=rewrite.thinking, rewrite_read=rewrite.read,
-    )  # fmt: skip
+        context=ctx,
+        item=item,
+        setting=request.setting,
+        method="pref_aligner",
+        stage="aligned",
+        response=rewrite.response,
+        baseline_response=request.baseline_response,
+        calls=rewrite.calls,
+        parse_fallback=rewrite.parse_fallback,
+        parse_failure=rewrite.parse_failure,
+        thinking=rewrite.thinking,
+        rewrite_read=rewrite.read,
+    )
     await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), aligned)
 
 

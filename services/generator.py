@@ -1,9 +1,10 @@
 """Generator: answers every row of a run, without and with the user's preference.
 
 Consumes ``work``; for each (run, row) :func:`answer_row` makes the row's baseline (the answer
-without a preference) once and publishes it to ``generations`` for judging, sends an
-``AlignRequest`` to ``align`` for every Pref-Aligner setting, and publishes the
-preference-conditioned answers of zero_shot, cot, icl and self_critic (both passes). The calls
+without a preference) once and publishes it to ``generations`` for judging, then what the
+row's fan-out (``schemas.fan_out``) needs: an ``AlignRequest`` to ``align`` for every
+Pref-Aligner setting, and the preference-conditioned answers of zero_shot, cot, icl and
+self_critic (both passes). The calls
 of one row run in one ``asyncio.TaskGroup``: when one fails for good the others are cancelled,
 so nothing is published for a row after it is dead-lettered. A run with a noise floor
 (``repeat_baseline``) also makes the baseline call a second time, with the same messages and
@@ -14,16 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Literal
 
 from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool
 from perg.config import Settings
-from perg.protocol import CRITIC_SCHEMA, Method, Protocol, Setting
+from perg.protocol import CallKind, Method, Protocol, Setting
 from schemas import (
     BASELINE_METHOD,
     BASELINE_REPEAT_METHOD,
     BASELINE_SETTING,
     AlignRequest,
-    CallRecord,
     Generation,
     WorkItem,
     partition_key,
@@ -47,51 +48,59 @@ async def answer_row(
     """Baseline, then every (setting, method) answer of one row, each published when done."""
     ctx, item = work.context, work.item
     key = partition_key(ctx.run_id, item.row_id)
-    log.info("stage=baseline run=%s row=%d", ctx.run_id, item.row_id)
-    baseline, baseline_call = await caller.call(
-        ctx.model,
-        protocol.baseline_messages(item, ctx.layout),
-        stage="baseline",
-        kind="answer",
-    )
+    log.info("service=generator run=%s row=%d: baseline", ctx.run_id, item.row_id)
+    baseline = await baseline_answer(work, caller, protocol, BASELINE_METHOD)
+    baseline_text, needs = baseline.baseline_response, work.fan_out
     async with asyncio.TaskGroup() as group:
-        group.create_task(
-            publish(GENERATIONS, key, Generation(
-                ctx, item, BASELINE_SETTING, BASELINE_METHOD, "baseline",
-                baseline.text, baseline.text, [baseline_call], thinking=baseline.reasoning,
-            ))
-        )  # fmt: skip
-        if "pref_aligner" in work.methods:
-            for setting in work.settings:
-                request = AlignRequest(ctx, item, setting, baseline.text)
-                group.create_task(publish(ALIGN, key, request))
-        for setting in work.settings:
-            for method in work.methods:
-                if method != "pref_aligner":
-                    group.create_task(
-                        answer(work, caller, protocol, publish, setting, method, baseline.text)
-                    )
-        if ctx.repeat_baseline:
-            group.create_task(repeat_baseline(work, caller, protocol, publish, baseline.text))
-    log.info("stage=answers run=%s row=%d done", ctx.run_id, item.row_id)
+        group.create_task(publish(GENERATIONS, key, baseline))
+        for setting in needs.aligned:
+            request = AlignRequest(
+                context=ctx, item=item, setting=setting, baseline_response=baseline_text
+            )
+            group.create_task(publish(ALIGN, key, request))
+        for setting, method in needs.answers:
+            group.create_task(
+                answer(work, caller, protocol, publish, setting, method, baseline_text)
+            )
+        for _ in range(needs.repeats):
+            group.create_task(repeat_baseline(work, caller, protocol, publish, baseline_text))
+    log.info("service=generator run=%s row=%d: answers done", ctx.run_id, item.row_id)
+
+
+async def baseline_answer(
+    work: WorkItem,
+    caller: ModelCaller,
+    protocol: Protocol,
+    method: Literal["baseline", "baseline_repeat"],
+    baseline_text: str | None = None,
+) -> Generation:
+    """The row's answer without a preference (``baseline``), or its repeat for the noise floor
+    (``baseline_repeat``: the same messages and decoding, judged against ``baseline_text``)."""
+    ctx, item = work.context, work.item
+    completion, call = await caller.call(
+        CallKind.ANSWER, item, protocol.baseline_messages(item, ctx.layout), label=method
+    )
+    return Generation(
+        context=ctx,
+        item=item,
+        setting=BASELINE_SETTING,
+        method=method,
+        stage="baseline",
+        response=completion.text,
+        baseline_response=completion.text if baseline_text is None else baseline_text,
+        calls=[call],
+        thinking=completion.reasoning,
+    )
 
 
 async def repeat_baseline(
     work: WorkItem, caller: ModelCaller, protocol: Protocol, publish: Publish, baseline_text: str
 ) -> None:
     """The noise floor: the baseline call again, same messages and decoding."""
-    ctx, item = work.context, work.item
-    repeat, repeat_call = await caller.call(
-        ctx.model,
-        protocol.baseline_messages(item, ctx.layout),
-        stage="baseline_repeat",
-        kind="answer",
+    generation = await baseline_answer(
+        work, caller, protocol, BASELINE_REPEAT_METHOD, baseline_text
     )
-    generation = Generation(
-        ctx, item, BASELINE_SETTING, BASELINE_REPEAT_METHOD, "baseline",
-        repeat.text, baseline_text, [repeat_call], thinking=repeat.reasoning,
-    )  # fmt: skip
-    await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), generation)
+    await publish(GENERATIONS, partition_key(work.context.run_id, work.item.row_id), generation)
 
 
 async def answer(
@@ -106,32 +115,43 @@ async def answer(
     """One preference-conditioned answer (self_critic: answer, then critique and rewrite)."""
     ctx, item = work.context, work.item
     first, first_call = await caller.call(
-        ctx.model,
-        protocol.answer_messages(item, setting, method, ctx.layout),
-        stage="answer",
-        kind="answer",
+        CallKind.ANSWER, item, protocol.answer_messages(item, setting, method, ctx.layout)
     )
-    calls: list[CallRecord] = [first_call]
     if method != "self_critic":
         generation = Generation(
-            ctx, item, setting, method, "answer", first.text, baseline_text, calls,
+            context=ctx,
+            item=item,
+            setting=setting,
+            method=method,
+            stage="answer",
+            response=first.text,
+            baseline_response=baseline_text,
+            calls=[first_call],
             thinking=first.reasoning,
-        )  # fmt: skip
+        )
     else:
         rewrite = await structured_rewrite(
             caller,
+            CallKind.CRITIQUE,
+            item,
             protocol.critic_messages(item, setting, first.text, ctx.layout),
-            stage="critique",
-            kind="critic",
-            schema=CRITIC_SCHEMA,
             earlier_text=first.text,
             log_key=(ctx.run_id, item.row_id, setting, method),
         )
         generation = Generation(
-            ctx, item, setting, method, "critique", rewrite.response, baseline_text,
-            [*calls, *rewrite.calls], rewrite.parse_fallback, rewrite.parse_failure,
-            thinking=rewrite.thinking, rewrite_read=rewrite.read,
-        )  # fmt: skip
+            context=ctx,
+            item=item,
+            setting=setting,
+            method=method,
+            stage="critique",
+            response=rewrite.response,
+            baseline_response=baseline_text,
+            calls=[first_call, *rewrite.calls],
+            parse_fallback=rewrite.parse_fallback,
+            parse_failure=rewrite.parse_failure,
+            thinking=rewrite.thinking,
+            rewrite_read=rewrite.read,
+        )
     await publish(GENERATIONS, partition_key(ctx.run_id, item.row_id), generation)
 
 

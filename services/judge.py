@@ -14,9 +14,9 @@ import logging
 
 from perg.client import DEFAULT_MAX_IN_FLIGHT, ClientPool, ModelError
 from perg.config import Settings
-from perg.extraction import Extraction, ExtractorFailed, choice_schema, extract_answer
-from perg.judging import RATING_SCHEMA, JudgeOutcome, afr_defined, judge_outcome, read_rating
-from perg.protocol import LORA_EXTRACTION_MAX_TOKENS, ChatMessage, Protocol
+from perg.extraction import Extraction, ExtractorFailed, extract_answer
+from perg.judging import JudgeOutcome, afr_defined, judge_outcome, read_rating
+from perg.protocol import CallKind, ChatMessage, Protocol
 from schemas import (
     BASELINE_METHOD,
     BASELINE_REPEAT_METHOD,
@@ -28,7 +28,7 @@ from schemas import (
 from schemas.topics import GENERATIONS, VERDICTS
 
 from ._calls import ModelCaller, RejectedCall, model_worker
-from ._runtime import PermanentError, Publish, Worker, WorkerOptions
+from ._runtime import Publish, Worker, WorkerOptions
 
 log = logging.getLogger("perg.services.judge")
 
@@ -47,36 +47,26 @@ async def extract(
 ) -> tuple[Extraction, list[CallRecord]]:
     """The option letter of the response, by the run's extractor, and the calls it made."""
     ctx, item = caller.context, generation.item
-    schema = choice_schema(item.letters) if protocol.strict else None
     calls: list[CallRecord] = []
 
     async def chat(messages: list[ChatMessage]) -> str:
         try:
-            completion, call = await caller.call(
-                ctx.extractor_endpoint or ctx.judge,
-                messages,
-                stage="extraction",
-                kind="extraction",
-                json_schema=schema,
-            )
+            completion, call = await caller.call(CallKind.EXTRACT, item, messages)
         except RejectedCall as exc:  # a wrong answer, as published; not a dead letter
-            log.warning("stage=extraction run=%s row=%d: refused: %s", ctx.run_id, item.row_id, exc)
+            log.warning(
+                "service=judge run=%s row=%d: extraction refused: %s", ctx.run_id, item.row_id, exc
+            )
             raise ExtractorFailed(str(exc), content_filter=is_content_filter(exc)) from exc
         except ModelError as exc:
             if exc.status != 200:  # unreachable or overloaded: the runtime retries the message
                 raise
-            log.warning("stage=extraction run=%s row=%d: %s", ctx.run_id, item.row_id, exc)
+            log.warning("service=judge run=%s row=%d: extraction: %s", ctx.run_id, item.row_id, exc)
             raise ExtractorFailed(str(exc), content_filter=False) from exc
         calls.append(call)
         return completion.text
 
     async def complete(prompt: str) -> str:
-        if ctx.lora_endpoint is None:
-            raise PermanentError("the run uses the lora extractor but names no lora endpoint")
-        completion, call = await caller.complete(
-            ctx.lora_endpoint, prompt, stage="extraction_lora",
-            max_tokens=LORA_EXTRACTION_MAX_TOKENS,
-        )  # fmt: skip
+        completion, call = await caller.complete_lora(prompt)
         calls.append(call)
         return completion.text
 
@@ -102,12 +92,7 @@ async def rate(
     raw, calls = "", []
     for attempt in range(protocol.parse_retries + 1):
         completion, call = await caller.call(
-            caller.context.judge,
-            messages,
-            stage="judge",
-            kind="judge",
-            attempt=attempt,
-            json_schema=RATING_SCHEMA if caller.context.judge.constrain_rating else None,
+            CallKind.JUDGE, generation.item, messages, attempt=attempt
         )
         calls.append(call)
         raw = completion.text
@@ -130,14 +115,27 @@ async def judge_generation(
     extraction, extraction_calls = extracted.result()
     rating, outcome, raw, rating_calls = rated.result()
     log.info(
-        "stage=verdict run=%s row=%d setting=%s method=%s answer=%s (%s; rules %s) rating=%s",
-        ctx.run_id, item.row_id, generation.setting, generation.method, extraction.answer,
-        extraction.path, extraction.rules_answer, rating,
-    )  # fmt: skip
+        "service=judge run=%s row=%d setting=%s method=%s answer=%s (%s; rules %s) rating=%s",
+        ctx.run_id,
+        item.row_id,
+        generation.setting,
+        generation.method,
+        extraction.answer,
+        extraction.path,
+        extraction.rules_answer,
+        rating,
+    )
     verdict = Verdict(
-        generation, extraction.answer, extraction.path, rating, outcome, raw,
-        [*extraction_calls, *rating_calls], ctx.extractor, extraction.rules_answer,
-    )  # fmt: skip
+        generation=generation,
+        answer=extraction.answer,
+        extraction=extraction.path,
+        judge_rating=rating,
+        judge_outcome=outcome,
+        judge_raw=raw,
+        calls=[*extraction_calls, *rating_calls],
+        extractor=ctx.extractor,
+        rules_answer=extraction.rules_answer,
+    )
     await publish(VERDICTS, partition_key(ctx.run_id, item.row_id), verdict)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from perg.config import Settings
+from perg.config import load_settings
 from schemas.topics import WORK
 from services._runtime import Message, Worker, WorkerOptions, run_worker
 
@@ -28,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     settings = dataclasses.replace(
-        Settings.load(), kafka=args.bootstrap, topic_prefix=args.prefix, partitions=1
+        load_settings(), kafka=args.bootstrap, topic_prefix=args.prefix, partitions=1
     )
     worker = Worker("probe", settings, WorkerOptions(instance="probe-0"), (WORK,), in_flight=8)
 

@@ -45,6 +45,7 @@ class Pipeline:
     prefix: str
     generators: int = 2
     metrics: bool = False  # each worker serves /metrics and /ready (workers.metrics_url)
+    model_max_in_flight: int = 64  # the model workers' calls per endpoint and process
     env: dict[str, str] = field(init=False)
     workers: WorkerGroup = field(init=False)
     doubles: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
@@ -62,6 +63,7 @@ class Pipeline:
             "PERG_DATA_DIR": str(DATA_DIR),
             "PERG_SESSION_TIMEOUT_S": "10",
             "PERG_SNAPSHOT_EVERY_S": "2",
+            "PERG_MODEL_MAX_IN_FLIGHT": str(self.model_max_in_flight),
         }
         self.workers = WorkerGroup(self.env, self.workdir / "logs", metrics=self.metrics)
 
@@ -155,9 +157,16 @@ class Pipeline:
 
 @contextmanager
 def running_pipeline(
-    bootstrap: str, workdir: Path, prefix: str, *, metrics: bool = False
+    bootstrap: str,
+    workdir: Path,
+    prefix: str,
+    *,
+    metrics: bool = False,
+    model_max_in_flight: int = 64,
 ) -> Iterator[Pipeline]:
-    pipeline = Pipeline(bootstrap, workdir, prefix, metrics=metrics)
+    pipeline = Pipeline(
+        bootstrap, workdir, prefix, metrics=metrics, model_max_in_flight=model_max_in_flight
+    )
     try:
         pipeline.start()
         yield pipeline

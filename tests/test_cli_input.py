@@ -151,8 +151,6 @@ def test_submit_rows_beyond_the_dataset(
 @pytest.mark.parametrize(
     ("flag", "value", "message"),
     [
-        ("--max-in-flight", "0", "argument --max-in-flight: must be at least 1, got 0"),
-        ("--max-in-flight", "-4", "argument --max-in-flight: must be at least 1, got -4"),
         ("--sample", "0", "argument --sample: must be at least 1, got 0"),
         ("--max-tokens", "0", "argument --max-tokens: must be at least 1, got 0"),
         ("--max-tokens", "many", "argument --max-tokens: 'many' is not a whole number"),

@@ -14,6 +14,7 @@ from tenacity import wait_none
 from perg.client import (
     AiohttpTransport,
     ClientPool,
+    ClientTuning,
     Endpoint,
     MockTransport,
     ModelClient,
@@ -25,7 +26,8 @@ from perg.client import (
 )
 from perg.client._client import MIN_DEADLINE_S
 
-ENDPOINT = Endpoint("http://model.test/v1", "m", max_retries=3, timeout_s=5.0)
+ENDPOINT = Endpoint("http://model.test/v1", "m")
+TUNING = ClientTuning(max_retries=3, timeout_s=5.0)
 MESSAGES = [{"role": "user", "content": "hello"}]
 
 
@@ -39,8 +41,19 @@ def ok(text: str = "hi", **usage: int) -> TransportResponse:
     return TransportResponse(200, orjson.dumps(body))
 
 
-def client_for(handler: Any, endpoint: Endpoint = ENDPOINT) -> ModelClient:
-    return ModelClient(endpoint, MockTransport(handler), retry_wait=wait_none())
+def client_for(
+    handler: Any,
+    endpoint: Endpoint = ENDPOINT,
+    tuning: ClientTuning = TUNING,
+    token_envs: tuple[str, ...] = (),
+) -> ModelClient:
+    return ModelClient(
+        endpoint,
+        MockTransport(handler),
+        tuning=tuning,
+        retry_wait=wait_none(),
+        token_envs=token_envs,
+    )
 
 
 def scripted(*responses: TransportResponse | Exception) -> tuple[list[TransportRequest], Any]:
@@ -120,8 +133,8 @@ async def test_timeout_is_retried() -> None:
             await asyncio.sleep(10)
         return ok()
 
-    endpoint = Endpoint("http://model.test/v1", "m", timeout_s=0.05)
-    assert (await client_for(handler, endpoint).chat(MESSAGES, max_tokens=4)).attempts == 2
+    tuning = ClientTuning(max_retries=3, timeout_s=0.05)
+    assert (await client_for(handler, ENDPOINT, tuning).chat(MESSAGES, max_tokens=4)).attempts == 2
 
 
 async def test_retries_exhausted_raises() -> None:
@@ -149,7 +162,7 @@ async def test_in_flight_bound() -> None:
         active -= 1
         return ok()
 
-    client = client_for(handler, Endpoint("http://model.test/v1", "m", max_in_flight=3))
+    client = client_for(handler, ENDPOINT, ClientTuning(max_in_flight=3))
     results = await asyncio.gather(*(client.chat(MESSAGES, max_tokens=4) for _ in range(20)))
     assert len(results) == 20 and peak == 3
 
@@ -180,24 +193,26 @@ async def test_response_format_per_backend(backend: Any, expected: dict[str, Any
 
 async def test_bearer_token_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERG_TEST_KEY", "s3cret")
-    monkeypatch.setenv("PERG_MODEL_TOKEN_ENVS", "PERG_TEST_KEY@model.test")
     seen, handler = scripted(ok())
     endpoint = Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY")
-    await client_for(handler, endpoint).chat(MESSAGES, max_tokens=4)
+    allowed = ("PERG_TEST_KEY@model.test",)  # the worker's PERG_MODEL_TOKEN_ENVS
+    await client_for(handler, endpoint, token_envs=allowed).chat(MESSAGES, max_tokens=4)
     assert seen[0].headers["Authorization"] == "Bearer s3cret"
 
 
 def test_missing_key_env_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERG_TEST_KEY", raising=False)
-    monkeypatch.setenv("PERG_MODEL_TOKEN_ENVS", "PERG_TEST_KEY")
     with pytest.raises(ModelError, match=r"environment variable 'PERG_TEST_KEY'.*not set"):
-        ModelClient(Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY"))
+        ModelClient(
+            Endpoint("http://model.test/v1", "m", api_key_env="PERG_TEST_KEY"),
+            token_envs=("PERG_TEST_KEY",),
+        )
 
 
 async def test_pool_shares_one_client_per_endpoint() -> None:
     async with ClientPool() as pool:
         a = pool.get(ENDPOINT)
-        assert pool.get(Endpoint("http://model.test/v1", "m", max_retries=3, timeout_s=5.0)) is a
+        assert pool.get(Endpoint("http://model.test/v1", "m")) is a
         assert pool.get(Endpoint("http://other.test/v1", "m")) is not a
 
 
@@ -233,14 +248,14 @@ async def test_real_429_then_ok_against_the_double() -> None:
 
 
 def test_deadline_is_sized_to_the_request_and_doubles_per_retry() -> None:
-    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=5, min_tokens_per_s=50)
-    client = ModelClient(endpoint, MockTransport(lambda r: ok()))
+    tuning = ClientTuning(deadline_base_s=5, min_tokens_per_s=50)
+    client = ModelClient(ENDPOINT, MockTransport(lambda r: ok()), tuning=tuning)
     assert client.timeouts(100).total_s == pytest.approx(7.0)
     assert client.timeouts(1000).total_s == pytest.approx(25.0)
     assert client.timeouts(100, attempt=3).total_s == pytest.approx(28.0)
     assert client.timeouts(100).connect_s == 7.0  # never longer than the whole attempt
-    assert client.timeouts(1000).connect_s == endpoint.connect_timeout_s
-    assert client.timeouts(10_000, attempt=6).total_s == endpoint.timeout_s  # the cap
+    assert client.timeouts(1000).connect_s == tuning.connect_timeout_s
+    assert client.timeouts(10_000, attempt=6).total_s == tuning.timeout_s  # the cap
 
 
 async def test_deadline_follows_the_observed_replies() -> None:
@@ -248,8 +263,8 @@ async def test_deadline_follows_the_observed_replies() -> None:
         await asyncio.sleep(0.01)
         return ok()
 
-    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=30, min_tokens_per_s=1)
-    client = client_for(slowish, endpoint)
+    tuning = ClientTuning(deadline_base_s=30, min_tokens_per_s=1)
+    client = client_for(slowish, ENDPOINT, tuning)
     assert client.timeouts(64).total_s == pytest.approx(94)  # sized: nothing seen yet
     for _ in range(8):
         await client.chat(MESSAGES, max_tokens=64)
@@ -267,9 +282,9 @@ async def test_a_hung_call_is_abandoned_at_its_deadline_and_retried() -> None:
             await asyncio.sleep(3600)
         return ok()
 
-    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=0.05, min_tokens_per_s=1e6)
+    tuning = ClientTuning(deadline_base_s=0.05, min_tokens_per_s=1e6)
     started = asyncio.get_running_loop().time()
-    result = await client_for(hangs_once, endpoint).chat(MESSAGES, max_tokens=16)
+    result = await client_for(hangs_once, ENDPOINT, tuning).chat(MESSAGES, max_tokens=16)
     assert result.attempts == 2
     assert asyncio.get_running_loop().time() - started < 1.0
 
@@ -301,7 +316,7 @@ async def test_retry_after_header_is_read_from_a_real_server() -> None:
 @pytest.mark.parametrize("bad", [0, -1])
 def test_max_in_flight_below_one_is_refused(bad: int) -> None:
     with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
-        Endpoint("http://model.test/v1", "m", max_in_flight=bad)
+        ClientTuning(max_in_flight=bad)
 
 
 async def test_a_call_on_the_wire_is_held_to_a_deadline_learned_meanwhile(
@@ -318,8 +333,8 @@ async def test_a_call_on_the_wire_is_held_to_a_deadline_learned_meanwhile(
             await asyncio.sleep(3600)
         return ok()
 
-    endpoint = Endpoint("http://model.test/v1", "m", deadline_base_s=60, max_retries=0)
-    client = client_for(first_hangs, endpoint)
+    tuning = ClientTuning(deadline_base_s=60, max_retries=0)
+    client = client_for(first_hangs, ENDPOINT, tuning)
     hung = asyncio.create_task(client.chat(MESSAGES, max_tokens=8))
     await asyncio.sleep(0.05)
     for _ in range(8):  # fast replies teach the client a short deadline

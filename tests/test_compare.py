@@ -7,13 +7,13 @@ import math
 from pathlib import Path
 
 import pytest
-from fixtures.live.runs import Rule, fails, item, make_spec, write_run
+from fixtures.live.runs import Rule, baseline_repeat, fails, make_spec, write_run
 from hypothesis import given
 from hypothesis import strategies as st
 
 from perg.cli import main
 from perg.compare import holm, mcnemar_exact
-from schemas import Generation, RunSpec, Verdict
+from schemas import RunSpec, Verdict
 from services.sink.store import ResultStore
 
 ROWS = 400
@@ -131,10 +131,20 @@ def write_repeats(store: ResultStore, spec: RunSpec, wrong: Rule) -> None:
     """The repeated no-preference answers of a run (wrong where ``wrong`` says)."""
     repeats = []
     for row_id in spec.row_ids:
-        generation = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
-                                "The answer is X.", "The answer is A.", [])  # fmt: skip
+        generation = baseline_repeat(spec, row_id, "The answer is X.", "The answer is A.")
         answer = "B" if wrong(row_id, "", "") else "A"
-        repeats.append(Verdict(generation, answer, "parsed", None, None, None, [], "rules", answer))
+        repeats.append(
+            Verdict(
+                generation=generation,
+                answer=answer,
+                extraction="parsed",
+                judge_rating=None,
+                judge_outcome=None,
+                judge_raw=None,
+                calls=[],
+                rules_answer=answer,
+            )
+        )
     store.save_verdicts(repeats)
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
 
 from perg.cli.client import SinkClient
-from perg.config import Settings
+from perg.config import load_settings
 from services.sink.live.api import create_app
 from services.sink.store import ResultStore
 
@@ -88,7 +88,7 @@ async def screenshot(page: Any, name: str) -> None:
 
 
 async def _sql_value(url: str, tmp_path: Path, metric: str) -> float:
-    client = SinkClient(dataclasses.replace(Settings.load(), sink_url=url, sink_token=None))
+    client = SinkClient(dataclasses.replace(load_settings(), sink_url=url, sink_token=None))
     answer = await asyncio.to_thread(
         client.sql,
         f"SELECT {metric} FROM metrics_by_source WHERE run_id = 'r1' AND setting = 'relevant' "

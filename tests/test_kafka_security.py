@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from perg import config
-from perg.config import KafkaSecurity, Settings
+from perg.config import load_settings
 from perg.errors import InputError
 from perg.kafka import client_options, topic_layout
 
@@ -26,7 +25,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.delenv(f"PERG_KAFKA_{name}", raising=False)
     monkeypatch.setenv("PERG_CONFIG", str(tmp_path / "perg.toml"))
     (tmp_path / "perg.toml").write_text("")
-    config._file_values.cache_clear()
 
 
 @pytest.fixture
@@ -42,9 +40,9 @@ def ca(tmp_path: Path) -> Path:
 
 
 def test_plaintext_by_default() -> None:
-    security = KafkaSecurity.load()
+    security = load_settings().kafka_security
     assert security.protocol == "PLAINTEXT"
-    options = client_options(Settings.load())
+    options = client_options(load_settings())
     assert options["security_protocol"] == "PLAINTEXT" and "ssl_context" not in options
 
 
@@ -58,7 +56,7 @@ def test_sasl_ssl_from_a_password_file(
     monkeypatch.setenv("PERG_KAFKA_SASL_USERNAME", "perg")
     monkeypatch.setenv("PERG_KAFKA_SASL_PASSWORD_FILE", str(secret))
     monkeypatch.setenv("PERG_KAFKA_SSL_CAFILE", str(ca))
-    settings = Settings.load()
+    settings = load_settings()
     assert "s3cret" not in repr(settings)  # never in a log line that prints the settings
     options = client_options(settings)
     assert options["sasl_plain_password"] == "s3cret-value"
@@ -72,10 +70,10 @@ def test_password_from_a_named_environment_variable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("PERG_KAFKA_SASL_USERNAME", "perg")
     monkeypatch.setenv("PERG_KAFKA_SASL_PASSWORD_ENV", "MY_KAFKA_SECRET")
     monkeypatch.setenv("MY_KAFKA_SECRET", "from-env")
-    assert KafkaSecurity.load().sasl_password == "from-env"
+    assert load_settings().kafka_security.sasl_password == "from-env"
     monkeypatch.delenv("MY_KAFKA_SECRET")
     with pytest.raises(InputError, match="MY_KAFKA_SECRET: that environment variable is not"):
-        KafkaSecurity.load()
+        load_settings()
 
 
 @pytest.mark.parametrize(
@@ -98,7 +96,7 @@ def test_bad_settings_name_the_variable(
     for name, value in env.items():
         monkeypatch.setenv(f"PERG_KAFKA_{name}", value)
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
-        KafkaSecurity.load()
+        load_settings()
 
 
 def test_untrusted_files_are_bad_input(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -107,7 +105,7 @@ def test_untrusted_files_are_bad_input(monkeypatch: pytest.MonkeyPatch, tmp_path
     monkeypatch.setenv("PERG_KAFKA_SECURITY_PROTOCOL", "SSL")
     monkeypatch.setenv("PERG_KAFKA_SSL_CAFILE", str(junk))
     with pytest.raises(InputError, match="cannot load the TLS files"):
-        client_options(Settings.load())
+        client_options(load_settings())
 
 
 @pytest.mark.parametrize(
@@ -126,10 +124,10 @@ def test_topic_layout_defaults_from_the_cluster(
         monkeypatch.setenv("PERG_REPLICATION", str(replication))
     if min_insync:
         monkeypatch.setenv("PERG_MIN_INSYNC_REPLICAS", str(min_insync))
-    assert topic_layout(Settings.load(), brokers) == expected
+    assert topic_layout(load_settings(), brokers) == expected
 
 
 def test_replication_beyond_the_cluster_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERG_REPLICATION", "3")
     with pytest.raises(InputError, match="PERG_REPLICATION=3 needs at least 3 brokers"):
-        topic_layout(Settings.load(), 1)
+        topic_layout(load_settings(), 1)

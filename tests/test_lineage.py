@@ -15,12 +15,12 @@ import pytest
 from fixtures.live.runs import fails, item, make_spec, verdicts, write_run
 
 from perg.cli import main
-from perg.client import ClientPool, Endpoint
-from perg.config import Settings, default_data_dir
+from perg.client import ClientPool, ClientTuning, Endpoint
+from perg.config import default_data_dir, load_settings
 from perg.dataset import SOURCES
 from perg.errors import InputError
 from perg.lineage import accept_run, accepted_reference, lineage_history, run_state
-from perg.protocol import load_protocol
+from perg.protocol import CallKind, load_protocol
 from perg.runs import RunRequest, plan_run, shuffle_within_strata
 from schemas import Acceptance, GateDecision, RunCancel, RunContext, RunSpec, SchemaError
 from services._calls import ModelCaller
@@ -28,6 +28,8 @@ from services._runtime import RunCancelled
 from services.sink.live.engine import open_read_only
 from services.sink.live.query import QueryLimits, StoreReader
 from services.sink.store import ResultStore, run_statuses
+
+ITEM = item(0)
 
 ROWS = 60
 DATA = default_data_dir()
@@ -98,16 +100,16 @@ def test_plan_run_records_the_seed_and_publishes_in_that_order() -> None:
     endpoint = Endpoint("http://127.0.0.1:9/v1", "m")
     request = RunRequest(model=endpoint, judge=endpoint, sample=30, seed=4, lineage="l",
                          version="v1", dataset_path=data / "pergdata.csv")  # fmt: skip
-    spec, work = plan_run(request, Settings.load())
+    spec, work = plan_run(request, load_settings())
     assert spec.shuffle_seed == 4 and (spec.lineage, spec.version_label) == ("l", "v1")
     assert spec.row_ids == [w.item.row_id for w in work]
     assert spec.row_ids != sorted(spec.row_ids)
-    again, _ = plan_run(dataclasses.replace(request, shuffle_seed=5), Settings.load())
+    again, _ = plan_run(dataclasses.replace(request, shuffle_seed=5), load_settings())
     assert sorted(again.row_ids) == sorted(spec.row_ids) and again.row_ids != spec.row_ids
     with pytest.raises(InputError, match="--lineage"):
-        plan_run(dataclasses.replace(request, lineage="two words"), Settings.load())
+        plan_run(dataclasses.replace(request, lineage="two words"), load_settings())
     with pytest.raises(InputError, match="--version"):
-        plan_run(dataclasses.replace(request, version="v" * 65), Settings.load())
+        plan_run(dataclasses.replace(request, version="v" * 65), load_settings())
 
 
 def test_submit_refuses_a_bad_lineage_name_in_one_line(
@@ -150,7 +152,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def reader(db: Path) -> StoreReader:
-    return StoreReader(open_read_only(db), QueryLimits.from_settings())
+    return StoreReader(open_read_only(db), QueryLimits())
 
 
 def test_status_and_run_states_say_cancelled_with_the_counts(db: Path, reader: StoreReader) -> None:
@@ -216,7 +218,7 @@ def test_a_lineage_without_acceptance_is_refused(tmp_path: Path) -> None:
     running = lineage_spec("running", "v2", rows=5)
     store.save_run(running)
     store.close()
-    reader = StoreReader(open_read_only(tmp_path / "perg.duckdb"), QueryLimits.from_settings())
+    reader = StoreReader(open_read_only(tmp_path / "perg.duckdb"), QueryLimits())
     with pytest.raises(InputError, match="lineage 'chat-prod' has no accepted run"):
         accepted_reference(reader, "chat-prod")
     with pytest.raises(InputError, match=r"incomplete \(0/10 results stored\)"):
@@ -302,13 +304,14 @@ def test_unreachable_everything_is_exit_3(
 
 async def test_the_model_caller_makes_no_call_for_a_cancelled_run() -> None:
     endpoint = Endpoint("http://127.0.0.1:9/v1", "m")
-    context = RunContext("r", endpoint, endpoint, "paper", "x")
+    context = RunContext(
+        run_id="r", model=endpoint, judge=endpoint, protocol="paper", protocol_sha256="x"
+    )
     cancelled: set[str] = set()
     caller = ModelCaller(ClientPool(), context, load_protocol("paper"), cancelled.__contains__)
     cancelled.add("r")
     with pytest.raises(RunCancelled, match="cancelled before its answer call"):
-        await caller.call(endpoint, [{"role": "user", "content": "hi"}], stage="answer",
-                          kind="answer")  # fmt: skip
+        await caller.call(CallKind.ANSWER, ITEM, [{"role": "user", "content": "hi"}])
 
 
 async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled() -> None:
@@ -317,16 +320,16 @@ async def test_a_call_queued_for_a_slot_is_withdrawn_when_its_run_is_cancelled()
     from model_double import ScriptedModelServer, ScriptedReply
 
     async with ScriptedModelServer(lambda _: ScriptedReply("ok", delay_s=0.5)) as server:
-        endpoint = Endpoint(server.base_url, "m", max_in_flight=1)
-        context = RunContext("r", endpoint, endpoint, "paper", "x")
+        endpoint = Endpoint(server.base_url, "m")
+        context = RunContext(
+            run_id="r", model=endpoint, judge=endpoint, protocol="paper", protocol_sha256="x"
+        )
         cancelled: set[str] = set()
-        async with ClientPool() as pool:
+        async with ClientPool(tuning=ClientTuning(max_in_flight=1)) as pool:
             caller = ModelCaller(pool, context, load_protocol("paper"), cancelled.__contains__)
             messages = [{"role": "user", "content": "hi"}]
-            first = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
-                                                    kind="answer"))  # fmt: skip
-            second = asyncio.create_task(caller.call(endpoint, messages, stage="answer",
-                                                     kind="answer"))  # fmt: skip
+            first = asyncio.create_task(caller.call(CallKind.ANSWER, ITEM, messages))
+            second = asyncio.create_task(caller.call(CallKind.ANSWER, ITEM, messages))
             while not server.stats["received"]:
                 await asyncio.sleep(0.01)
             cancelled.add("r")

@@ -23,7 +23,9 @@ MODEL_WORKERS = 3  # two generators and the aligner call the model under test
 
 @pytest.fixture
 def pipeline(kafka_broker: str, tmp_path: Path) -> Iterator[Pipeline]:
-    with running_pipeline(kafka_broker, tmp_path, f"lin-{uuid.uuid4().hex[:8]}") as running:
+    with running_pipeline(
+        kafka_broker, tmp_path, f"lin-{uuid.uuid4().hex[:8]}", model_max_in_flight=MAX_IN_FLIGHT
+    ) as running:
         yield running
 
 
@@ -64,7 +66,7 @@ def finished_everything(pipeline: Pipeline) -> bool:
 def test_cancel_stops_the_model_calls_and_keeps_the_partial_results(pipeline: Pipeline) -> None:
     slow = pipeline.start_double("--slots", "4", "--service-s", "0.2")  # ~20 calls/s
     run_id = pipeline.submit(
-        "--sample", "60", "--seed", "7", "--max-in-flight", str(MAX_IN_FLIGHT),
+        "--sample", "60", "--seed", "7",
         "--lineage", "chat-prod", "--version", "v2", model_url=slow,
     )  # fmt: skip
     wait_until(lambda: (pipeline.status(run_id) or {}).get("results_stored", 0) >= 10,

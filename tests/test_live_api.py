@@ -19,9 +19,9 @@ from fixtures.live.runs import fails, make_spec, verdicts, write_run
 
 from perg.cli import main
 from perg.cli.client import SinkClient, SinkError, SinkUnavailable
-from perg.config import Settings
+from perg.config import Settings, load_settings
 from services.sink.live.api import check_bind, create_app
-from services.sink.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, favour_live_queries
+from services.sink.live.query import LIVE_QUERY_SWITCH_INTERVAL_S, QueryLimits, favour_live_queries
 from services.sink.store import ResultStore
 
 ROWS_PER_BATCH = 7
@@ -45,7 +45,7 @@ async def _client(store: ResultStore, **kwargs: object) -> TestClient:
 
 @pytest.fixture
 async def api(store: ResultStore) -> AsyncIterator[TestClient]:
-    client = await _client(store, token=None, query_timeout_s=2.0, row_cap=1000)
+    client = await _client(store, token=None, limits=QueryLimits(timeout_s=2.0, row_cap=1000))
     yield client
     await client.close()
 
@@ -220,7 +220,7 @@ async def test_snapshot_carries_noise_floor_and_extractor_agreement(api: TestCli
 
 def _settings(tmp_path: Path, url: str, token: str | None = None) -> Settings:
     return dataclasses.replace(
-        Settings.load(), sink_url=url, sink_token=token, db=tmp_path / "perg.duckdb"
+        load_settings(), sink_url=url, sink_token=token, db=tmp_path / "perg.duckdb"
     )
 
 
@@ -351,7 +351,7 @@ def test_short_tokens_refused_at_start(store: ResultStore, token: str) -> None:
 
 
 async def test_byte_cap_besides_the_row_cap(store: ResultStore) -> None:
-    client = await _client(store, token=None, max_bytes=10_000)
+    client = await _client(store, token=None, limits=QueryLimits(max_bytes=10_000))
     try:
         big = "SELECT response FROM results, range(50)"  # few rows, long text
         response = await client.post("/sql", json={"sql": big + " LIMIT 20"})

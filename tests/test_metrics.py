@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pytest
-from fixtures.live.runs import item, make_spec, verdicts
+from fixtures.live.runs import baseline_repeat, make_spec, verdicts
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from perg.metrics import (
     format_metrics_table,
     load_outcomes_file,
 )
-from schemas import Generation, Verdict
+from schemas import Verdict
 from services.sink.store import ResultStore, run_statuses
 
 FIXTURE = Path(__file__).parent / "fixtures" / "core" / "outcomes_small.csv"
@@ -473,10 +473,21 @@ def test_store_carries_threshold_extractor_and_repeats(tmp_path: Path) -> None:
     assert (status.expected_repeats, status.repeats_stored, status.done) == (8, 0, False)
     rows = []
     for row_id in spec.row_ids:
-        repeat = Generation(spec.context, item(row_id), "none", "baseline_repeat", "baseline",
-                            "x", "x", [])  # fmt: skip
+        repeat = baseline_repeat(spec, row_id, "x", "x")
         answer = "C" if row_id % 4 == 0 else "A"
-        rows.append(Verdict(repeat, answer, "llm", None, None, None, [], "llm", answer))
+        rows.append(
+            Verdict(
+                generation=repeat,
+                answer=answer,
+                extraction="llm",
+                judge_rating=None,
+                judge_outcome=None,
+                judge_raw=None,
+                calls=[],
+                extractor="llm",
+                rules_answer=answer,
+            )
+        )
     store.save_verdicts(rows)
     assert run_statuses(store.cursor(), "stored")[0].done
     (full,) = [r for r in compute_metrics(store.cursor(), "stored") if r["source"] == "full"]

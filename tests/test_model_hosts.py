@@ -8,15 +8,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
+from fixtures.live.runs import item
 
-from perg.client import Endpoint, ModelClient, ModelError
-from perg.config import Settings
+from perg.client import ClientTuning, Endpoint, ModelClient, ModelError
+from perg.config import load_settings
 from perg.errors import InputError
 from perg.hosts import DEFAULT_MODEL_HOSTS, HostNotAllowed, ModelHosts, parse_url_host
-from perg.protocol import load_protocol
+from perg.protocol import CallKind, load_protocol
 from schemas import RunContext
 from services._calls import ModelCaller, check_hosts
 from services._runtime import PermanentError
+
+ITEM = item(0)
 
 COMPOSE = ModelHosts.parse("loopback,llama-model:8080,*.models.internal,10.0.0.*:8000")
 
@@ -119,9 +122,9 @@ def test_the_default_is_loopback_only() -> None:
 
 def test_settings_load_the_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PERG_MODEL_HOSTS", raising=False)
-    assert str(Settings.load().model_hosts) == "loopback"
+    assert str(load_settings().model_hosts) == "loopback"
     monkeypatch.setenv("PERG_MODEL_HOSTS", "tgi-model:80, *.gpu.internal")
-    hosts = Settings.load().model_hosts
+    hosts = load_settings().model_hosts
     hosts.check("http://tgi-model/v1")
     with pytest.raises(HostNotAllowed):
         hosts.check("http://127.0.0.1/v1")
@@ -162,7 +165,13 @@ def test_parse_agrees_with_the_http_client() -> None:
 
 
 def _context(model_url: str, judge_url: str) -> RunContext:
-    return RunContext("run-x", Endpoint(model_url, "m"), Endpoint(judge_url, "j"), "paper", "0")
+    return RunContext(
+        run_id="run-x",
+        model=Endpoint(model_url, "m"),
+        judge=Endpoint(judge_url, "j"),
+        protocol="paper",
+        protocol_sha256="0",
+    )
 
 
 def test_a_run_naming_any_disallowed_endpoint_is_refused_as_permanent() -> None:
@@ -186,9 +195,7 @@ async def test_a_refused_run_makes_no_call() -> None:
     context = _context("http://127.0.0.1:1/v1", "http://internal-admin:80/v1")
     with pytest.raises(PermanentError):
         check_hosts(ModelHosts.parse("loopback"), context)
-        await ModelCaller(pool, context, load_protocol("paper")).call(
-            context.model, [], stage="baseline", kind="answer"
-        )
+        await ModelCaller(pool, context, load_protocol("paper")).call(CallKind.ANSWER, ITEM, [])
     assert sent == []
 
 
@@ -221,7 +228,7 @@ async def redirecting() -> AsyncIterator[tuple[str, list[str]]]:
 
 async def test_redirects_are_not_followed(redirecting: tuple[str, list[str]]) -> None:
     url, hits = redirecting
-    async with ModelClient(Endpoint(url, "m", max_retries=0)) as client:
+    async with ModelClient(Endpoint(url, "m"), tuning=ClientTuning(max_retries=0)) as client:
         with pytest.raises(ModelError, match="HTTP 307") as failed:
             await client.chat([{"role": "user", "content": "hi"}], max_tokens=1)
     assert failed.value.status == 307 and hits == []
@@ -235,5 +242,5 @@ async def test_a_redirect_is_a_permanent_failure(redirecting: tuple[str, list[st
     async with ClientPool() as pool:
         caller = ModelCaller(pool, context, load_protocol("paper"))
         with pytest.raises(PermanentError, match="307"):
-            await caller.call(context.model, [], stage="baseline", kind="answer")
+            await caller.call(CallKind.ANSWER, ITEM, [], label="baseline")
     assert hits == []

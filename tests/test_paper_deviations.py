@@ -4,6 +4,7 @@ names the authors' code it follows (chimaobi-okite/pref_aligner)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -12,12 +13,19 @@ from model_double import inst_messages, make_perg_script
 from pipeline_harness import DATA_DIR
 from tenacity import wait_none
 
-from perg.client import ClientPool, Endpoint, MockTransport, TransportRequest, TransportResponse
-from perg.config import Settings
+from perg.client import (
+    ClientPool,
+    ClientTuning,
+    Endpoint,
+    MockTransport,
+    TransportRequest,
+    TransportResponse,
+)
+from perg.config import load_settings
 from perg.dataset import load_dataset
 from perg.errors import InputError
 from perg.protocol import RoleLayout, load_protocol
-from perg.runs import RunRequest, decoding_from_profile, plan_run
+from perg.runs import RunRequest, plan_run
 from schemas import AlignRequest, Generation, Record, RunContext, TopicSpec, Verdict, WorkItem
 from services._calls import ModelCaller
 from services.aligner import align
@@ -26,8 +34,8 @@ from services.judge import judge_generation
 
 pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/perg")
 
-MODEL = Endpoint("http://model.test/v1", "scripted", max_retries=0)
-JUDGE = Endpoint("http://judge.test/v1", "judge", max_retries=0)
+MODEL = Endpoint("http://model.test/v1", "scripted")
+JUDGE = Endpoint("http://judge.test/v1", "judge")
 SCRIPT = make_perg_script()
 ITEM = load_dataset(DATA_DIR / "pergdata.csv").items[0] if DATA_DIR.is_dir() else None
 
@@ -82,13 +90,29 @@ def caller_for(
     extractor: Any = "rules",
 ) -> tuple[ModelCaller, WorkItem]:
     protocol = load_protocol(protocol_name, DATA_DIR)
-    decoding = decoding_from_profile(protocol.decoding_profile(profile), None, thinking)
+    decoding = dataclasses.replace(protocol.decoding_profile(profile), thinking=thinking)
     context = RunContext(
-        "run-1", MODEL, JUDGE, protocol_name, protocol.sha256, decoding, layout, extractor
+        run_id="run-1",
+        model=MODEL,
+        judge=JUDGE,
+        protocol=protocol_name,
+        protocol_sha256=protocol.sha256,
+        decoding=decoding,
+        layout=layout,
+        extractor=extractor,
     )
     assert ITEM is not None
-    work = WorkItem(context, ITEM, ["relevant"], ["zero_shot", "self_critic", "pref_aligner"])
-    pool = ClientPool(retry_wait=wait_none(), transport=lambda e: MockTransport(server))
+    work = WorkItem(
+        context=context,
+        item=ITEM,
+        settings=["relevant"],
+        methods=["zero_shot", "self_critic", "pref_aligner"],
+    )
+    pool = ClientPool(
+        tuning=ClientTuning(max_retries=0),
+        retry_wait=wait_none(),
+        transport=lambda e: MockTransport(server),
+    )
     return ModelCaller(pool, context, protocol), work
 
 
@@ -157,7 +181,7 @@ async def test_merged_layout_keeps_self_critic_pass_2_as_system_and_user() -> No
 
 
 def test_layout_and_decoding_follow_the_family_and_are_recorded() -> None:
-    settings = Settings.load()
+    settings = load_settings()
 
     def context(model: str, **kwargs: Any) -> RunContext:
         endpoint = Endpoint("http://m.test/v1", model)

@@ -11,17 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.live.runs import item as fixture_item
 
 from perg.config import default_data_dir
 from perg.dataset import Item, load_dataset
+from perg.generation import generation_config
 from perg.protocol import (
     ALIGNER_SCHEMA,
     CRITIC_SCHEMA,
     DECODING_PROFILES,
     MERGE_SEPARATOR,
     METHODS,
+    PROFILE_DESCRIPTIONS,
     SETTINGS,
     STRICT_RETRY_TEMPERATURE,
+    CallKind,
     ChatMessage,
     Protocol,
     chat_messages,
@@ -34,9 +38,11 @@ from perg.protocol import (
     render_raw_prompt,
     split_thinking,
 )
+from schemas import RunSpec, StageTokens
 
 DATA = default_data_dir()
 GOLDEN_PATH = DATA / "golden_rendered.json"
+ITEM = fixture_item(0)
 pytestmark = pytest.mark.skipif(not GOLDEN_PATH.is_file(), reason="shared PERG data not found")
 
 
@@ -147,20 +153,20 @@ def test_inst_layout(paper: Protocol, strict: Protocol, item: Item) -> None:
     system, user = paper.system_prompt(item, None, "zero_shot"), paper.user_prompt(item)
     assert user.endswith("\n") or system.endswith("\n")  # so the strip matters
     for protocol in (paper, strict):
-        prompt = protocol.raw_prompt(protocol.baseline_messages(item, "inst"), "answer")
+        prompt = protocol.raw_prompt(protocol.baseline_messages(item, "inst"), CallKind.ANSWER)
         assert prompt == apply_template_mistral_instruct(system, user)
         assert prompt == "[INST] " + f"{system}\n{user}".strip() + " [/INST] "
         critic = protocol.critic_messages(item, "relevant", "r", "inst")
-        assert protocol.raw_prompt(critic, "critic") == apply_template_mistral_instruct(
+        assert protocol.raw_prompt(critic, CallKind.CRITIQUE) == apply_template_mistral_instruct(
             critic[0]["content"], critic[1]["content"]
         )
     aligner = paper.aligner_messages(item, "relevant", "r")
     (message,) = aligner
     # strict: no system text, just the content
-    fixed = strict.raw_prompt(strict.aligner_messages(item, "relevant", "r"), "aligner")
+    fixed = strict.raw_prompt(strict.aligner_messages(item, "relevant", "r"), CallKind.ALIGN)
     assert fixed == "[INST] " + message["content"].strip() + " [/INST] "
     # paper: the message list as the template's only argument (aligner.py:129-130)
-    published = paper.raw_prompt(aligner, "aligner")
+    published = paper.raw_prompt(aligner, CallKind.ALIGN)
     assert published == apply_template_mistral_instruct([dict(message)])
     assert published == render_published_aligner_prompt(aligner)
     assert published.startswith("[INST] [{'role': 'user', 'content': 'You are a preference")
@@ -272,10 +278,12 @@ def test_protocol_rules_and_hashes(paper: Protocol, strict: Protocol) -> None:
     assert len(paper.sha256) == 64 and paper.sha256 != strict.sha256
     assert load_protocol("paper").sha256 == paper.sha256
     assert paper.judge_threshold == 3
-    assert [paper.max_tokens(s) for s in ("answer", "critic", "aligner")] == [500, 1024, 1000]
+    kinds = (CallKind.ANSWER, CallKind.CRITIQUE, CallKind.ALIGN)
+    assert [paper.max_tokens(kind) for kind in kinds] == [500, 1024, 1000]
     # the published judge and LLM extractor (gpt-4o-mini) ran uncapped; strict caps them
-    assert paper.max_tokens("judge") is None and paper.max_tokens("extraction") is None
-    assert (strict.max_tokens("judge") or 0) > 0 and (strict.max_tokens("extraction") or 0) > 0
+    judge_side = (CallKind.JUDGE, CallKind.EXTRACT)
+    assert [paper.max_tokens(kind) for kind in judge_side] == [None, None]
+    assert all((strict.max_tokens(kind) or 0) > 0 for kind in judge_side)
 
 
 def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None:
@@ -301,7 +309,7 @@ def test_judge_uses_the_relevant_preference(paper: Protocol, item: Item) -> None
 )
 def test_decoding_profile_per_model_family(model: str, profile: str, paper: Protocol) -> None:
     assert model_family_profile(model) == profile
-    assert paper.default_decoding_profile(model).name == profile
+    assert paper.default_decoding_profile(model).profile == profile
 
 
 @pytest.mark.parametrize(
@@ -351,19 +359,28 @@ def test_split_thinking(output: str, answer: str, thinking: str | None) -> None:
 
 def test_decoding_profiles(paper: Protocol, strict: Protocol) -> None:
     api = paper.decoding_profile("api")
-    assert (api.capped, api.temperature, api.seed, api.top_p) == (False, 0.0, 42, None)
+    assert (api.uncapped, api.temperature, api.seed, api.top_p) == (True, 0.0, 42, None)
     hf = paper.decoding_profile("hf")
-    assert (hf.capped, hf.temperature) == (True, 0.0)
+    assert (hf.uncapped, hf.temperature) == (False, 0.0)
     sampled = paper.decoding_profile("hf-sampled")
-    assert sampled.capped and sampled.temperature > 0 and sampled.top_p is not None
+    assert not sampled.uncapped and sampled.temperature > 0 and sampled.top_p is not None
     own = strict.default_decoding_profile("gpt-4o-mini")
-    assert own.name == "strict" and own.retry_temperature == STRICT_RETRY_TEMPERATURE
-    assert str(STRICT_RETRY_TEMPERATURE) in own.description
+    assert own.profile == "strict" and own.retry_temperature == STRICT_RETRY_TEMPERATURE
+    assert str(STRICT_RETRY_TEMPERATURE) in PROFILE_DESCRIPTIONS["strict"]
     assert set(DECODING_PROFILES) == {"api", "hf", "hf-sampled", "janus", "qwen3", "strict"}
+    assert set(PROFILE_DESCRIPTIONS) == set(DECODING_PROFILES)
     # runs.py:133,153 and aligner.py:133; runs.py:204-237 (1024, greedy)
     janus, qwen3 = paper.decoding_profile("janus"), paper.decoding_profile("qwen3")
-    assert (janus.stage_tokens, janus.temperature, janus.capped) == ((1024, 2048, 1024), 0.0, True)
-    assert (qwen3.stage_tokens, qwen3.temperature, qwen3.capped) == ((1024, 1024, 1024), 0.0, True)
+    assert (janus.stage_tokens, janus.temperature, janus.uncapped) == (
+        StageTokens(answer=1024, critic=2048, aligner=1024),
+        0.0,
+        False,
+    )
+    assert (qwen3.stage_tokens, qwen3.temperature, qwen3.uncapped) == (
+        StageTokens(answer=1024, critic=1024, aligner=1024),
+        0.0,
+        False,
+    )
     with pytest.raises(ValueError, match="unknown decoding profile 'fast'"):
         paper.decoding_profile("fast")
 
@@ -514,18 +531,24 @@ def test_read_rewrite_by_protocol(paper: Protocol, strict: Protocol) -> None:
     assert strict.read_rewrite(listed).response == "r"
 
 
+def answer_limit(spec: RunSpec) -> int | None:
+    """The max_tokens of the run's answer calls."""
+    protocol = load_protocol(spec.context.protocol)
+    return generation_config(CallKind.ANSWER, protocol, spec.context, ITEM).max_tokens
+
+
 def test_runs_record_profile_threshold_and_extractor() -> None:
     from perg.client import Endpoint
-    from perg.config import Settings
+    from perg.config import load_settings
     from perg.runs import RunRequest, plan_run
 
     model = Endpoint("http://127.0.0.1:9/v1", "gpt-4o-mini-2024-07-18")
     local = Endpoint("http://127.0.0.1:9/v1", "meta-llama/Llama-3.1-8B-Instruct")
-    settings = Settings.load()
+    settings = load_settings()
     spec, _ = plan_run(RunRequest(model, model, rows="2"), settings)
     ctx = spec.context
     assert (ctx.decoding.profile, ctx.decoding.uncapped, ctx.decoding.seed) == ("api", True, 42)
-    assert ctx.decoding.max_tokens(500) is None and spec.followed_threshold == 3
+    assert answer_limit(spec) is None and spec.followed_threshold == 3
     assert (ctx.extractor, ctx.repeat_baseline) == ("rules", False)
     spec, _ = plan_run(
         RunRequest(local, model, rows="2", extractor_endpoint=model, repeat_baseline=True),
@@ -535,15 +558,17 @@ def test_runs_record_profile_threshold_and_extractor() -> None:
     assert (ctx.decoding.profile, ctx.decoding.temperature, ctx.decoding.top_p) == (
         "hf-sampled", 0.6, 0.9
     )  # fmt: skip
-    assert ctx.decoding.max_tokens(500) == 500 and ctx.extractor == "llm" and ctx.repeat_baseline
+    assert answer_limit(spec) == 500 and ctx.extractor == "llm" and ctx.repeat_baseline
     spec, _ = plan_run(
         RunRequest(local, model, rows="2", protocol="strict", temperature=0.2, max_tokens_cap=64),
         settings,
     )
     decoding = spec.context.decoding
-    assert (decoding.profile, decoding.temperature, decoding.max_tokens(500)) == (
-        "strict+override", 0.2, 64
-    )  # fmt: skip
+    assert (decoding.profile, decoding.temperature, answer_limit(spec)) == (
+        "strict+override",
+        0.2,
+        64,
+    )
     assert decoding.retry_temperature == STRICT_RETRY_TEMPERATURE
 
 

@@ -17,14 +17,15 @@ from test_lineage_e2e import MAX_IN_FLIGHT, MODEL_WORKERS, finished_everything, 
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
-ROWS = ("--sample", "600", "--seed", "7", "--methods", "zero_shot", "--lineage", "chat-prod",
-        "--max-in-flight", str(MAX_IN_FLIGHT))  # fmt: skip
+ROWS = ("--sample", "600", "--seed", "7", "--methods", "zero_shot", "--lineage", "chat-prod")
 GATE = ("--sequential", "--max-br-increase", "1", "--json")
 
 
 @pytest.fixture
 def pipeline(kafka_broker: str, tmp_path: Path) -> Iterator[Pipeline]:
-    with running_pipeline(kafka_broker, tmp_path, f"seq-{uuid.uuid4().hex[:8]}") as running:
+    with running_pipeline(
+        kafka_broker, tmp_path, f"seq-{uuid.uuid4().hex[:8]}", model_max_in_flight=MAX_IN_FLIGHT
+    ) as running:
         yield running
 
 

@@ -14,7 +14,14 @@ from model_double import make_perg_script
 from pipeline_harness import DATA_DIR
 from tenacity import wait_none
 
-from perg.client import ClientPool, Endpoint, MockTransport, TransportRequest, TransportResponse
+from perg.client import (
+    ClientPool,
+    ClientTuning,
+    Endpoint,
+    MockTransport,
+    TransportRequest,
+    TransportResponse,
+)
 from perg.dataset import load_dataset
 from perg.protocol import load_protocol
 from schemas import (
@@ -35,7 +42,7 @@ from services.judge import judge_generation
 
 pytestmark = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/perg")
 
-ENDPOINT = Endpoint("http://model.test/v1", "scripted", max_retries=2)
+ENDPOINT = Endpoint("http://model.test/v1", "scripted")
 SCRIPT = make_perg_script()
 
 
@@ -61,10 +68,24 @@ class Published:
 def setup(handler: Any = scripted) -> tuple[WorkItem, ModelCaller, Any]:
     protocol = load_protocol("paper", DATA_DIR)
     item = load_dataset(DATA_DIR / "pergdata.csv").items[0]
-    context = RunContext("run-1", ENDPOINT, ENDPOINT, "paper", protocol.sha256)
-    work = WorkItem(context, item, ["relevant", "mixed", "irrelevant"],
-                    ["zero_shot", "cot", "icl", "self_critic", "pref_aligner"])  # fmt: skip
-    pool = ClientPool(retry_wait=wait_none(), transport=lambda e: MockTransport(handler))
+    context = RunContext(
+        run_id="run-1",
+        model=ENDPOINT,
+        judge=ENDPOINT,
+        protocol="paper",
+        protocol_sha256=protocol.sha256,
+    )
+    work = WorkItem(
+        context=context,
+        item=item,
+        settings=["relevant", "mixed", "irrelevant"],
+        methods=["zero_shot", "cot", "icl", "self_critic", "pref_aligner"],
+    )
+    pool = ClientPool(
+        tuning=ClientTuning(max_retries=2),
+        retry_wait=wait_none(),
+        transport=lambda e: MockTransport(handler),
+    )
     return work, ModelCaller(pool, context, protocol), protocol
 
 
@@ -211,12 +232,12 @@ def test_dead_letter_of_a_large_message_is_bounded() -> None:
 
 
 def test_services_build_without_side_effects(tmp_path: Path) -> None:
-    from perg.config import Settings
+    from perg.config import load_settings
     from services import SERVICES, aligner, generator, judge
     from services._runtime import WorkerOptions
     from services.sink import service as sink
 
-    settings = Settings.load()
+    settings = load_settings()
     modules = {"generator": generator, "aligner": aligner, "judge": judge, "sink": sink}
     assert set(modules) == set(SERVICES)
     for name, module in modules.items():

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import duckdb
+import pyarrow as pa
 from fixtures.live.runs import fails, make_spec, verdicts
 
-from services.sink.store import (
-    BASELINE_COLUMNS,
-    PRIMARY_KEYS,
-    REPEAT_COLUMNS,
-    RESULT_COLUMNS,
-    ROW_TYPES,
-    STORE_SQL,
-    ResultStore,
-    run_statuses,
-)
+from services.sink.store import ResultStore, run_statuses
+from services.sink.store.tables import PRIMARY_KEYS, STORE_SQL, VERDICT_TABLES
+from services.sink.store.tables import table_columns as table_columns_declared
 
 COMPARED = {
     "baselines": "run_id, row_id, source, category, gold_option, answer, extraction, tokens_in, "
@@ -29,6 +23,7 @@ COMPARED = {
 
 
 def table_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
+    """The columns of every table of the database, in their order."""
     rows = con.execute(
         "SELECT table_name, column_name FROM duckdb_columns() "
         "WHERE table_name IN (SELECT table_name FROM duckdb_tables()) "
@@ -40,21 +35,39 @@ def table_columns(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
     return columns
 
 
-def test_row_types_name_every_column_of_store_sql() -> None:
+def test_the_declared_columns_are_those_of_store_sql() -> None:
     con = duckdb.connect()
     con.execute(STORE_SQL)
     tables = table_columns(con)
-    assert set(ROW_TYPES) == set(tables)
-    for table, row_type in ROW_TYPES.items():
-        assert sorted(get_type_hints(row_type)) == sorted(tables[table]), table
+    declared = table_columns_declared()
+    assert set(declared) == set(tables)
+    for table, columns in declared.items():
+        assert len(set(columns)) == len(columns), table
+        assert sorted(columns) == sorted(tables[table]), table
 
 
-def test_verdict_records_fill_every_column_of_their_table() -> None:
-    built = {"baselines": BASELINE_COLUMNS, "results": RESULT_COLUMNS,
-             "baseline_repeats": REPEAT_COLUMNS}  # fmt: skip
-    for table, names in built.items():
-        assert len(set(names)) == len(names), table
-        assert sorted([*names, "stored_at"]) == sorted(get_type_hints(ROW_TYPES[table])), table
+# The Arrow type each DuckDB column type of the verdict tables is built as.
+ARROW_OF = {
+    "VARCHAR": pa.string(),
+    "INTEGER": pa.int64(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us"),
+}
+
+
+def test_the_verdict_tables_are_built_with_the_types_of_store_sql() -> None:
+    con = duckdb.connect()
+    con.execute(STORE_SQL)
+    for name, table in VERDICT_TABLES.items():
+        ddl = dict(
+            con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ?", [name]
+            ).fetchall()
+        )
+        built = {field.name: field.type for field in table.schema}
+        assert built == {column: ARROW_OF[kind] for column, kind in ddl.items()}, name
 
 
 def test_primary_keys_are_those_of_store_sql() -> None:

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from perg.dataset import Item
 from perg.metrics import compute_metrics, create_metric_views
 from schemas import CallRecord, DeadLetter, Generation, RunSpec, Verdict
-from services.sink import store as store_module
-from services.sink.store import CELLS_VERSION, ResultStore, run_statuses
+from services.sink.store import ResultStore, run_statuses
+from services.sink.store import database as store_module
+from services.sink.store.cells import CELLS_VERSION
 
 RUNS = ("r1", "r2")
 TQA, MMLU = "truthfulqa/truthful_qa", "cais/mmlu"
@@ -104,8 +105,16 @@ class Answer:
 
     def verdict(self) -> Verdict:
         spec = SPECS[self.run]
-        item = Item(self.row_id, "Q?", ("x", "y"), "A", "x", self.category, self.source,
-                    self.preference)  # fmt: skip
+        item = Item(
+            row_id=self.row_id,
+            question="Q?",
+            options=("x", "y"),
+            gold_option="A",
+            gold_answer="x",
+            category=self.category,
+            source=self.source,
+            preference=self.preference,
+        )
         baseline = self.kind != "result"
         stage = "baseline" if baseline else "answer"
         generation = Generation(
@@ -116,13 +125,30 @@ class Answer:
             stage=stage,
             response="r",
             baseline_response="b",
-            calls=[CallRecord(stage, 0.1, self.attempts, 3, 2, self.finish)],
+            calls=[
+                CallRecord(
+                    stage=stage,
+                    latency_s=0.1,
+                    attempts=self.attempts,
+                    tokens_in=3,
+                    tokens_out=2,
+                    finish_reason=self.finish,
+                )
+            ],
             parse_fallback=self.fallback,
             parse_failure=self.failure,
         )
         rating = None if baseline else self.rating
         outcome = None if rating is None else ("followed" if rating >= 4 else "not_followed")
-        return Verdict(generation, self.answer, self.extraction, rating, outcome, None, [])  # type: ignore[arg-type]
+        return Verdict(
+            generation=generation,
+            answer=self.answer,
+            extraction=self.extraction,  # type: ignore[arg-type]
+            judge_rating=rating,
+            judge_outcome=outcome,
+            judge_raw=None,
+            calls=[],
+        )
 
 
 ANSWERS = st.builds(

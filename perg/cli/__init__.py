@@ -3,6 +3,9 @@
 Exit codes of every command: 0 success; 1 a check that ran and failed (``perg gate`` found a
 regression, a run did not complete in time); 2 bad input (a flag, a file, a row: the message
 names which); 3 something needed is unavailable (the Kafka broker, the sink, a model server).
+
+The configuration (:class:`perg.config.Settings`) is loaded once, here, and passed to the
+command, whose flags override it (``dataclasses.replace``).
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import logging
 import sys
 from collections.abc import Callable
 
+from perg.config import Settings, load_settings
 from perg.errors import PergError
 
 __all__ = ["build_parser", "main"]
 
 # Sub-command modules, in the order ``perg --help`` lists them. Each defines
-# ``register(subparsers) -> None`` and sets ``func`` (args -> exit code) on its parser.
+# ``register(subparsers) -> None`` and sets ``func`` (args, settings -> exit code) on its parser.
 COMMAND_MODULES = (
     "demo",
     "submit",
@@ -36,7 +40,7 @@ COMMAND_MODULES = (
 )
 EPILOG = "exit codes: 0 ok, 1 check failed (gate, timeout), 2 bad input, 3 service unavailable"
 
-Handler = Callable[[argparse.Namespace], int]
+Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     handler: Handler = args.func
     try:
-        return handler(args)
+        return handler(args, load_settings())
     except PergError as exc:
         # "perg prompts render: ...": a command with sub-commands stores them as <command>_command
         name = " ".join(

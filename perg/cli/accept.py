@@ -28,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = Settings.load()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     acceptance, stored = accept_run(settings, SinkClient(settings), args.run, args.note)
     if not stored:
         print("perg accept: published; the sink has not stored it yet (is it running?)",

@@ -27,8 +27,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = Settings.load()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     stored = cancel_run(settings, SinkClient(settings), args.run, args.reason)
     if not stored:
         print("perg cancel: published; the sink has not stored it yet (is it running?)",

@@ -24,7 +24,7 @@ from perg.config import Settings, is_http_url
 from perg.errors import InputError, PergError, UnavailableError
 from services.sink.live.engine import open_read_only
 from services.sink.live.query import QueryLimits, StoreReader
-from services.sink.live.rows import ChangedFilter
+from services.sink.live.rows import ChangedFilter, QuestionBook
 
 DUCKDB_MAGIC = b"DUCK"  # bytes 8-12 of every DuckDB database file
 
@@ -118,7 +118,8 @@ class SinkClient:
         with closing(self._open_local()) as con:
             self._warn_stale()
             try:
-                return local(StoreReader(con, QueryLimits.from_settings()))
+                limits = QueryLimits.from_settings(self.settings)
+                return local(StoreReader(con, limits, QuestionBook(self.settings.data_dir)))
             except (ValueError, duckdb.Error) as exc:
                 raise SinkRefused(str(exc)) from exc
 

@@ -157,8 +157,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--markdown", action="store_true", help="Markdown (CI job summary)")
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    return _report(args, _comparison(args, SinkClient(Settings.load()), None))
+def run_compare(args: argparse.Namespace, settings: Settings) -> int:
+    return _report(args, _comparison(args, SinkClient(settings), None))
 
 
 def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
@@ -173,14 +173,13 @@ def _gate_runs(args: argparse.Namespace, client: SinkClient) -> tuple[str, str]:
     return accepted_reference(client, args.lineage), args.runs[0]
 
 
-def run_gate(args: argparse.Namespace) -> int:
+def run_gate(args: argparse.Namespace, settings: Settings) -> int:
     thresholds = Thresholds.checked(
         br=args.max_br_increase, afr=args.max_afr_increase, rer=args.max_rer_increase
     )
     check_alpha(args.alpha)
     webhook = check_webhook(args.webhook) if args.webhook else None
     summary = github_summary_path() if args.github else None
-    settings = Settings.load()
     client = SinkClient(settings)
     args.reference, args.candidate = _gate_runs(args, client)
     verdict = None

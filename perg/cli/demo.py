@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from perg.cli.submit import at_least, csv_list
+from perg.config import Settings
 from perg.demo import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_METHODS,
@@ -61,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     options = DemoOptions(
         workdir=args.workdir,
         sample=None if args.full else args.sample,
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         judge_model=args.judge_model,
     )
     try:
-        return run_demo(options, Console())
+        return run_demo(options, Console(), settings)
     except PergError:
         raise  # bad input (exit 2) or Kafka unreachable (exit 3): perg.cli reports it
     except (RuntimeError, TimeoutError, OSError) as exc:  # a server that failed to start

@@ -58,8 +58,8 @@ def _text(rows: list[dict[str, Any]]) -> str:
     return text_table(table) + "\n" + note
 
 
-def run(args: argparse.Namespace) -> int:
-    rows = lineage_history(SinkClient(Settings.load()), args.lineage)
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    rows = lineage_history(SinkClient(settings), args.lineage)
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     else:

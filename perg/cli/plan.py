@@ -86,7 +86,7 @@ def plan_rows(
     return plans
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     alpha = check_alpha(args.alpha)
     power = check_alpha(args.power, "--power")
     if args.rows < 1:
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     thresholds = Thresholds.checked(
         br=args.max_br_increase, afr=args.max_afr_increase, rer=args.max_rer_increase
     )
-    client = SinkClient(Settings.load())
+    client = SinkClient(settings)
     reference = args.reference or accepted_reference(client, args.lineage)
     metrics = client.metrics(reference)
     if not metrics:

@@ -9,11 +9,13 @@ from typing import Literal
 
 import orjson
 
+from perg.config import Settings
 from perg.dataset import DATASET_FILE, Item, load_dataset, select_rows
 from perg.errors import InputError
 from perg.protocol import (
     METHODS,
     SETTINGS,
+    CallKind,
     ChatMessage,
     Method,
     Protocol,
@@ -83,10 +85,11 @@ def render_messages(
     return protocol.answer_messages(item, setting, method, layout)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    data = args.data or settings.data_dir
     try:
-        protocol = load_protocol(args.protocol, args.data)
-        dataset = load_dataset(args.data / DATASET_FILE if args.data else None)
+        protocol = load_protocol(args.protocol, data)
+        dataset = load_dataset(data / DATASET_FILE)
         (item,) = select_rows(dataset, f"{args.row}-{args.row}")
         if args.method == EXTRACTOR_LORA:
             prompt = protocol.extractor_prompt(item, args.response)
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from exc
     if args.layout == "inst":  # paper's Pref-Aligner stage 2: the published Janus call
         aligner = args.method == "pref_aligner" and args.stage == 2
-        prompt = protocol.raw_prompt(messages, "aligner" if aligner else "answer")
+        prompt = protocol.raw_prompt(messages, CallKind.ALIGN if aligner else CallKind.ANSWER)
         out = orjson.dumps({"prompt": prompt}).decode() if args.json else prompt
     elif args.json:
         out = orjson.dumps({"messages": messages}, option=orjson.OPT_INDENT_2).decode()

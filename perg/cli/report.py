@@ -66,18 +66,18 @@ def add_run_report_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.paper is not None:
         if args.run is not None or args.html is not None or args.markdown or args.against:
             raise InputError("--paper RUN... takes its runs itself: no RUN, --against, --html "
                              "or --markdown with it")  # fmt: skip
-        for path in paper(args):
+        for path in paper(args, settings):
             print(path)
         return 0
-    return run_report(args)
+    return run_report(args, settings)
 
 
-def run_report(args: argparse.Namespace) -> int:
+def run_report(args: argparse.Namespace, settings: Settings) -> int:
     from perg.run_report import build_report, render_html, render_markdown
 
     if args.run is None:
@@ -91,7 +91,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.html is not None and not args.html.parent.is_dir():
         raise InputError(f"--html {args.html}: the directory {args.html.parent} does not exist")
     report = build_report(
-        SinkClient(Settings.load()), args.run, args.against, rows_per_cell=args.rows_per_cell
+        SinkClient(settings), args.run, args.against, rows_per_cell=args.rows_per_cell
     )
     if args.html is not None:
         try:
@@ -103,10 +103,10 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def paper(args: argparse.Namespace) -> list[Path]:
+def paper(args: argparse.Namespace, settings: Settings) -> list[Path]:
     from perg.paper_report import RunMetrics, build_report, write_report  # loads matplotlib
 
-    client = SinkClient(Settings.load())
+    client = SinkClient(settings)
     runs = []
     for run_id in dict.fromkeys(args.paper):
         rows = client.metrics(run_id)

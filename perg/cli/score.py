@@ -89,19 +89,19 @@ Scores = tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, 
 
 
 def score_file(
-    path: Path, run_name: str | None = None, protocol: str = "paper"
+    path: Path, run_name: str | None = None, protocol: str = "paper", data_dir: Path | None = None
 ) -> list[dict[str, object]]:
     """Metrics by source (and pooled 'full') of an offline results file.
 
     :class:`~perg.errors.InputError` names the file, line and column of the first bad value.
     """
-    return _score_file(path, run_name, protocol)[0]
+    return _score_file(path, run_name, protocol, data_dir)[0]
 
 
-def _score_file(path: Path, run_name: str | None, protocol: str) -> Scores:
+def _score_file(path: Path, run_name: str | None, protocol: str, data_dir: Path | None) -> Scores:
     """Metrics by source (and pooled 'full'), extractor agreement and answer values of a
     results file; what the metrics cannot say is printed on stderr."""
-    threshold = protocol_threshold(protocol)  # a typo is refused before the file is read
+    threshold = protocol_threshold(protocol, data_dir)  # a typo is refused before the file is read
     with duckdb.connect() as con:
         load_outcomes_file(con, path, run_name=run_name, followed_threshold=lambda: threshold)
         for warning in (judge_warning(path, judge_parse(con)), nopref_disagreement(con)):
@@ -110,10 +110,10 @@ def _score_file(path: Path, run_name: str | None, protocol: str) -> Scores:
         return compute_metrics(con), compute_agreement(con), answer_values(con)
 
 
-def protocol_threshold(name: str) -> int:
+def protocol_threshold(name: str, data_dir: Path | None = None) -> int:
     """The judge threshold of protocol ``name`` (paper, strict or a file); a bad name is input."""
     try:
-        return load_protocol(name).judge_threshold
+        return load_protocol(name, data_dir).judge_threshold
     except ValueError as exc:
         raise InputError(f"--protocol {name!r}: {exc} (use paper, strict or a file)") from exc
 
@@ -130,27 +130,27 @@ def judge_warning(path: Path, parse: JudgeParse) -> str | None:
     )
 
 
-def score_run(run_id: str) -> Scores:
+def score_run(run_id: str, settings: Settings) -> Scores:
     """Metrics and extractor agreement of a run, from the SQL views served by the live sink."""
-    client = SinkClient(Settings.load())
+    client = SinkClient(settings)
     rows = client.metrics(run_id)
     if not rows:
         raise InputError(f"no stored results for run {run_id!r}")
     return rows, client.agreement(run_id), []
 
 
-def _scores(args: argparse.Namespace) -> Scores:
+def _scores(args: argparse.Namespace, settings: Settings) -> Scores:
     if args.run is not None:
         if args.results is not None:
             raise InputError("give a RESULTS file or --run RUN, not both")
-        return score_run(args.run)
+        return score_run(args.run, settings)
     if args.results is None:
         raise InputError("give a RESULTS file or --run RUN")
-    return _score_file(args.results, args.run_name, args.protocol)
+    return _score_file(args.results, args.run_name, args.protocol, settings.data_dir)
 
 
-def run(args: argparse.Namespace) -> int:
-    rows, agreement, answers = _scores(args)
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    rows, agreement, answers = _scores(args, settings)
     notes = format_answer_values(answers)
     if args.json:
         subset = [{key: row[key] for key in JSON_KEYS} for row in rows]

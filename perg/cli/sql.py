@@ -41,8 +41,8 @@ def _cell(value: Any) -> Text:
     return Text(printable(str(value)))  # Text: stored text is never read as rich markup
 
 
-def run(args: argparse.Namespace) -> int:
-    result = SinkClient(Settings.load()).sql(args.query)
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    result = SinkClient(settings).sql(args.query)
     on_terminal = sys.stdout.isatty()
     output = args.format or ("table" if on_terminal else "csv")
     if output == "json":  # JSON escapes every control character itself

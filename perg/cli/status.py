@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    client = SinkClient(Settings.load())
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    client = SinkClient(settings)
     console = Console(stderr=True)
     # piped output gets whole run ids rather than 80-column truncation
     out = Console() if sys.stdout.isatty() else Console(width=200)

@@ -103,9 +103,6 @@ def add_endpoint_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-token-env")
     constrain = "the judge may reply only <answer>N</answer> (structured output)"
     parser.add_argument("--constrain-judge", action="store_true", help=constrain)
-    parser.add_argument(
-        "--max-in-flight", type=at_least(1), default=64, help="concurrent calls per endpoint"
-    )
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -188,7 +185,7 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
             raise InputError(f"--{role}-url {url!r} is not an http:// or https:// URL")
         if token_env and token_env not in os.environ:
             raise InputError(f"--{role}-token-env names {token_env}, which is not set here")
-        return Endpoint(url.rstrip("/"), model, backend, token_env, args.max_in_flight)
+        return Endpoint(url.rstrip("/"), model, backend, token_env)
 
     extractor = lora = None
     if args.extractor_url or args.extractor_model:
@@ -205,12 +202,10 @@ def request_from_args(args: argparse.Namespace) -> RunRequest:
         model=endpoint(
             "model", args.model_url, args.model, args.model_backend, args.model_token_env
         ),
-        judge=replace(
-            endpoint(
-                "judge", args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env
-            ),
-            constrain_rating=args.constrain_judge,
+        judge=endpoint(
+            "judge", args.judge_url, args.judge_model, args.judge_backend, args.judge_token_env
         ),
+        constrain_rating=args.constrain_judge,
         protocol=args.protocol,
         settings=args.settings,
         methods=args.methods,
@@ -250,8 +245,7 @@ def warn_about_hosts(context: RunContext, settings: Settings) -> None:
                   "will dead-letter the run", file=sys.stderr)  # fmt: skip
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = Settings.load()
+def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.bootstrap is not None:
         settings = replace(settings, kafka=bootstrap_servers(args.bootstrap, "--bootstrap"))
     spec, work = plan_run(request_from_args(args), settings)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
+from dataclasses import replace
+from pathlib import Path
 
+from perg.config import Settings, bootstrap_servers
 from services import SERVICES, service_module
 
 
@@ -26,7 +28,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         type=int,
         help="messages in progress at once (default $PERG_WORKER_IN_FLIGHT, else the "
         "service's: generator 128 rows, aligner 128, judge 256, sink batches of 1000); the "
-        "model calls are bounded by each endpoint's max_in_flight",
+        "model calls are bounded by --max-in-flight",
+    )
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="model calls on the wire at once per endpoint (default $PERG_MODEL_MAX_IN_FLIGHT, "
+        "else 64)",
     )
     parser.add_argument(
         "--instance",
@@ -37,22 +45,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    # Flags become the environment the service reads its Settings from.
+def worker_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """``settings`` with the flags given applied: a flag overrides its setting."""
     if args.bootstrap:
-        os.environ["PERG_KAFKA"] = args.bootstrap
+        settings = replace(settings, kafka=bootstrap_servers(args.bootstrap, "--bootstrap"))
     if args.db:
-        os.environ["PERG_DB"] = args.db
-    from dataclasses import replace
+        settings = replace(settings, db=Path(args.db))
+    if args.in_flight is not None:
+        settings = replace(settings, worker_in_flight=args.in_flight)
+    if args.instance:
+        settings = replace(settings, worker_instance=args.instance)
+    if args.max_in_flight is not None:
+        client = replace(settings.model_client, max_in_flight=args.max_in_flight)
+        settings = replace(settings, model_client=client)
+    return settings
 
-    from perg.config import Settings
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
     from services._runtime import WorkerOptions, run_worker
 
-    options = WorkerOptions.load()  # a bad value is an InputError: perg.cli reports it
-    if args.in_flight is not None:
-        options = replace(options, in_flight=args.in_flight)
-    if args.instance:
-        options = replace(options, instance=args.instance)
+    settings = worker_settings(args, settings)
+    options = WorkerOptions.of(settings)  # a bad value is an InputError: perg.cli reports it
     module = importlib.import_module(service_module(args.service))
-    run_worker(module.build_app(Settings.load(), options))
+    run_worker(module.build_app(settings, options))
     return 0

@@ -21,6 +21,7 @@ from perg.client._transport import (
 from perg.client._types import (
     DEFAULT_MAX_IN_FLIGHT,
     Backend,
+    ClientTuning,
     Completion,
     Endpoint,
     ModelError,
@@ -33,6 +34,7 @@ __all__ = [
     "AiohttpTransport",
     "Backend",
     "ClientPool",
+    "ClientTuning",
     "Completion",
     "Endpoint",
     "MockTransport",

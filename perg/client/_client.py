@@ -22,8 +22,16 @@ from tenacity import (
 from tenacity.wait import wait_base
 
 from perg.client._transport import AiohttpTransport, Transport, TransportResponse
-from perg.client._types import Backend, Completion, Endpoint, ModelError, Timeouts, TransportError
-from perg.config import setting
+from perg.client._types import (
+    DEFAULT_TUNING,
+    Backend,
+    ClientTuning,
+    Completion,
+    Endpoint,
+    ModelError,
+    Timeouts,
+    TransportError,
+)
 from perg.observe import EndpointMetrics, Metrics
 
 logger = logging.getLogger("perg.client")
@@ -82,16 +90,15 @@ class TokenNotAllowed(ModelError):
     that endpoint (see :func:`check_token_env`). Permanent: retrying cannot help."""
 
 
-def check_token_env(name: str, base_url: str) -> None:
-    """Raise :class:`TokenNotAllowed` unless ``PERG_MODEL_TOKEN_ENVS`` lets the token in the
-    environment variable ``name`` be sent to ``base_url``.
+def check_token_env(name: str, base_url: str, allowed: Sequence[str]) -> None:
+    """Raise :class:`TokenNotAllowed` unless ``allowed`` (the worker's ``PERG_MODEL_TOKEN_ENVS``)
+    lets the token in the environment variable ``name`` be sent to ``base_url``.
 
-    ``PERG_MODEL_TOKEN_ENVS`` is a comma-separated list of ``NAME`` (any host) or ``NAME@HOST``
-    (only to that host; ``HOST`` may carry a port, and a name may be listed once per host).
-    Empty or unset: no run may use a token variable.
+    Each entry is ``NAME`` (any host) or ``NAME@HOST`` (only to that host; ``HOST`` may carry a
+    port, and a name may be listed once per host). Empty: no run may use a token variable.
     """
     host, port = _host_of(base_url)
-    entries = [e.strip() for e in setting("model_token_envs", "").split(",") if e.strip()]
+    entries = [entry.strip() for entry in allowed if entry.strip()]
     for entry in entries:
         allowed_name, _, allowed_host = entry.partition("@")
         if allowed_name != name:
@@ -125,14 +132,16 @@ def _excerpt(body: bytes) -> str:
 
 
 class ModelClient:
-    """Chat calls to one endpoint, at most ``max_in_flight`` at a time, retried on overload.
+    """Chat calls to one endpoint, tuned by ``tuning`` (the worker's configuration): at most
+    ``max_in_flight`` at a time, retried on overload.
 
     Retried: 429, 502, 503, 504, connection errors and timeouts, with ``retry_wait`` between
     attempts (default: random exponential backoff, 0.5 s base, 20 s cap), and never sooner
     than a ``Retry-After`` the server sent (capped at 120 s). Any other non-2xx status raises
     ModelError at once (a redirect too: it is never followed). A slot is held only while a
     request is on the wire. Calls, attempts' failures and retries, latency and tokens are
-    counted in ``metrics`` (perg.observe; default: a registry nobody serves).
+    counted in ``metrics`` (perg.observe; default: a registry nobody serves). An endpoint's
+    ``api_key_env`` is sent only when ``token_envs`` allows it (:func:`check_token_env`).
 
     Every attempt has a deadline (:meth:`timeouts`): ``connect_timeout_s`` to connect, and for
     the reply one sized to the request (its ``max_tokens``), then following the slowest recent
@@ -145,20 +154,25 @@ class ModelClient:
         endpoint: Endpoint,
         transport: Transport | None = None,
         *,
+        tuning: ClientTuning = DEFAULT_TUNING,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         metrics: EndpointMetrics | None = None,
+        token_envs: Sequence[str] = (),
     ) -> None:
         self.endpoint = endpoint
+        self.tuning = tuning
         self._metrics = metrics or Metrics("client").endpoint(endpoint.base_url)
         self._url = endpoint.base_url.rstrip("/") + "/chat/completions"
         self._completions_url = endpoint.base_url.rstrip("/") + "/completions"
         if transport is None:
-            transport = AiohttpTransport(limit=endpoint.max_in_flight)
+            transport = AiohttpTransport(limit=tuning.max_in_flight)
         self._transport = transport
-        self._slots = asyncio.Semaphore(endpoint.max_in_flight)
+        self._slots = asyncio.Semaphore(tuning.max_in_flight)
         self._headers = {"Content-Type": "application/json"}
         if endpoint.api_key_env is not None:
-            check_token_env(endpoint.api_key_env, endpoint.base_url)
+            check_token_env(endpoint.api_key_env, endpoint.base_url, token_envs)
+            # The secret itself is read here, from the variable the run names (not a PERG_
+            # setting, so not in perg.config's Settings): the token is never copied around.
             token = os.environ.get(endpoint.api_key_env)
             if not token:
                 raise ModelError(
@@ -172,7 +186,7 @@ class ModelClient:
         self._on_wire: dict[asyncio.Timeout, tuple[int, int, float]] = {}
         self._watchdog: asyncio.Task[None] | None = None
         self._retrying = AsyncRetrying(
-            stop=stop_after_attempt(endpoint.max_retries + 1),
+            stop=stop_after_attempt(tuning.max_retries + 1),
             wait=_HonourRetryAfter(retry_wait),
             retry=retry_if_exception_type(_RetryableError),
             before_sleep=self._log_retry,
@@ -312,14 +326,14 @@ class ModelClient:
         it is ``LATENCY_HEADROOM`` times the slowest recent reply (never under
         ``MIN_DEADLINE_S``), so it follows the server actually serving. Each retry doubles it;
         ``timeout_s`` caps it."""
-        endpoint = self.endpoint
+        tuning = self.tuning
         seen, slowest = self._replies.get(max_tokens, (0, 0.0))
         if seen >= LEARN_AFTER:
             total = max(MIN_DEADLINE_S, LATENCY_HEADROOM * slowest)
         else:
-            total = endpoint.deadline_base_s + max_tokens / endpoint.min_tokens_per_s
-        total = min(total * 2 ** (attempt - 1), endpoint.timeout_s)
-        return Timeouts(connect_s=min(endpoint.connect_timeout_s, total), total_s=total)
+            total = tuning.deadline_base_s + max_tokens / tuning.min_tokens_per_s
+        total = min(total * 2 ** (attempt - 1), tuning.timeout_s)
+        return Timeouts(connect_s=min(tuning.connect_timeout_s, total), total_s=total)
 
     def _learn(self, max_tokens: int, reply_s: float) -> None:
         seen, slowest = self._replies.get(max_tokens, (0, 0.0))
@@ -424,7 +438,7 @@ class ModelClient:
             status if status is not None else "none",
             exc,
             state.attempt_number,
-            self.endpoint.max_retries,
+            self.tuning.max_retries,
             state.upcoming_sleep,
         )
 
@@ -451,16 +465,22 @@ class ClientPool:
 
     ``transport`` makes each client's transport (default: aiohttp); tests pass a
     ``MockTransport`` factory to run services in-process. The clients count their calls in
-    ``metrics`` (a worker's; default: a registry nobody serves)."""
+    ``metrics`` (a worker's; default: a registry nobody serves); ``tuning`` is the worker's
+    for every client; it may send the token variables ``token_envs`` allows
+    (:func:`check_token_env`; default: none)."""
 
     def __init__(
         self,
         *,
+        tuning: ClientTuning = DEFAULT_TUNING,
         retry_wait: wait_base = DEFAULT_RETRY_WAIT,
         transport: Callable[[Endpoint], Transport] | None = None,
         metrics: Metrics | None = None,
+        token_envs: Sequence[str] = (),
     ) -> None:
+        self._tuning = tuning
         self._retry_wait = retry_wait
+        self._token_envs = tuple(token_envs)
         self._transport = transport
         self._metrics = metrics or Metrics("client")
         self._clients: dict[Endpoint, ModelClient] = {}
@@ -473,8 +493,10 @@ class ClientPool:
             client = ModelClient(
                 endpoint,
                 transport,
+                tuning=self._tuning,
                 retry_wait=self._retry_wait,
                 metrics=self._metrics.endpoint(endpoint.base_url),
+                token_envs=self._token_envs,
             )
             self._clients[endpoint] = client
         return client

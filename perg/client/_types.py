@@ -3,45 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from perg.errors import InputError
+from schemas.values import Backend as Backend
+from schemas.values import Endpoint as Endpoint
 
-Backend = Literal["tgi", "openai", "llamacpp", "vllm"]
 DEFAULT_MAX_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
-    """One OpenAI-compatible model server; the client POSTs ``{base_url}/chat/completions``.
-
-    ``api_key_env`` is the *name* of an environment variable holding the bearer token, so an
-    Endpoint can travel on Kafka without carrying a secret. ``backend`` decides the structured
-    output form of ``response_format``.
+class ClientTuning:
+    """How a worker's client calls every endpoint (the worker's configuration, never on the
+    wire: ``PERG_MODEL_*`` settings, see services._runtime.WorkerOptions).
 
     Bounds: at most ``max_in_flight`` requests of one worker process are on the wire at once
-    (must be >= 1); a failing call is retried ``max_retries`` times. Each attempt has a
-    deadline (see ``ModelClient.timeouts``): ``connect_timeout_s`` to open the connection, and
-    for the reply first ``deadline_base_s + max_tokens / min_tokens_per_s`` (the base covers
-    queueing and prompt processing), then four times the slowest recent reply of that size (at
-    least 5 s), doubled on every retry, never more than ``timeout_s``: a slow but healthy
-    server is waited for, a hung call is abandoned in seconds.
-    ``constrain_rating``: when this endpoint is the judge, its Likert rating call asks for
-    structured output that can only be ``"<answer>N</answer>"`` (N in 1..5), still read by the
-    paper's rule; for small judges that otherwise never emit the tag (the demo's). Off by
-    default: the paper's judge reasons before it rates.
+    per endpoint (must be >= 1); a failing call is retried ``max_retries`` times. Each attempt
+    has a deadline (see ``ModelClient.timeouts``): ``connect_timeout_s`` to open the
+    connection, and for the reply first ``deadline_base_s + max_tokens / min_tokens_per_s``
+    (the base covers queueing and prompt processing), then four times the slowest recent reply
+    of that size (at least 5 s), doubled on every retry, never more than ``timeout_s``: a slow
+    but healthy server is waited for, a hung call is abandoned in seconds.
     """
 
-    base_url: str
-    """The server's OpenAI-compatible root, e.g. ``http://127.0.0.1:8080/v1``."""
-    model: str
-    """The model name sent in every request (``"model"``)."""
-    backend: Backend = "openai"
-    """The server kind: decides the form of structured output (``response_format``)."""
-    api_key_env: str | None = None
-    """Name of the environment variable holding the bearer token; None sends no token."""
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
-    """Most requests of one worker process on the wire at once (>= 1)."""
+    """Most requests of one worker process on the wire at once, per endpoint (>= 1)."""
     timeout_s: float = 300.0
     """Ceiling of any attempt's reply deadline, in seconds."""
     max_retries: int = 5
@@ -52,8 +37,6 @@ class Endpoint:
     """The first reply deadline's allowance for queueing and prompt processing, in seconds."""
     min_tokens_per_s: float = 50.0
     """The slowest generation speed the first reply deadline allows for."""
-    constrain_rating: bool = False
-    """As the judge: constrain the Likert rating reply to ``<answer>N</answer>``."""
 
     def __post_init__(self) -> None:
         """Bounds that make no sense are bad input (:class:`~perg.errors.InputError`)."""
@@ -65,6 +48,9 @@ class Endpoint:
             value = getattr(self, name)
             if not value > 0:
                 raise InputError(f"{name} must be positive, got {value}")
+
+
+DEFAULT_TUNING = ClientTuning()
 
 
 @dataclass(frozen=True, slots=True)

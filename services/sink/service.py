@@ -3,17 +3,18 @@
 Consumes ``runs``, ``generations`` (stage progress), ``verdicts``, ``dead-letters``,
 ``cancels``, ``acceptances`` and ``gate-decisions`` in batches; every batch is one upsert
 transaction per table keyed by the idempotency key, so redeliveries never duplicate a row,
-and the batch's offsets are committed only after it is stored. Stored rows are announced on
-``results``. It also serves the HTTP API (status, metrics, live SQL, dashboard) and writes
-periodic Parquet snapshots.
+and the batch's offsets are committed only after it is stored. It also serves the HTTP API
+(status, metrics, live SQL, dashboard) and writes periodic Parquet snapshots.
 
 Failures:
 - the write lock is taken with backoff (a reader may hold the file briefly), for up to
   ``PERG_DB_LOCK_WAIT_S`` (120 s), each wait logged, then the sink exits 75;
-- a record the store rejects (found by retrying a failed batch record by record) is stored as
-  a dead letter with the reason, and the batch moves on: invalid records never loop;
-- any other store failure (disk full, I/O) is retried with backoff, then the sink stops without
-  committing (exit 70), so Kafka redelivers the batch to the restarted sink.
+- a record the store rejects as bad data (a DuckDB data or constraint error, found by
+  retrying a failed batch record by record) is stored as a dead letter with the reason, and the
+  batch moves on: invalid records never loop;
+- any other store failure (disk full, I/O, a bug in the store's code) is retried with backoff,
+  then the sink stops without committing (exit 70), so Kafka redelivers the batch to the
+  restarted sink: a failure of the store is never made to look like bad data.
 """
 
 from __future__ import annotations
@@ -24,13 +25,21 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import duckdb
 from aiohttp import web
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
-from perg.config import Settings, seconds_setting
+from perg.config import Settings
 from perg.errors import first_line
+from perg.observe import Metrics
 from schemas import (
     Acceptance,
     DeadLetter,
@@ -41,7 +50,6 @@ from schemas import (
     RunSpec,
     SchemaError,
     Verdict,
-    partition_key,
 )
 from schemas.topics import (
     ACCEPTANCES,
@@ -49,12 +57,12 @@ from schemas.topics import (
     DEAD_LETTERS,
     GATE_DECISIONS,
     GENERATIONS,
-    RESULTS,
     RUNS,
     VERDICTS,
 )
 from services._runtime import Message, Worker, WorkerOptions, dead_letter_for
 from services.sink.live.api import check_bind, create_app
+from services.sink.live.query import QueryLimits
 from services.sink.live.snapshots import write_snapshot
 from services.sink.store import ResultStore
 
@@ -67,13 +75,12 @@ STORE_ATTEMPTS = 6  # tries of a store write failing for a reason not the record
 FIRST_RETRY_S = 0.5  # then doubling: 0.5 + 1 + 2 + 4 + 8 s in all
 EXIT_LOCKED = 75  # EX_TEMPFAIL: the results file stayed locked by another process
 # Failures that are the record's fault: retrying cannot help, the record is dead-lettered.
-RECORD_ERRORS: tuple[type[Exception], ...] = (
-    duckdb.DataError,
-    duckdb.IntegrityError,
+# Anything else (an I/O error, a TypeError of our own code) is the store's, never the record's.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    duckdb.DataError,  # conversion, out of range, type mismatch
+    duckdb.IntegrityError,  # constraints
     duckdb.InvalidInputException,
-    ValueError,
-    TypeError,
-    OverflowError,
+    SchemaError,
 )
 
 
@@ -101,21 +108,35 @@ def open_store(settings: Settings, wait_s: float) -> ResultStore:
 
 @dataclass
 class Batch:
-    """One consumed batch, decoded by topic; what failed to decode is already a dead letter."""
+    """One consumed batch, decoded by topic; ``rejected``: a dead letter for each message that
+    failed to decode."""
 
     runs: list[tuple[RunSpec, Message]] = field(default_factory=list)
     generations: list[tuple[Generation, Message]] = field(default_factory=list)
     verdicts: list[tuple[Verdict, Message]] = field(default_factory=list)
-    letters: list[tuple[DeadLetter, Message | None]] = field(default_factory=list)
+    letters: list[tuple[DeadLetter, Message]] = field(default_factory=list)
     cancels: list[tuple[RunCancel, Message]] = field(default_factory=list)
     acceptances: list[tuple[Acceptance, Message]] = field(default_factory=list)
     decisions: list[tuple[GateDecision, Message]] = field(default_factory=list)
+    rejected: list[DeadLetter] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Saved(Generic[R]):
+    """What one save did: the records stored, and a dead letter for each record the store
+    rejected as bad data."""
+
+    stored: list[R]
+    rejected: list[DeadLetter]
 
 
 class Sink:
-    def __init__(self, settings: Settings, worker: Worker) -> None:
+    """The sink's batch handler (:class:`services._runtime.BatchHandler`): opens the store
+    and the API, then stores each batch."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.worker = worker
+        self.metrics = metrics
         self.prefix = settings.topic_prefix
         self._store: ResultStore | None = None
 
@@ -126,12 +147,18 @@ class Sink:
         return self._store
 
     @contextlib.asynccontextmanager
-    async def lifespan(self, worker: Worker) -> AsyncIterator[None]:
-        wait_s = seconds_setting("db_lock_wait_s", 120)
-        self._store = await asyncio.to_thread(open_store, self.settings, wait_s)
+    async def lifespan(self) -> AsyncIterator[None]:
         settings = self.settings
+        self._store = await asyncio.to_thread(open_store, settings, settings.db_lock_wait_s)
         check_bind(settings.sink_bind, settings.sink_token)
-        app = create_app(self.store, token=settings.sink_token, metrics=worker.metrics)
+        app = create_app(
+            self.store,
+            token=settings.sink_token,
+            limits=QueryLimits.from_settings(settings),
+            public_hosts=settings.sink_public_hosts,
+            data_dir=settings.data_dir,
+            metrics=self.metrics,
+        )
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, settings.sink_bind, settings.sink_port).start()
@@ -147,10 +174,9 @@ class Sink:
             self.store.close()
 
     async def _snapshots(self) -> None:
-        every_s = seconds_setting("snapshot_every_s", 30)
         directory = self.settings.db.parent / "snapshots"
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self.settings.snapshot_every_s)
             try:
                 path = await asyncio.to_thread(write_snapshot, self.store, directory)
                 log.debug("stage=sink snapshot %s", path)
@@ -159,29 +185,32 @@ class Sink:
 
     # -- one batch --------------------------------------------------------------------------
 
-    async def store_batch(self, messages: list[Message]) -> None:
+    async def __call__(self, messages: list[Message]) -> None:
+        """Store one batch; raises (after retries) only when the store itself fails."""
         batch = self.decode(messages)
         for spec, _ in batch.runs:
             log.info("stage=sink run=%s registered (%d results expected)",
                      spec.context.run_id, spec.expected_results)  # fmt: skip
-        await self.save("runs", self._save_runs, batch.runs, batch)
-        await self.save("progress", self.store.save_progress, batch.generations, batch)
-        stored = await self.save("verdicts", self.store.save_verdicts, batch.verdicts, batch)
         for cancel, _ in batch.cancels:
             log.info("stage=sink run=%s cancelled (%s)", cancel.run_id, cancel.reason)
-        await self.save("run_cancels", self.store.save_cancels, batch.cancels, batch)
-        await self.save("acceptances", self.store.save_acceptances, batch.acceptances, batch)
-        await self.save("gate_decisions", self.store.save_gate_decisions, batch.decisions, batch)
+        store = self.store
+        saves = (
+            await self.save("runs", self._save_runs, batch.runs),
+            await self.save("progress", store.save_progress, batch.generations),
+            await self.save("verdicts", store.save_verdicts, batch.verdicts),
+            await self.save("run_cancels", store.save_cancels, batch.cancels),
+            await self.save("acceptances", store.save_acceptances, batch.acceptances),
+            await self.save("gate_decisions", store.save_gate_decisions, batch.decisions),
+        )
+        rejected = [*batch.rejected, *(letter for saved in saves for letter in saved.rejected)]
         # Dead letters come last: every rejection above is one of them. Saving them may reject
         # a dead letter read from Kafka; the letter the sink makes for it is saved in a second
-        # round (and one of the sink's own letters is never rejected into a third).
-        letters = list(batch.letters)
-        await self.save("dead_letters", self.store.save_dead_letters, letters, batch)
+        # round (and one of the sink's own letters is never rejected into a third: it raises).
+        letters: list[tuple[DeadLetter, Message | None]] = [*batch.letters]
+        letters += [(letter, None) for letter in rejected]
+        saved = await self.save("dead_letters", self.store.save_dead_letters, letters)
         await self.save(
-            "dead_letters", self.store.save_dead_letters, batch.letters[len(letters) :], batch
-        )
-        await self.worker.publisher.publish_many(
-            RESULTS, [(partition_key(r.run_id, r.row_id), r) for r in stored]
+            "dead_letters", self.store.save_dead_letters, [(d, None) for d in saved.rejected]
         )
         if batch.verdicts:
             log.info("stage=sink stored %d verdicts", len(batch.verdicts))
@@ -206,67 +235,70 @@ class Sink:
             try:
                 into.append((record_type.decode(message.value), message))
             except SchemaError as exc:
-                self.reject(batch, message, f"invalid {record_type.SCHEMA}: {exc}")
+                batch.rejected.append(self.reject(message, f"invalid {record_type.SCHEMA}: {exc}"))
         return batch
 
-    def reject(self, batch: Batch, message: Message, reason: str) -> None:
-        """Keep a record the sink cannot use as a dead letter (stored here: the end of the line)."""
+    def reject(self, message: Message, reason: str) -> DeadLetter:
+        """The dead letter of a record the sink cannot use (stored here: the end of the line)."""
         letter = dead_letter_for("sink", message, reason)
         log.error("stage=sink dead-letter %s[%d]@%d run=%s row=%s: %s", message.topic,
                   message.partition, message.offset, letter.run_id, letter.row_id,
                   letter.reason)  # fmt: skip
-        self.worker.metrics.dead_lettered.labels("sink", message.topic).inc()
-        batch.letters.append((letter, None))
+        self.metrics.dead_lettered.labels("sink", message.topic).inc()
+        return letter
 
     async def save(
         self,
         table: str,
-        save: Callable[[list[R]], Any],
+        write: Callable[[list[R]], None],
         items: Sequence[tuple[R, Message | None]],
-        batch: Batch,
-    ) -> list[Any]:
-        """Store ``items`` in one transaction (counted as ``table``'s rows written) and return
-        what ``save`` returned (as a list).
-        When the store rejects the batch, each record is stored alone and the ones at fault
-        become dead letters; failures that are not a record's fault propagate."""
-        if not items:
-            return []
+    ) -> Saved[R]:
+        """Store ``items`` in one transaction (counted as ``table``'s rows written). When the
+        store rejects them as bad data, each record is stored alone and the ones it rejects
+        get a dead letter; any other failure propagates (:meth:`write` retried it)."""
+        records = [record for record, _ in items]
+        if not records:
+            return Saved([], [])
         try:
-            result = await self.write(table, save, [record for record, _ in items])
-            return result if isinstance(result, list) else []
-        except RECORD_ERRORS as exc:
+            await self.write(table, write, records)
+            return Saved(records, [])
+        except DATA_ERRORS as exc:
             if len(items) > 1:
-                stored: list[Any] = []
-                for item in items:
-                    stored.extend(await self.save(table, save, [item], batch))
-                return stored
+                alone = [await self.save(table, write, [item]) for item in items]
+                return Saved(
+                    [r for saved in alone for r in saved.stored],
+                    [d for saved in alone for d in saved.rejected],
+                )
             message = items[0][1]
             if message is None:  # a dead letter the sink built itself: never loop on it
                 raise
-            self.reject(batch, message, f"the store rejected it: {type(exc).__name__}: {exc}")
-            return []
+            reason = f"the store rejected it: {type(exc).__name__}: {exc}"
+            return Saved([], [self.reject(message, reason)])
 
-    async def write(self, table: str, save: Callable[[list[R]], Any], records: list[R]) -> Any:
-        metrics = self.worker.metrics
-        delay = FIRST_RETRY_S
-        for attempt in range(1, STORE_ATTEMPTS + 1):
-            try:
+    async def write(self, table: str, write: Callable[[list[R]], None], records: list[R]) -> None:
+        """``write(records)`` in a thread; a failure that is not bad data is retried with
+        backoff (``STORE_ATTEMPTS`` tries in all), then raised."""
+        retrying = AsyncRetrying(
+            retry=retry_if_not_exception_type(DATA_ERRORS),
+            stop=stop_after_attempt(STORE_ATTEMPTS),
+            wait=wait_exponential(multiplier=FIRST_RETRY_S),
+            before_sleep=_log_store_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
                 started = time.perf_counter()
-                result = await asyncio.to_thread(save, records)
-                metrics.write_seconds.labels(table).observe(time.perf_counter() - started)
-                metrics.rows_written.labels(table).inc(len(records))
-                return result
-            except RECORD_ERRORS:
-                raise
-            except Exception as exc:
-                if attempt == STORE_ATTEMPTS:
-                    raise
-                log.warning("stage=sink store write failed (%s: %s); retry %d/%d in %.1fs",
-                            type(exc).__name__, exc, attempt, STORE_ATTEMPTS - 1,
-                            delay)  # fmt: skip
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+                await asyncio.to_thread(write, records)
+        self.metrics.write_seconds.labels(table).observe(time.perf_counter() - started)
+        self.metrics.rows_written.labels(table).inc(len(records))
+
+
+def _log_store_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    log.warning("stage=sink store write failed (%s: %s); retry %d/%d in %.1fs",
+                type(exc).__name__, exc, state.attempt_number, STORE_ATTEMPTS - 1,
+                delay)  # fmt: skip
 
 
 def build_app(settings: Settings, options: WorkerOptions) -> Worker:
@@ -274,7 +306,5 @@ def build_app(settings: Settings, options: WorkerOptions) -> Worker:
     acceptances and gate decisions; serves the API."""
     inputs = (RUNS, GENERATIONS, VERDICTS, DEAD_LETTERS, CANCELS, ACCEPTANCES, GATE_DECISIONS)
     worker = Worker("sink", settings, options, inputs, in_flight=DEFAULT_BATCH)
-    sink = Sink(settings, worker)
-    worker.lifespan = sink.lifespan
-    worker.serve_batches(sink.store_batch)
+    worker.serve_batches(Sink(settings, worker.metrics))
     return worker

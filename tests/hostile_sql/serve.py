@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fixtures.live.runs import fails, make_spec, write_run
 
-from perg.config import Settings
+from perg.config import load_settings
 from services.sink.live.api import check_bind, create_app
 from services.sink.store import ResultStore, run_statuses
 
@@ -32,7 +32,7 @@ async def serve(db: Path) -> None:
             store, make_spec("base", 30), pref_wrong=fails("a", 20), unfollowed=fails("f", 10)
         )
         store.con.execute("CHECKPOINT")
-    settings = Settings.load()
+    settings = load_settings()
     check_bind("127.0.0.1", settings.sink_token)
     runner = web.AppRunner(create_app(store, token=settings.sink_token))
     await runner.setup()

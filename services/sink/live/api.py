@@ -32,7 +32,6 @@ import orjson
 from aiohttp import web
 
 from perg.compare import CompareInputError, compare_runs
-from perg.config import setting
 from perg.metrics import Grouping
 from perg.observe import Metrics
 from services.sink.live.engine import EngineRefused, harden
@@ -45,7 +44,13 @@ from services.sink.live.query import (
     StoreReader,
     favour_live_queries,
 )
-from services.sink.live.rows import NotFound, RowQueryError, parse_changed_filter, parse_row_filter
+from services.sink.live.rows import (
+    NotFound,
+    QuestionBook,
+    RowQueryError,
+    parse_changed_filter,
+    parse_row_filter,
+)
 from services.sink.live.sqlguard import QueryRefused
 from services.sink.store import ResultStore
 
@@ -62,6 +67,7 @@ COOKIE = "perg_token"
 MIN_TOKEN_CHARS = 16
 MAX_CONCURRENT_SQL = 4
 MAX_REQUEST_BYTES = 256 * 1024
+DEFAULT_LIMITS = QueryLimits()
 _PUBLIC = frozenset({"/health"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,14 +79,6 @@ def check_token(token: str | None) -> None:
             f"PERG_SINK_TOKEN is {len(token)} characters long; a token must have at least "
             f"{MIN_TOKEN_CHARS} (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
-
-
-def public_hosts_setting() -> frozenset[str]:
-    """``PERG_SINK_PUBLIC_HOSTS``: comma-separated host names the API may be reached by besides
-    loopback ones (lower-cased, without ports)."""
-    return frozenset(
-        h.strip().lower() for h in setting("sink_public_hosts", "").split(",") if h.strip()
-    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -396,36 +394,30 @@ def create_app(
     store: ResultStore,
     *,
     token: str | None,
-    query_timeout_s: float | None = None,
-    row_cap: int | None = None,
-    max_bytes: int | None = None,
-    public_hosts: frozenset[str] | None = None,
+    limits: QueryLimits = DEFAULT_LIMITS,
+    public_hosts: frozenset[str] = frozenset(),
+    data_dir: Path | None = None,
     event_interval_s: float = 1.0,
     metrics: Metrics | None = None,
 ) -> web.Application:
     """The API over ``store``, whose database is hardened first
-    (:func:`services.sink.live.engine.harden`: no file access, configuration locked). Query
-    limits default to ``PERG_SQL_TIMEOUT_S`` (10 s), ``PERG_SQL_ROW_CAP`` (10,000 rows) and
-    ``PERG_SQL_MAX_BYTES`` (16 MiB); ``public_hosts`` to ``PERG_SINK_PUBLIC_HOSTS``. Shortens
-    the process's thread switch interval (:func:`services.sink.live.query.favour_live_queries`).
-    Raises ValueError for a token shorter than 16 characters. Live SQL latency is counted in
-    ``metrics`` (the sink worker's)."""
+    (:func:`services.sink.live.engine.harden`: no file access, configuration locked). The sink
+    passes its settings: ``limits`` (``PERG_SQL_*``; default 10 s, 10,000 rows, 16 MiB),
+    ``public_hosts`` (``PERG_SINK_PUBLIC_HOSTS``; default none) and ``data_dir``, where the
+    questions shown beside stored rows are read (``PERG_DATA_DIR``; default
+    :func:`perg.config.default_data_dir`). Shortens the process's thread switch interval
+    (:func:`services.sink.live.query.favour_live_queries`). Raises ValueError for a token
+    shorter than 16 characters. Live SQL latency is counted in ``metrics`` (the sink worker's)."""
     check_token(token)
-    configured = QueryLimits.from_settings()
-    limits = QueryLimits(
-        configured.timeout_s if query_timeout_s is None else query_timeout_s,
-        configured.row_cap if row_cap is None else row_cap,
-        configured.max_bytes if max_bytes is None else max_bytes,
-    )
     with closing(store.cursor()) as con:
         harden(con)
     favour_live_queries()
     app = web.Application(
         middlewares=[_security_headers, _check_request, _auth], client_max_size=MAX_REQUEST_BYTES
     )
-    app[READER] = StoreReader(store, limits)
+    app[READER] = StoreReader(store, limits, QuestionBook(data_dir))
     app[TOKEN] = token or None
-    app[PUBLIC_HOSTS] = public_hosts_setting() if public_hosts is None else public_hosts
+    app[PUBLIC_HOSTS] = public_hosts
     app[SQL_SLOTS] = asyncio.Semaphore(MAX_CONCURRENT_SQL)
     app[EVENT_INTERVAL_S] = event_interval_s
     app[METRICS] = metrics or Metrics("sink")

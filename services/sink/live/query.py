@@ -23,7 +23,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from perg.config import int_setting, seconds_setting
+from perg.config import Settings
 from perg.errors import InputError
 from perg.metrics import Grouping, compute_agreement, compute_metrics
 from services.sink.live.engine import Database, read_only_cursor, single_select
@@ -76,17 +76,9 @@ class QueryLimits:
     max_bytes: int = 16 * 1024 * 1024
 
     @classmethod
-    def from_settings(cls) -> QueryLimits:
-        """``PERG_SQL_TIMEOUT_S``, ``PERG_SQL_ROW_CAP``, ``PERG_SQL_MAX_BYTES`` (env, perg.toml)."""
-        defaults = cls()
-        timeout_s = seconds_setting("sql_timeout_s", defaults.timeout_s)
-        if timeout_s == 0:
-            raise InputError("PERG_SQL_TIMEOUT_S must be more than 0 seconds")
-        return cls(
-            timeout_s,
-            int_setting("sql_row_cap", defaults.row_cap),
-            int_setting("sql_max_bytes", defaults.max_bytes),
-        )
+    def from_settings(cls, settings: Settings) -> QueryLimits:
+        """``PERG_SQL_TIMEOUT_S``, ``PERG_SQL_ROW_CAP``, ``PERG_SQL_MAX_BYTES``."""
+        return cls(settings.sql_timeout_s, settings.sql_row_cap, settings.sql_max_bytes)
 
     def too_large(self, size: int) -> ResultTooLarge:
         return ResultTooLarge(
