@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from fixtures.live.runs import fails, item, make_spec, verdicts
-from test_dashboard_browser import ARGS, CHROMIUM, screenshot
+from test_dashboard_browser import ARGS, CHROMIUM, chromium_page, screenshot
 
 from schemas import Verdict
 from services.sink.live.api import create_app
@@ -95,89 +95,82 @@ def _sql(store: ResultStore, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 async def test_explorer_and_changed_rows_match_sql(served: tuple[ResultStore, str]) -> None:
     store, url = served
     expect = playwright_api.expect
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(url + "/?run=cand&outcome=broken")
-            note = page.locator("#explore-note")
-            (broken,) = _sql(store, "SELECT count(*) FROM perg_row_outcomes WHERE run_id = 'cand' "
-                             "AND base_correct AND NOT pref_correct")[0]  # fmt: skip
-            await expect(note).to_have_attribute("data-total", str(broken))
+    async with chromium_page() as (page, errors):
+        await page.goto(url + "/?run=cand&outcome=broken")
+        note = page.locator("#explore-note")
+        (broken,) = _sql(store, "SELECT count(*) FROM perg_row_outcomes WHERE run_id = 'cand' "
+                         "AND base_correct AND NOT pref_correct")[0]  # fmt: skip
+        await expect(note).to_have_attribute("data-total", str(broken))
 
-            # Filter through the form, with the keyboard only.
-            await page.focus("#explore-setting")
-            await page.select_option("#explore-setting", "relevant")
-            await page.select_option("#explore-method", "pref_aligner")
-            await page.focus("#explore-outcome")
-            await page.select_option("#explore-outcome", "not_followed")
-            await page.focus("#explore-form button")
-            await page.keyboard.press("Enter")
-            (unfollowed,) = _sql(store, "SELECT count(*) FROM perg_row_outcomes WHERE run_id = "
-                                 "'cand' AND setting = 'relevant' AND method = 'pref_aligner' "
-                                 "AND base_correct AND followed IS FALSE")[0]  # fmt: skip
-            await expect(note).to_have_attribute("data-total", str(unfollowed))
-            shown = page.locator("#explore-rows details.row")
-            await expect(shown).to_have_count(min(unfollowed, 25))
+        # Filter through the form, with the keyboard only.
+        await page.focus("#explore-setting")
+        await page.select_option("#explore-setting", "relevant")
+        await page.select_option("#explore-method", "pref_aligner")
+        await page.focus("#explore-outcome")
+        await page.select_option("#explore-outcome", "not_followed")
+        await page.focus("#explore-form button")
+        await page.keyboard.press("Enter")
+        (unfollowed,) = _sql(store, "SELECT count(*) FROM perg_row_outcomes WHERE run_id = "
+                             "'cand' AND setting = 'relevant' AND method = 'pref_aligner' "
+                             "AND base_correct AND followed IS FALSE")[0]  # fmt: skip
+        await expect(note).to_have_attribute("data-total", str(unfollowed))
+        shown = page.locator("#explore-rows details.row")
+        await expect(shown).to_have_count(min(unfollowed, 25))
 
-            # One row's texts, exactly as stored; markup stays text, no script ran.
-            first = shown.first
-            row_id = int(await first.get_attribute("data-row") or "-1")
-            await first.locator("summary").focus()
-            await page.keyboard.press("Enter")
-            response, raw, nopref = _sql(
-                store,
-                "SELECT r.response, r.judge_raw, b.response FROM results r JOIN baselines b "
-                "USING (run_id, row_id) WHERE r.run_id = 'cand' AND r.row_id = ? "
-                "AND setting = 'relevant' AND method = 'pref_aligner'",
-                row_id,
-            )[0]
-            shown_response = await first.locator('[data-field="response"]').text_content()
-            assert shown_response == response[:20000]
-            assert await first.locator('[data-field="judge_raw"]').text_content() == raw
-            assert await first.locator('[data-field="nopref_response"]').text_content() == nopref
-            if len(response) > 20000:
-                await expect(first).to_contain_text("first 20000 of 30000 characters")
-            await expect(first.locator("ol.options li.gold")).to_contain_text("yes")
-            await screenshot(page, "explorer-row")
+        # One row's texts, exactly as stored; markup stays text, no script ran.
+        first = shown.first
+        row_id = int(await first.get_attribute("data-row") or "-1")
+        await first.locator("summary").focus()
+        await page.keyboard.press("Enter")
+        response, raw, nopref = _sql(
+            store,
+            "SELECT r.response, r.judge_raw, b.response FROM results r JOIN baselines b "
+            "USING (run_id, row_id) WHERE r.run_id = 'cand' AND r.row_id = ? "
+            "AND setting = 'relevant' AND method = 'pref_aligner'",
+            row_id,
+        )[0]
+        shown_response = await first.locator('[data-field="response"]').text_content()
+        assert shown_response == response[:20000]
+        assert await first.locator('[data-field="judge_raw"]').text_content() == raw
+        assert await first.locator('[data-field="nopref_response"]').text_content() == nopref
+        if len(response) > 20000:
+            await expect(first).to_contain_text("first 20000 of 30000 characters")
+        await expect(first.locator("ol.options li.gold")).to_contain_text("yes")
+        await screenshot(page, "explorer-row")
 
-            await page.goto(url + "/?run=cand&row_id=3&setting=relevant&method=zero_shot")
-            row3 = page.locator("#explore-rows details.row").first
-            await row3.locator("summary").click()
-            question = await row3.locator('[data-field="question"]').text_content()
-            assert question == f"Question 3? <i>{HOSTILE}</i>"
-            assert await page.locator("#explore-rows img, #explore-rows script, "
-                                      "#explore-rows b, #explore-rows i").count() == 0  # fmt: skip
-            assert await page.evaluate("window.__pwned") is None
-            await screenshot(page, "explorer-hostile")
+        await page.goto(url + "/?run=cand&row_id=3&setting=relevant&method=zero_shot")
+        row3 = page.locator("#explore-rows details.row").first
+        await row3.locator("summary").click()
+        question = await row3.locator('[data-field="question"]').text_content()
+        assert question == f"Question 3? <i>{HOSTILE}</i>"
+        assert await page.locator("#explore-rows img, #explore-rows script, "
+                                  "#explore-rows b, #explore-rows i").count() == 0  # fmt: skip
+        assert await page.evaluate("window.__pwned") is None
+        await screenshot(page, "explorer-hostile")
 
-            # What changed: the BR rows that broke only in the candidate.
-            await page.select_option("#compare-reference", "ref")
-            await page.select_option("#compare-candidate", "cand")
-            await page.click("#compare-form button")
-            cell = page.locator('#compare tr[data-setting="relevant"][data-method="zero_shot"]'
-                                '[data-metric="BR"] td[data-field="broke"] button')  # fmt: skip
-            expected = [r[0] for r in _sql(store, """
-                SELECT a.row_id FROM perg_row_outcomes a JOIN perg_row_outcomes b
-                    USING (row_id, setting, method)
-                WHERE a.run_id = 'ref' AND b.run_id = 'cand' AND setting = 'relevant'
-                    AND method = 'zero_shot' AND a.base_correct AND b.base_correct
-                    AND a.pref_correct AND NOT b.pref_correct ORDER BY row_id""")]  # fmt: skip
-            assert expected, "the fixture must break some rows"
-            await expect(cell).to_have_text(str(len(expected)))
-            await cell.click()
-            listed = page.locator("#changed-rows tbody tr")
-            await expect(listed).to_have_count(len(expected))
-            assert [int(r) for r in await listed.evaluate_all(
-                "rows => rows.map(r => r.dataset.row)")] == expected  # fmt: skip
-            await screenshot(page, "changed-rows")
-            await listed.first.locator("button").click()
-            await expect(note).to_have_attribute("data-total", "1")
-            assert errors == []
-        finally:
-            await browser.close()
+        # What changed: the BR rows that broke only in the candidate.
+        await page.select_option("#compare-reference", "ref")
+        await page.select_option("#compare-candidate", "cand")
+        await page.click("#compare-form button")
+        cell = page.locator('#compare tr[data-setting="relevant"][data-method="zero_shot"]'
+                            '[data-metric="BR"] td[data-field="broke"] button')  # fmt: skip
+        expected = [r[0] for r in _sql(store, """
+            SELECT a.row_id FROM perg_row_outcomes a JOIN perg_row_outcomes b
+                USING (row_id, setting, method)
+            WHERE a.run_id = 'ref' AND b.run_id = 'cand' AND setting = 'relevant'
+                AND method = 'zero_shot' AND a.base_correct AND b.base_correct
+                AND a.pref_correct AND NOT b.pref_correct ORDER BY row_id""")]  # fmt: skip
+        assert expected, "the fixture must break some rows"
+        await expect(cell).to_have_text(str(len(expected)))
+        await cell.click()
+        listed = page.locator("#changed-rows tbody tr")
+        await expect(listed).to_have_count(len(expected))
+        assert [int(r) for r in await listed.evaluate_all(
+            "rows => rows.map(r => r.dataset.row)")] == expected  # fmt: skip
+        await screenshot(page, "changed-rows")
+        await listed.first.locator("button").click()
+        await expect(note).to_have_attribute("data-total", "1")
+        assert errors == []
 
 
 BAD_URLS = {

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from fixtures.live.runs import fails, make_spec, verdicts, write_run
-from test_dashboard_browser import ARGS, CHROMIUM, screenshot, serving
+from test_dashboard_browser import CHROMIUM, chromium_page, screenshot, serving
 
 from schemas import BASELINE_REPEAT_METHOD, Acceptance, GateDecision, RunSpec
 from services.sink.store import ResultStore
@@ -94,56 +94,48 @@ async def _points(page: Any, metric: str) -> list[dict[str, Any]]:
 async def test_lineage_chart_points_equal_sql(served: tuple[ResultStore, str]) -> None:
     store, url = served
     expect = playwright_api.expect
-    async with playwright_api.async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(url + "/?lineage=chat-prod")
-            await expect(page.locator('svg[data-metric="BR"] g.point')).to_have_count(3)
-            for metric in ("BR", "AFR", "RER", "PVR"):
-                expected = _expected(store, metric)
-                assert await _points(page, metric) == expected, metric
-            assert [p["accepted"] for p in _expected(store, "BR")] == [True, False, False]
-            assert [p["verdict"] for p in _expected(store, "BR")] == ["", "fail", "pass"]
-            # the noise floor: one hatched band, v3's, equal to SQL
-            with store.cursor() as con:
-                ((noise_lo, noise_hi),) = con.execute(
-                    "SELECT noise_BR_lo, noise_BR_hi FROM lineage_history "
-                    "WHERE noise_BR IS NOT NULL"
-                ).fetchall()
-            await expect(page.locator('svg[data-metric="BR"] .band-noise')).to_have_count(1)
-            noise = page.locator('#lineage-table tr[data-run="run-3"] [data-metric="noise_BR"]')
-            await expect(noise).to_contain_text(f"[{noise_lo:.1f}\u2013{noise_hi:.1f}]")
-            # verdicts and acceptance as words, not colour only
-            await expect(page.locator('svg[data-metric="BR"] text.verdict')).to_have_text(
-                ["accepted", "✗ fail", "✓ pass"]
-            )
-            await screenshot(page, "lineage")
+    async with chromium_page() as (page, errors):
+        await page.goto(url + "/?lineage=chat-prod")
+        await expect(page.locator('svg[data-metric="BR"] g.point')).to_have_count(3)
+        for metric in ("BR", "AFR", "RER", "PVR"):
+            expected = _expected(store, metric)
+            assert await _points(page, metric) == expected, metric
+        assert [p["accepted"] for p in _expected(store, "BR")] == [True, False, False]
+        assert [p["verdict"] for p in _expected(store, "BR")] == ["", "fail", "pass"]
+        # the noise floor: one hatched band, v3's, equal to SQL
+        with store.cursor() as con:
+            ((noise_lo, noise_hi),) = con.execute(
+                "SELECT noise_BR_lo, noise_BR_hi FROM lineage_history WHERE noise_BR IS NOT NULL"
+            ).fetchall()
+        await expect(page.locator('svg[data-metric="BR"] .band-noise')).to_have_count(1)
+        noise = page.locator('#lineage-table tr[data-run="run-3"] [data-metric="noise_BR"]')
+        await expect(noise).to_contain_text(f"[{noise_lo:.1f}\u2013{noise_hi:.1f}]")
+        # verdicts and acceptance as words, not colour only
+        await expect(page.locator('svg[data-metric="BR"] text.verdict')).to_have_text(
+            ["accepted", "✗ fail", "✓ pass"]
+        )
+        await screenshot(page, "lineage")
 
-            # the keyboard: Tab to v2's BR point, Enter opens its run's rows
-            point = page.locator('svg[data-metric="BR"] g.point[data-run="run-2"]')
-            await point.focus()
-            await page.keyboard.press("Enter")
-            await expect(page.locator("#explore-run")).to_have_value("run-2")
-            with store.cursor() as con:
-                ((n_rows,),) = con.execute(
-                    "SELECT count(*) FROM perg_row_outcomes WHERE run_id = 'run-2'"
-                ).fetchall()
-            await expect(page.locator("#explore-note")).to_have_attribute("data-total", str(n_rows))
-            await expect(page.locator("#metric-run")).to_have_value("run-2")
-            await screenshot(page, "lineage-opened-run")
+        # the keyboard: Tab to v2's BR point, Enter opens its run's rows
+        point = page.locator('svg[data-metric="BR"] g.point[data-run="run-2"]')
+        await point.focus()
+        await page.keyboard.press("Enter")
+        await expect(page.locator("#explore-run")).to_have_value("run-2")
+        with store.cursor() as con:
+            ((n_rows,),) = con.execute(
+                "SELECT count(*) FROM perg_row_outcomes WHERE run_id = 'run-2'"
+            ).fetchall()
+        await expect(page.locator("#explore-note")).to_have_attribute("data-total", str(n_rows))
+        await expect(page.locator("#metric-run")).to_have_value("run-2")
+        await screenshot(page, "lineage-opened-run")
 
-            # an unknown lineage in the URL: a message on the page, not a blank one
-            await page.goto(url + "/?lineage=nope")
-            await expect(page.locator("#lineage-error")).to_contain_text("unknown lineage 'nope'")
-            await page.goto(url + "/?lineage=two%20words")
-            await expect(page.locator("#lineage-error")).to_contain_text("not a valid name")
-            await screenshot(page, "lineage-unknown")
-            assert errors == []
-        finally:
-            await browser.close()
+        # an unknown lineage in the URL: a message on the page, not a blank one
+        await page.goto(url + "/?lineage=nope")
+        await expect(page.locator("#lineage-error")).to_contain_text("unknown lineage 'nope'")
+        await page.goto(url + "/?lineage=two%20words")
+        await expect(page.locator("#lineage-error")).to_contain_text("not a valid name")
+        await screenshot(page, "lineage-unknown")
+        assert errors == []
 
 
 @pytest.mark.parametrize(
