@@ -171,14 +171,16 @@ def start_model(stack: ExitStack, env: dict[str, str], console: Console) -> str:
     )
 
 
-def start_workers(stack: ExitStack, env: dict[str, str], console: Console, log_dir: Path) -> None:
+def start_workers(
+    stack: ExitStack, env: dict[str, str], console: Console, log_dir: Path, sink_url: str
+) -> None:
     """The four services as processes (stopped on exit), once the sink answers."""
     workers = WorkerGroup(env, log_dir)
     stack.callback(workers.stop)
     step = Step(console, "Starting generator, aligner, judge and sink", WORKERS_START)
     workers.start_all()
     try:
-        workers.wait_for_sink(env["PERG_SINK_URL"])
+        workers.wait_for_sink(sink_url)
     except (RuntimeError, TimeoutError) as exc:
         raise RuntimeError(f"{exc}; the worker logs are in {workers.log_dir}") from exc
     step.done(f"The services are running (logs in {log_dir})")
@@ -242,7 +244,7 @@ def run_demo(options: DemoOptions, console: Console, settings: Settings) -> int:
         settings = demo_settings(settings, workdir, bootstrap, port)
         env.update(worker_env(settings))  # the workers load the same Settings as this process
 
-        start_workers(stack, env, console, workdir / "logs")
+        start_workers(stack, env, console, workdir / "logs", settings.sink_url)
 
         request = _request(options, model_url)
         spec, work = plan_run(request, settings)

@@ -61,7 +61,7 @@ def test_starting_kafka_and_the_services_is_said_off_a_terminal(tmp_path: Path) 
             PERG_SINK_URL=f"http://127.0.0.1:{port}",
             PERG_TOPIC_PREFIX="perg-steps",
         )
-        start_workers(stack, env, console, tmp_path / "logs")
+        start_workers(stack, env, console, tmp_path / "logs", env["PERG_SINK_URL"])
     text = out.getvalue()
     assert f"Starting Kafka ({KAFKA_START})..." in text
     assert re.search(rf"Kafka started at {re.escape(bootstrap)} \(\d+ s\)", text), text
