@@ -475,15 +475,7 @@ cmd_stop() {  # SIGTERM every node at once (a lone survivor waits for no quorum)
     fi
     local deadline=$((SECONDS + STOP_TIMEOUT))
     for pid in "${pids[@]}"; do
-        while kill -0 "$pid" 2>/dev/null; do
-            if (( SECONDS >= deadline )); then
-                log "pid $pid still alive after ${STOP_TIMEOUT}s; SIGKILL"
-                kill -KILL "$pid" 2>/dev/null || true
-                sleep 0.2
-                break
-            fi
-            sleep 0.1
-        done
+        wait_or_kill "$pid" "$deadline" "$STOP_TIMEOUT"
     done
     log "stopped (pid ${pids[*]})"
 }

@@ -12,6 +12,20 @@ daemon_pid() {
     echo "$pid"
 }
 
+# wait_or_kill PID DEADLINE TIMEOUT_S: wait for PID (already sent SIGTERM) to end; SIGKILL it
+# once $SECONDS reaches DEADLINE (TIMEOUT_S is only for the log line).
+wait_or_kill() {
+    while kill -0 "$1" 2>/dev/null; do
+        if (( SECONDS >= $2 )); then
+            log "pid $1 still alive after ${3}s; SIGKILL"
+            kill -KILL "$1" 2>/dev/null || true
+            sleep 0.2
+            return
+        fi
+        sleep 0.1
+    done
+}
+
 # daemon_stop PATTERN TIMEOUT_S: SIGTERM, wait, SIGKILL after the timeout; ok when stopped.
 daemon_stop() {
     mkdir -p "$STATE"
@@ -24,16 +38,7 @@ daemon_stop() {
         return 0
     fi
     kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + $2))
-    while kill -0 "$pid" 2>/dev/null; do
-        if (( SECONDS >= deadline )); then
-            log "pid $pid still alive after ${2}s; SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            sleep 0.2
-            break
-        fi
-        sleep 0.1
-    done
+    wait_or_kill "$pid" $((SECONDS + $2)) "$2"
     rm -f "$PIDFILE"
     log "stopped (pid $pid)"
 }
