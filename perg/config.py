@@ -309,16 +309,19 @@ class _Source:
             raise InputError(f"PERG_{name.upper()}={port} is not a port ({minimum} to 65535)")
         return port
 
-    def seconds(self, name: str, default: float, *, positive: bool = False) -> float:
+    def seconds(
+        self, name: str, default: float, *, positive: bool = False, unit: str = "seconds"
+    ) -> float:
+        """A finite number >= 0 (> 0 when ``positive``) of ``unit``, named in the errors."""
         raw = self.text(name, str(default))
         try:
             value = float(raw)
         except ValueError:
-            raise InputError(f"PERG_{name.upper()}={raw!r} is not a number of seconds") from None
+            raise InputError(f"PERG_{name.upper()}={raw!r} is not a number of {unit}") from None
         if not 0 <= value < math.inf:
-            raise InputError(f"PERG_{name.upper()}={raw!r} must be a finite number of seconds >= 0")
+            raise InputError(f"PERG_{name.upper()}={raw!r} must be a finite number of {unit} >= 0")
         if positive and value == 0:
-            raise InputError(f"PERG_{name.upper()} must be more than 0 seconds")
+            raise InputError(f"PERG_{name.upper()} must be more than 0 {unit}")
         return value
 
     def client_tuning(self) -> ClientTuning:
@@ -335,7 +338,7 @@ class _Source:
                 "model_deadline_base_s", default.deadline_base_s, positive=True
             ),
             min_tokens_per_s=self.seconds(
-                "model_min_tokens_per_s", default.min_tokens_per_s, positive=True
+                "model_min_tokens_per_s", default.min_tokens_per_s, positive=True, unit="tokens/s"
             ),
         )
 

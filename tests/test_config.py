@@ -176,6 +176,13 @@ def test_every_setting_is_typed(tmp_path: Path) -> None:
         ("WORKER_IN_FLIGHT", "0", "PERG_WORKER_IN_FLIGHT=0 must be at least 1"),
         ("SINK_PORT", "70000", "PERG_SINK_PORT=70000 is not a port"),
         ("KAFKA", "h::::", "PERG_KAFKA='h::::': 'h::::' is not HOST:PORT"),
+        ("MODEL_MAX_RETRIES", "-1", "PERG_MODEL_MAX_RETRIES=-1 must be at least 0"),
+        (
+            "MODEL_MIN_TOKENS_PER_S",
+            "fast",
+            "PERG_MODEL_MIN_TOKENS_PER_S='fast' is not a number of tokens/s",
+        ),
+        ("MODEL_TIMEOUT_S", "0", "PERG_MODEL_TIMEOUT_S must be more than 0 seconds"),
     ],
 )
 def test_bad_values_name_the_variable(tmp_path: Path, name: str, value: str, message: str) -> None:
