@@ -14,7 +14,7 @@ import duckdb
 
 from perg.errors import InputError
 from perg.lineage import check_lineage
-from services.sink.live.rows import NotFound, RowQueryError
+from services.sink.live.rows import NotFound, RowQueryError, records
 
 # Per metric of the chart, its columns of lineage_history: (value, interval low, high).
 CHART_METRICS: dict[str, tuple[str, str | None, str | None]] = {
@@ -39,15 +39,10 @@ FROM lineage_history GROUP BY lineage ORDER BY lineage
 """
 
 
-def _records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    columns = [d[0] for d in con.description or ()]
-    return [dict(zip(columns, row, strict=True)) for row in con.fetchall()]
-
-
 def lineages(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """Every lineage: its number of versions (runs), of accepted ones, and its latest run."""
     con.execute(_LINEAGES_SQL)
-    return _records(con)
+    return records(con)
 
 
 def lineage_versions(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
@@ -57,7 +52,7 @@ def lineage_versions(con: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any
     except InputError as exc:
         raise RowQueryError(str(exc)) from None
     con.execute(_VERSIONS_SQL, {"lineage": name})
-    versions = _records(con)
+    versions = records(con)
     if not versions:
         raise NotFound(f"unknown lineage {name[:80]!r}: no run was submitted with it")
     return {"lineage": name, "metrics": list(CHART_METRICS), "versions": versions}

@@ -318,7 +318,8 @@ WHERE run_id IN ($reference, $candidate) AND row_id = ANY($row_ids)
 """
 
 
-def _records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+def records(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """The rows of the cursor's last query, each as a dict by column name."""
     columns = [d[0] for d in con.description or ()]
     return [dict(zip(columns, row, strict=True)) for row in con.fetchall()]
 
@@ -328,7 +329,7 @@ def _run(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
         "SELECT run_id, dataset_path, dataset_sha256, n_rows FROM runs WHERE run_id = $run_id",
         {"run_id": run_id},
     )
-    found = _records(con)
+    found = records(con)
     if not found:
         raise NotFound(f"unknown run {run_id[:80]!r}")
     return found[0]
@@ -403,7 +404,7 @@ def explore_rows(
     if f.outcome != DEAD_LETTERED:
         params |= _seek(con, OUTCOMES[f.outcome], params)
     con.execute(sql, params)
-    rows = _records(con)
+    rows = records(con)
     if f.outcome != DEAD_LETTERED:
         _add_questions(rows, questions.items(run["dataset_path"], run["dataset_sha256"]))
     return {
@@ -473,7 +474,7 @@ def changed_rows(
         "offset": f.page.offset,
     }
     con.execute(sql, params)
-    pairs = _records(con)
+    pairs = records(con)
     total = int(pairs[0]["total"]) if pairs else 0
     described = (
         f"{f.metric} {f.direction} in {candidate[:80]!r} against {reference[:80]!r}"
@@ -497,7 +498,7 @@ def changed_rows(
             "methods": sorted({p["method"] for p in pairs}),
         },
     )
-    detail = {(d["run_id"], d["row_id"], d["setting"], d["method"]): d for d in _records(con)}
+    detail = {(d["run_id"], d["row_id"], d["setting"], d["method"]): d for d in records(con)}
     rows = []
     for p in pairs:
         key = (p["row_id"], p["setting"], p["method"])
