@@ -19,6 +19,10 @@
 #                              TLS, a client certificate made with the CA): client-mtls.env.
 #                              The PLAINTEXT listener stays for inter-broker traffic and the
 #                              readiness probe, on loopback only. Combines with --brokers.
+#   deploy/kafka.sh start-node K  start only node K of a cluster started before (e.g. one
+#                              SIGKILLed: its JVM's pid is in node-K/kafka.pid; node K is
+#                              broker id K), on its ports, with its data; waits until every
+#                              running node lists all running nodes. Prints the bootstrap.
 #   deploy/kafka.sh stop       SIGTERM (every node at once), wait, SIGKILL after
 #                              PERG_KAFKA_STOP_TIMEOUT; ok if stopped
 #   deploy/kafka.sh status     "running BOOTSTRAP pid N[,N...]" (exit 0) | "stopped" (exit 3) |
@@ -378,8 +382,9 @@ start_single() {  # start_single SECURE
     cat "$BOOTFILE"
 }
 
-start_cluster() {  # start_cluster SECURE: start every node not running, wait for all
-    local secure="$1" n i node port cport sport mport
+start_cluster() {  # start_cluster SECURE [K]: start every node not running (or only node K),
+    # then wait until each running node lists all the running nodes as brokers
+    local secure="$1" only="${2:-}" n i node port cport sport mport
     n="$(cat "$BROKERSFILE")"
     if [[ ! -f "$STATE/node-1/ports" ]]; then  # first start: 4 ports a node, all distinct
         local free
@@ -403,6 +408,7 @@ start_cluster() {  # start_cluster SECURE: start every node not running, wait fo
     for ((i = 1; i <= n; i++)); do
         node="$STATE/node-$i"
         if pid="$(node_pid "$node")"; then pids[i]="$pid"; continue; fi
+        [[ -n "$only" && "$i" != "$only" ]] && continue
         read -r port cport sport mport <"$node/ports"
         write_props "$node" "$i" "$port" "$cport" "$sport" "$mport" "$voters" "$secure"
         format_node "$node" "$secure" &  # one JVM each: at once
@@ -414,9 +420,9 @@ start_cluster() {  # start_cluster SECURE: start every node not running, wait fo
         launch_node "$STATE/node-$i"
         pids[i]="$LAUNCHED"
     done
-    for ((i = 1; i <= n; i++)); do  # all started first: a controller needs a quorum
+    for i in "${!pids[@]}"; do  # all started first: a controller needs a quorum
         read -r port _ <"$STATE/node-$i/ports"
-        wait_ready "$STATE/node-$i" "${pids[i]}" "$port" "$n"
+        wait_ready "$STATE/node-$i" "${pids[i]}" "$port" "${#pids[@]}"
     done
     cat "$BOOTFILE"
 }
@@ -455,6 +461,21 @@ cmd_start() {
         'import base64,uuid; print(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))' \
         >"$STATE/cluster.id"
     if [[ -f "$BROKERSFILE" ]]; then start_cluster "$secure"; else start_single "$secure"; fi
+}
+
+cmd_start_node() {  # start node K of a cluster started before (on its ports), wait for it
+    local k="${1:-}" n
+    [[ -f "$BROKERSFILE" && -f "$STATE/node-1/ports" ]] \
+        || bad_usage "start-node: $STATE holds no cluster started before (start --brokers N)"
+    n="$(cat "$BROKERSFILE")"
+    [[ "$k" =~ ^[1-9]$ ]] && (( k <= n )) || bad_usage "start-node: a node from 1 to $n, got '$k'"
+    local secure=0
+    [[ -f "$STATE/tls/broker.p12" ]] && secure=1
+    exec 8>"$STATE/.lock"
+    flock 8
+    command -v "$JAVA" >/dev/null || die "java not found (need Java 17+)"
+    fetch
+    start_cluster "$secure" "$k"
 }
 
 cmd_stop() {  # SIGTERM every node at once (a lone survivor waits for no quorum), SIGKILL late
@@ -511,9 +532,10 @@ bad_usage() { echo "kafka.sh: $*" >&2; exit 2; }
 
 case "${1:-}" in
     start) shift; cmd_start "$@" ;;
+    start-node) shift; cmd_start_node "$@" ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     bootstrap) cmd_bootstrap ;;
     fetch) fetch; echo "$LIBS" ;;
-    *) echo "usage: $0 start [--brokers N] [--secure]|stop|status|bootstrap|fetch" >&2; exit 2 ;;
+    *) echo "usage: $0 start [--brokers N] [--secure]|start-node K|stop|status|bootstrap|fetch" >&2; exit 2 ;;
 esac

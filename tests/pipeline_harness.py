@@ -46,6 +46,7 @@ class Pipeline:
     generators: int = 2
     metrics: bool = False  # each worker serves /metrics and /ready (workers.metrics_url)
     model_max_in_flight: int = 64  # the model workers' calls per endpoint and process
+    kafka_security: dict[str, str] = field(default_factory=dict)  # PERG_KAFKA_* (client.env)
     env: dict[str, str] = field(init=False)
     workers: WorkerGroup = field(init=False)
     doubles: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
@@ -64,6 +65,7 @@ class Pipeline:
             "PERG_SESSION_TIMEOUT_S": "10",
             "PERG_SNAPSHOT_EVERY_S": "2",
             "PERG_MODEL_MAX_IN_FLIGHT": str(self.model_max_in_flight),
+            **self.kafka_security,
         }
         self.workers = WorkerGroup(self.env, self.workdir / "logs", metrics=self.metrics)
 
