@@ -104,3 +104,10 @@ def test_fixture_broker_answers(request: pytest.FixtureRequest) -> None:
             asyncio.run(_roundtrip(bootstrap))
         return
     asyncio.run(_roundtrip(bootstrap))
+
+
+def test_start_node_needs_a_cluster_started_before(tmp_path: Path) -> None:
+    proc = kafka_script(tmp_path, "start-node", "1")
+    assert proc.returncode == 2
+    assert "no cluster started before" in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
