@@ -24,10 +24,11 @@ a ratio measured in this run:
 its warm-up, alternating ``--metrics-rounds`` times; prints stored results/s on / off.
 
 ``--security-cost``: P3 on a cluster of its own (``deploy/kafka.sh start --secure --brokers
-``--security-brokers``, not ``$PERG_KAFKA``), alternating ``--security-rounds`` times between a
-pipeline whose clients (workers and ``perg submit``) use its PLAINTEXT listener and one whose
-clients use its SASL_SSL listener (SCRAM-SHA-512, TLS; client.env), each after its warm-up;
-prints each round and stored results/s SASL_SSL / PLAINTEXT.
+N``, N = ``--security-brokers``; never ``$PERG_KAFKA``), alternating ``--security-rounds``
+times between a pipeline whose clients (workers and ``perg submit``) use its PLAINTEXT
+listener and one whose clients use its SASL_SSL listener (SCRAM-SHA-512, TLS; client.env),
+each after its warm-up; prints each round (with the workers' and the brokers' CPU seconds per
+1000 stored results) and stored results/s SASL_SSL / PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -105,11 +106,11 @@ def _pipeline(
     generators: int,
     *double: str,
     metrics: bool = False,
-    client_env: dict[str, str] | None = None,
+    kafka_security: dict[str, str] | None = None,
 ) -> Iterator[Pipeline]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     pipeline = Pipeline(
-        bootstrap, workdir, prefix, generators, metrics=metrics, client_env=client_env or {}
+        bootstrap, workdir, prefix, generators, metrics=metrics, kafka_security=kafka_security or {}
     )
     try:
         pipeline.model_url = pipeline.start_double(*double)
@@ -223,21 +224,34 @@ def p3_security_cost(
     brokers: int, work: Path, rows: int, warmup: int, rounds: int, say: Callable[[str], None]
 ) -> tuple[list[float], list[float]]:
     """Stored results/s of P3 over PLAINTEXT and over SASL_SSL on one secured cluster,
-    alternating round by round (each round said as it ends)."""
+    alternating round by round; each round said as it ends, with the CPU seconds per 1000
+    stored results of the four workers and of the cluster's brokers."""
     rates: dict[bool, list[float]] = {False: [], True: []}
     with secure_kafka(brokers) as kafka:
+        ours = {f"kafka-broker-{int(f.read_text())}" for f in kafka.state_dir.rglob("kafka.pid")}
         for round_ in range(rounds):
+            cpu: dict[bool, tuple[float, float]] = {}
             for secured in (False, True):
                 folder = work / f"s{round_}-{int(secured)}"
-                client_env = kafka.sasl_ssl if secured else {}
-                with _pipeline(kafka.plaintext, folder, 1, client_env=client_env) as pipeline:
+                security = kafka.sasl_ssl if secured else {}
+                with _pipeline(kafka.plaintext, folder, 1, kafka_security=security) as pipeline:
                     if warmup > 0:
                         _run(pipeline, warmup)
                     run = _run(pipeline, rows)
+                    workers = set(pipeline.workers.procs)
                 rates[secured].append(run["results"] / run["wall_s"])
+                per_k = 1000 / max(run["results"], 1)
+                spent = run["cpu_s"]
+                cpu[secured] = (
+                    per_k * sum(v for name, v in spent.items() if name in workers),
+                    per_k * sum(v for name, v in spent.items() if name in ours),
+                )
             plain, sasl = rates[False][-1], rates[True][-1]
+            (w_plain, b_plain), (w_sasl, b_sasl) = cpu[False], cpu[True]
             say(f"P3 security round {round_ + 1}/{rounds}: PLAINTEXT {plain:.0f}, SASL_SSL "
-                f"{sasl:.0f} stored results/s (SASL_SSL/PLAINTEXT {sasl / plain:.3f})")  # fmt: skip
+                f"{sasl:.0f} stored results/s (SASL_SSL/PLAINTEXT {sasl / plain:.3f}); CPU s "
+                f"per 1000 stored results, PLAINTEXT / SASL_SSL: workers {w_plain:.2f} / "
+                f"{w_sasl:.2f}, brokers {b_plain:.2f} / {b_sasl:.2f}")  # fmt: skip
     return rates[False], rates[True]
 
 

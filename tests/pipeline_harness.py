@@ -46,8 +46,7 @@ class Pipeline:
     generators: int = 2
     metrics: bool = False  # each worker serves /metrics and /ready (workers.metrics_url)
     model_max_in_flight: int = 64  # the model workers' calls per endpoint and process
-    # PERG_KAFKA_* of a secured listener (deploy/kafka.sh's client.env), over ``bootstrap``
-    client_env: dict[str, str] = field(default_factory=dict)
+    kafka_security: dict[str, str] = field(default_factory=dict)  # PERG_KAFKA_* (client.env)
     env: dict[str, str] = field(init=False)
     workers: WorkerGroup = field(init=False)
     doubles: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
@@ -66,7 +65,7 @@ class Pipeline:
             "PERG_SESSION_TIMEOUT_S": "10",
             "PERG_SNAPSHOT_EVERY_S": "2",
             "PERG_MODEL_MAX_IN_FLIGHT": str(self.model_max_in_flight),
-            **self.client_env,
+            **self.kafka_security,
         }
         self.workers = WorkerGroup(self.env, self.workdir / "logs", metrics=self.metrics)
 
@@ -166,7 +165,7 @@ def running_pipeline(
     *,
     metrics: bool = False,
     model_max_in_flight: int = 64,
-    client_env: dict[str, str] | None = None,
+    kafka_security: dict[str, str] | None = None,
 ) -> Iterator[Pipeline]:
     pipeline = Pipeline(
         bootstrap,
@@ -174,7 +173,7 @@ def running_pipeline(
         prefix,
         metrics=metrics,
         model_max_in_flight=model_max_in_flight,
-        client_env=client_env or {},
+        kafka_security=kafka_security or {},
     )
     try:
         pipeline.start()

@@ -96,7 +96,8 @@ def test_pipeline_over_mutual_tls(secure: SecureKafka, tmp_path: Path) -> None:
     """Every worker and the CLI on the SSL listener with client-mtls.env's certificate."""
     rows = 4
     prefix = f"mtls-{uuid.uuid4().hex[:8]}"
-    with running_pipeline(secure.plaintext, tmp_path, prefix, client_env=secure.mtls) as pipeline:
+    mtls = secure.mtls
+    with running_pipeline(secure.plaintext, tmp_path, prefix, kafka_security=mtls) as pipeline:
         assert pipeline.env["PERG_KAFKA"] == secure.mtls["PERG_KAFKA"] != secure.plaintext
         run_id = pipeline.submit("--sample", str(rows), "--seed", "2")
         done = pipeline.perg("status", run_id, "--wait", "--timeout", "300", timeout=330)

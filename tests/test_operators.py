@@ -89,7 +89,7 @@ def test_two_processes_per_service_on_three_brokers_over_sasl_ssl(
         f"ops-{uuid.uuid4().hex[:8]}",
         metrics=True,
         model_max_in_flight=MAX_IN_FLIGHT,
-        client_env=cluster.sasl_ssl,
+        kafka_security=cluster.sasl_ssl,
     )
     assert pipeline.env["PERG_KAFKA"] == cluster.sasl_ssl["PERG_KAFKA"]  # the SASL_SSL listener
     workers = pipeline.workers
