@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/pipeline.py [--rows 400] [--slots 32] [--service-s 0.25]
         [--scale-rows 200] [--instant-rows 400] [--warmup-rows 100] [--stored 1000000]
-        [--only P1,P2,P3,P4,P5] [--metrics-cost]
+        [--only P1,P2,P3,P4,P5] [--metrics-cost] [--security-cost]
 
 Starts Kafka (``$PERG_KAFKA`` if set, else a broker in a temporary folder), the scripted model
 double (``tests/model_double.py``) and the four services (``perg worker``), and prints, each as
@@ -22,6 +22,13 @@ a ratio measured in this run:
 ``--metrics-cost``: P3 twice more, on pipelines with metrics off and on (every worker serving
 /metrics, scraped every ``--scrape-s`` seconds, as Prometheus would but more often), each after
 its warm-up, alternating ``--metrics-rounds`` times; prints stored results/s on / off.
+
+``--security-cost``: P3 on a cluster of its own (``deploy/kafka.sh start --secure --brokers
+N``, N = ``--security-brokers``; never ``$PERG_KAFKA``), alternating ``--security-rounds``
+times between a pipeline whose clients (workers and ``perg submit``) use its PLAINTEXT
+listener and one whose clients use its SASL_SSL listener (SCRAM-SHA-512, TLS; client.env),
+each after its warm-up; prints each round (with the workers' and the brokers' CPU seconds per
+1000 stored results) and stored results/s SASL_SSL / PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -45,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import orjson  # noqa: E402
-from kafka_fixture import broker_session  # noqa: E402
+from kafka_fixture import broker_session, secure_kafka  # noqa: E402
 from pipeline_harness import DATA_DIR, Pipeline, wait_until  # noqa: E402
 
 from perg.client import ClientTuning, Endpoint, ModelClient  # noqa: E402
@@ -94,10 +101,17 @@ def _peak_rss_mb(pid: int) -> float:
 
 @contextmanager
 def _pipeline(
-    bootstrap: str, workdir: Path, generators: int, *double: str, metrics: bool = False
+    bootstrap: str,
+    workdir: Path,
+    generators: int,
+    *double: str,
+    metrics: bool = False,
+    kafka_security: dict[str, str] | None = None,
 ) -> Iterator[Pipeline]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    pipeline = Pipeline(bootstrap, workdir, prefix, generators, metrics=metrics)
+    pipeline = Pipeline(
+        bootstrap, workdir, prefix, generators, metrics=metrics, kafka_security=kafka_security or {}
+    )
     try:
         pipeline.model_url = pipeline.start_double(*double)
         pipeline.workers.start_all(generators=generators)
@@ -206,6 +220,41 @@ def p3_metrics_cost(
     return rates[False], rates[True], scrapes
 
 
+def p3_security_cost(
+    brokers: int, work: Path, rows: int, warmup: int, rounds: int, say: Callable[[str], None]
+) -> tuple[list[float], list[float]]:
+    """Stored results/s of P3 over PLAINTEXT and over SASL_SSL on one secured cluster,
+    alternating round by round; each round said as it ends, with the CPU seconds per 1000
+    stored results of the four workers and of the cluster's brokers."""
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    with secure_kafka(brokers) as kafka:
+        ours = {f"kafka-broker-{int(f.read_text())}" for f in kafka.state_dir.rglob("kafka.pid")}
+        for round_ in range(rounds):
+            cpu: dict[bool, tuple[float, float]] = {}
+            for secured in (False, True):
+                folder = work / f"s{round_}-{int(secured)}"
+                security = kafka.sasl_ssl if secured else {}
+                with _pipeline(kafka.plaintext, folder, 1, kafka_security=security) as pipeline:
+                    if warmup > 0:
+                        _run(pipeline, warmup)
+                    run = _run(pipeline, rows)
+                    workers = set(pipeline.workers.procs)
+                rates[secured].append(run["results"] / run["wall_s"])
+                per_k = 1000 / max(run["results"], 1)
+                spent = run["cpu_s"]
+                cpu[secured] = (
+                    per_k * sum(v for name, v in spent.items() if name in workers),
+                    per_k * sum(v for name, v in spent.items() if name in ours),
+                )
+            plain, sasl = rates[False][-1], rates[True][-1]
+            (w_plain, b_plain), (w_sasl, b_sasl) = cpu[False], cpu[True]
+            say(f"P3 security round {round_ + 1}/{rounds}: PLAINTEXT {plain:.0f}, SASL_SSL "
+                f"{sasl:.0f} stored results/s (SASL_SSL/PLAINTEXT {sasl / plain:.3f}); CPU s "
+                f"per 1000 stored results, PLAINTEXT / SASL_SSL: workers {w_plain:.2f} / "
+                f"{w_sasl:.2f}, brokers {b_plain:.2f} / {b_sasl:.2f}")  # fmt: skip
+    return rates[False], rates[True]
+
+
 def p4_sink(stored: int) -> tuple[float, float]:
     """Upsert rows/s into the store; p95 of a live metric query at ``stored`` results while
     a writer keeps upserting."""
@@ -269,6 +318,10 @@ def main() -> None:
                         help="P3 with metrics off vs on (served and scraped)")  # fmt: skip
     parser.add_argument("--metrics-rounds", type=int, default=2)
     parser.add_argument("--scrape-s", type=float, default=1.0)
+    parser.add_argument("--security-cost", action="store_true",
+                        help="P3 over SASL_SSL vs PLAINTEXT, secured cluster")  # fmt: skip
+    parser.add_argument("--security-rounds", type=int, default=2)
+    parser.add_argument("--security-brokers", type=int, default=1, choices=range(1, 10))
     args = parser.parse_args()
     only = set(args.only.upper().split(","))
     capacity = args.slots / args.service_s
@@ -328,6 +381,18 @@ def main() -> None:
                 f"stored results/s off {' '.join(f'{r:.0f}' for r in off)}, on "
                 f"{' '.join(f'{r:.0f}' for r in on)} ({scrapes} scrapes, every "
                 f"{args.scrape_s:g}s per worker): mean on/off = {ratio:.3f}")  # fmt: skip
+    if "P3" in only and args.security_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            plain, sasl = p3_security_cost(
+                args.security_brokers, Path(tmp), args.instant_rows, args.warmup_rows,
+                args.security_rounds, say,
+            )  # fmt: skip
+        ratio = statistics.mean(sasl) / statistics.mean(plain)
+        say(f"P3 SASL_SSL cost, {args.instant_rows} rows x {args.security_rounds} rounds on "
+            f"{args.security_brokers} broker(s): stored results/s PLAINTEXT "
+            f"{' '.join(f'{r:.0f}' for r in plain)}, SASL_SSL "
+            f"{' '.join(f'{r:.0f}' for r in sasl)}: mean SASL_SSL/PLAINTEXT "
+            f"= {ratio:.3f}")  # fmt: skip
     if "P4" in only:
         rate, p95_ms = p4_sink(args.stored)
         say(f"P4 sink upsert {rate:.0f} rows/s; live metric query p95 {p95_ms:.1f} ms at "

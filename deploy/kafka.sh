@@ -86,7 +86,10 @@ fetch() {
         local args=(-q -B -f "$HERE/kafka/pom.xml" dependency:copy-dependencies
                     "-DoutputDirectory=$tmp")
         [[ -n "${PERG_MAVEN_REPO:-}" ]] && args+=("-Dmaven.repo.local=$PERG_MAVEN_REPO")
-        mvn "${args[@]}" >&2 || { rm -rf "$tmp"; die "maven could not fetch the Kafka jars"; }
+        # Debian's Maven 3.8 writes colour resets even in batch mode (-B, -Dstyle.color=never):
+        # drop the escapes and the lines left empty, so no one's log gets raw "ESC[0m"
+        mvn "${args[@]}" 2>&1 | sed -u -e $'s/\x1b\\[[0-9;]*[A-Za-z]//g' -e '/^[[:space:]]*$/d' >&2 \
+            || { rm -rf "$tmp"; die "maven could not fetch the Kafka jars"; }  # (pipefail)
         ls "$tmp"/kafka_2.13-"$KAFKA_VERSION".jar >/dev/null 2>&1 \
             || { rm -rf "$tmp"; die "kafka_2.13-$KAFKA_VERSION.jar missing after download"; }
         rm -rf "$LIBS"

@@ -38,6 +38,7 @@ from perg.local import WorkerGroup, deploy_script, free_port
 from perg.progress import follow
 from perg.protocol import Method, Setting
 from perg.runs import DEFAULT_PROTOCOL, RunRequest, plan_run, publish_run
+from perg.textsafe import printable
 from schemas import RunSpec, WorkItem
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
@@ -83,8 +84,9 @@ class DemoOptions:
 
 
 def _say(console: Console, line: str) -> None:
-    """One plain line (no markup, no re-wrapping), the same on a terminal and off one."""
-    console.print(line, markup=False, highlight=False, soft_wrap=True)
+    """One plain line (no markup, no re-wrapping, no control characters), the same on a
+    terminal and off one."""
+    console.print(printable(line), markup=False, highlight=False, soft_wrap=True)
 
 
 def _progress(console: Console) -> Callable[[str], None]:

@@ -131,8 +131,17 @@ async def _diagnose(settings: Settings) -> str | None:
         where = security.ssl_cafile or "the system's CA store"
         return f"the broker's TLS certificate is not trusted by {where} ({exc.verify_message})"
     except ssl.SSLError as exc:
-        return f"TLS handshake failed ({exc.reason or exc}); is the listener {security.protocol}?"
+        handshake = (
+            f"TLS handshake failed ({exc.reason or exc}); is the listener {security.protocol}?"
+        )
+        return _refused_certificate(exc, security) or handshake
     except KafkaError as exc:
+        # TLS 1.3: the broker checks the client's certificate after the client's handshake is
+        # done, so its alert comes with the first read, as the cause of a closed connection
+        if isinstance(exc.__cause__, ssl.SSLError):
+            refused = _refused_certificate(exc.__cause__, security)
+            if refused:
+                return refused
         if "uthentication" in type(exc).__name__ or "uthentication" in str(exc):
             return (
                 f"the broker rejected the {security.sasl_mechanism} credentials of user "
@@ -142,6 +151,37 @@ async def _diagnose(settings: Settings) -> str | None:
     except (OSError, TimeoutError, ValueError):
         return None  # nobody answers: "cannot reach Kafka ..., is the broker running?"
     return None
+
+
+# TLS alerts a broker sends when it refuses the client's certificate (or its absence): Java
+# brokers send bad_certificate for none and certificate_unknown for one it cannot verify;
+# OpenSSL-based ones certificate_required and unknown_ca.
+_CERTIFICATE_ALERTS = frozenset(
+    {
+        "SSLV3_ALERT_BAD_CERTIFICATE",
+        "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+        "SSLV3_ALERT_CERTIFICATE_EXPIRED",
+        "SSLV3_ALERT_CERTIFICATE_REVOKED",
+        "SSLV3_ALERT_UNSUPPORTED_CERTIFICATE",
+        "TLSV13_ALERT_CERTIFICATE_REQUIRED",
+        "TLSV1_ALERT_UNKNOWN_CA",
+    }
+)
+
+
+def _refused_certificate(exc: ssl.SSLError, security: KafkaSecurity) -> str | None:
+    """In words, when ``exc`` is the broker's alert refusing the client certificate."""
+    if exc.reason not in _CERTIFICATE_ALERTS:
+        return None
+    if security.ssl_certfile is None:
+        return (
+            "the broker requires a client certificate (mutual TLS): set "
+            f"PERG_KAFKA_SSL_CERTFILE and PERG_KAFKA_SSL_KEYFILE (TLS alert {exc.reason})"
+        )
+    return (
+        f"the broker refused the client certificate {security.ssl_certfile} (not signed by a "
+        f"CA it trusts, expired or revoked; TLS alert {exc.reason})"
+    )
 
 
 @contextlib.asynccontextmanager

@@ -21,6 +21,8 @@ STAGES = (
     ("align", "aligned", "expected_aligned"),
     ("judge + store", "results_stored", "expected_results"),
 )
+# results stored while watching before the time left is estimated from their rate
+MIN_STORED_FOR_ESTIMATE = 3
 # what changes while a run makes progress
 PROGRESS_KEYS = (*(key for _, key, _ in STAGES), "retries", "dead_letters", "done")
 
@@ -43,6 +45,7 @@ class RunProgress:
         }
         self.footer = ""
         self.first_seen: dict[str, int] = {}
+        self.left_s: float | None = None
 
     def update(self, status: Mapping[str, Any]) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -56,10 +59,19 @@ class RunProgress:
                 visible=total > 0,
                 rate=_rate(since_start / elapsed),
             )
+        stored, expected = int(status["results_stored"]), int(status["expected_results"])
+        since_start = stored - self.first_seen["judge + store"]
+        # at the rate results have been stored since this started watching; none before a few
+        self.left_s = (
+            (expected - stored) * elapsed / since_start
+            if since_start >= MIN_STORED_FOR_ESTIMATE and not status["done"]
+            else None
+        )
         self.footer = (
             f"run {self.run_id} · model {status['model']} · protocol {status['protocol']} · "
             f"retries {status['retries']} · dead letters {status['dead_letters']}"
             + (" · done" if status["done"] else "")
+            + ("" if self.left_s is None else f" · ~{_duration(self.left_s)} left")
         )
 
     def renderable(self) -> Group:
@@ -133,7 +145,7 @@ def follow(
             if not console.is_terminal and (
                 time.monotonic() >= next_line or (status is not None and _finished(status))
             ):
-                console.print(progress_line(run_id, status), soft_wrap=True)
+                console.print(progress_line(run_id, status, progress.left_s), soft_wrap=True)
                 next_line = time.monotonic() + line_every_s
             if status is not None and _finished(status):
                 return status
@@ -146,8 +158,11 @@ def _finished(status: Mapping[str, Any]) -> bool:
     return bool(status["done"]) or status.get("state") == "cancelled"
 
 
-def progress_line(run_id: str, status: Mapping[str, Any] | None) -> str:
-    """One line of a run's progress, for output that is not a terminal."""
+def progress_line(
+    run_id: str, status: Mapping[str, Any] | None, left_s: float | None = None
+) -> str:
+    """One line of a run's progress, for output that is not a terminal; ``left_s``: about how
+    long the rest takes (:attr:`RunProgress.left_s`)."""
     if status is None:
         return printable(f"run {run_id}: not known to the store yet")
     counts = " · ".join(
@@ -160,4 +175,9 @@ def progress_line(run_id: str, status: Mapping[str, Any] | None) -> str:
         f"dead letters {status['dead_letters']}"
         + (" · cancelled" if status.get("state") == "cancelled" else "")
         + (" · done" if status["done"] else "")
+        + ("" if left_s is None else f" · ~{_duration(left_s)} left")
     )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"

@@ -9,6 +9,11 @@ Use from tests/conftest.py with ``from kafka_fixture import kafka_broker  # noqa
   stopped and its data removed when the session ends. The jars are cached in
   ``$PERG_HOME/kafka/libs`` (the first run downloads them with Maven, about a minute).
 * the broker is started lazily, only when a test asks for ``kafka_broker``.
+
+``secure_kafka(brokers)``: a ``deploy/kafka.sh start --secure [--brokers N]`` broker or cluster
+of its own (always a fresh temporary state dir, stopped and removed on exit), with its PLAINTEXT
+bootstrap and the client settings of its SASL_SSL (client.env) and mutual TLS
+(client-mtls.env) listeners.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -72,3 +78,36 @@ def broker_session() -> Iterator[str]:
 def kafka_broker() -> Iterator[str]:
     with broker_session() as bootstrap:
         yield bootstrap
+
+
+@dataclass(frozen=True)
+class SecureKafka:
+    state_dir: Path
+    plaintext: str  # bootstrap of the PLAINTEXT listener (loopback)
+    sasl_ssl: dict[str, str]  # client.env: PERG_KAFKA and the PERG_KAFKA_* of SASL_SSL
+    mtls: dict[str, str]  # client-mtls.env: the SSL listener requiring a client certificate
+
+
+def client_env(path: Path) -> dict[str, str]:
+    """The ``KEY=VALUE`` lines deploy/kafka.sh writes (client.env, client-mtls.env)."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if line)
+
+
+@contextmanager
+def secure_kafka(brokers: int = 1) -> Iterator[SecureKafka]:
+    if shutil.which("java") is None or shutil.which("openssl") is None:
+        pytest.skip("needs java and openssl for deploy/kafka.sh start --secure")
+    state_dir = Path(tempfile.mkdtemp(prefix="perg-kafka-secure-"))
+    try:
+        proc = kafka_script(state_dir, "start", "--secure", "--brokers", str(brokers))
+        if proc.returncode != 0:
+            raise RuntimeError(f"deploy/kafka.sh start --secure failed:\n{proc.stderr}")
+        yield SecureKafka(
+            state_dir=state_dir,
+            plaintext=proc.stdout.strip().splitlines()[-1],
+            sasl_ssl=client_env(state_dir / "client.env"),
+            mtls=client_env(state_dir / "client-mtls.env"),
+        )
+    finally:
+        kafka_script(state_dir, "stop", timeout=120)
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -26,7 +26,8 @@ Two server-wide behaviours, for the chaos suite and the pipeline benchmark (``Se
   that comes only after S seconds. Faults never change what a successful call answers.
 
 ``GET /stats`` reports calls received (``received``: counted on arrival, before any queueing
-or fault), calls served (``calls``), faults injected by kind, and the slot-seconds busy.
+or fault), calls served (``calls``), faults injected by kind, the slot-seconds busy, and the
+most chat calls open at once (``peak_open``: arrived, not yet answered, queued ones included).
 
 Decision rules of ``perg_script`` (pure functions of the messages; all hashes are sha256 of UTF-8
 text read as a big-endian integer, see ``stable_hash``):
@@ -324,6 +325,7 @@ class ScriptedModelServer:
         self._faults = random.Random(shape.fault_seed)
         self._host, self._port = host, port
         self._calls: Counter[bytes] = Counter()
+        self._open = 0
         self._runner: web.AppRunner | None = None
         self.base_url = ""
 
@@ -367,6 +369,17 @@ class ScriptedModelServer:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             return _error(400, f"Input validation error: {exc}")
         self.stats["received"] += 1
+        self._open += 1  # what the server sees at once: queued, faulting or served
+        self.stats["peak_open"] = max(self.stats["peak_open"], self._open)
+        try:
+            return await self._serve(request, body, messages)
+        finally:
+            self._open -= 1
+
+    async def _serve(
+        self, request: web.Request, body: dict[str, Any], messages: Messages
+    ) -> web.Response:
+        """A call's fault or slot (``ServerShape``), then its scripted reply."""
         shape = self.shape
         if shape.fault_percent and self._faults.random() * 100 < shape.fault_percent:
             fault = self._faults.choice(shape.faults)

@@ -165,9 +165,15 @@ def running_pipeline(
     *,
     metrics: bool = False,
     model_max_in_flight: int = 64,
+    kafka_security: dict[str, str] | None = None,
 ) -> Iterator[Pipeline]:
     pipeline = Pipeline(
-        bootstrap, workdir, prefix, metrics=metrics, model_max_in_flight=model_max_in_flight
+        bootstrap,
+        workdir,
+        prefix,
+        metrics=metrics,
+        model_max_in_flight=model_max_in_flight,
+        kafka_security=kafka_security or {},
     )
     try:
         pipeline.start()

@@ -39,6 +39,22 @@ def test_a_step_says_what_it_does_how_long_it_should_take_and_how_long_it_took()
     assert not console.is_terminal
 
 
+def test_a_deploy_scripts_escape_sequences_are_shown_not_sent_to_the_terminal() -> None:
+    console, out = captured()
+    Step(console, "Fetching\x1b[0m the jars\x1b]0;title\x07", "~60 s")
+    assert out.getvalue() == "Fetching\\x1b[0m the jars\\x1b]0;title\\x07 (~60 s)...\n"
+
+
+@pytest.mark.kafka
+def test_fetching_the_kafka_jars_logs_no_escape_sequences(tmp_path: Path) -> None:
+    """Debian's Maven writes colour resets even with -B; kafka.sh drops them."""
+    env = {**os.environ, "PERG_HOME": str(tmp_path / "home")}
+    lines: list[str] = []
+    deploy_script("kafka.sh", "fetch", env=env, progress=lines.append)
+    assert lines and lines[0].startswith("kafka.sh: fetching Kafka")
+    assert not [line for line in lines if "\x1b" in line or not line.strip()]
+
+
 def test_the_evaluation_estimate_scales_with_the_results() -> None:
     assert evaluation_estimate(60).startswith("60 results: ~")
     small, large = evaluation_estimate(2), evaluation_estimate(450)

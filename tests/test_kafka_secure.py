@@ -1,19 +1,21 @@
 """``deploy/kafka.sh start --secure``: a SASL_SSL (SCRAM) broker, its client.env, and clients
-refused in one line, exit 3, within seconds (wrong password, untrusted CA)."""
+refused in one line, exit 3, within seconds (wrong password, untrusted CA); its mutual TLS
+listener (client-mtls.env): the pipeline runs with the client certificate, and a client without
+one, or with one no CA of the broker's signed, is refused the same way."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka_fixture import kafka_script
+from kafka_fixture import SecureKafka, secure_kafka
+from pipeline_harness import running_pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -24,18 +26,14 @@ SUBMIT = ("submit", "--model-url", NOWHERE, "--model", "m",
 
 
 @pytest.fixture(scope="module")
-def client_env() -> Iterator[dict[str, str]]:
-    if shutil.which("java") is None or shutil.which("openssl") is None:
-        pytest.skip("needs java and openssl")
-    state = Path(tempfile.mkdtemp(prefix="perg-kafka-secure-"))
-    try:
-        proc = kafka_script(state, "start", "--secure")
-        assert proc.returncode == 0, proc.stderr
-        lines = (state / "client.env").read_text().splitlines()
-        yield dict(line.split("=", 1) for line in lines)
-    finally:
-        kafka_script(state, "stop", timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
+def secure() -> Iterator[SecureKafka]:
+    with secure_kafka() as kafka:
+        yield kafka
+
+
+@pytest.fixture
+def client_env(secure: SecureKafka) -> dict[str, str]:
+    return secure.sasl_ssl
 
 
 def perg(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -60,26 +58,74 @@ def test_submit_over_sasl_ssl(client_env: dict[str, str]) -> None:
     assert proc.stdout.strip()
 
 
+def refused(env: dict[str, str]) -> str:
+    """``perg submit`` with ``env``: exit 3 within seconds; its one line."""
+    started = time.monotonic()
+    proc = perg(env, *SUBMIT)
+    assert proc.returncode == 3, proc.stderr
+    assert time.monotonic() - started < 30
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("perg submit: cannot connect to Kafka at ")
+    return line
+
+
+def make_ca(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA of openssl's: (certificate, key)."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    return cert, key
+
+
 def test_wrong_password_is_one_line_exit_3(client_env: dict[str, str], tmp_path: Path) -> None:
     wrong = tmp_path / "password"
     wrong.write_text("not-the-password\n")
-    started = time.monotonic()
-    proc = perg({**client_env, "PERG_KAFKA_SASL_PASSWORD_FILE": str(wrong)}, *SUBMIT)
-    assert proc.returncode == 3, proc.stderr
-    assert time.monotonic() - started < 30
-    [line] = proc.stderr.strip().splitlines()
+    line = refused({**client_env, "PERG_KAFKA_SASL_PASSWORD_FILE": str(wrong)})
     assert "rejected the SCRAM-SHA-512 credentials of user 'perg'" in line
-    assert "not-the-password" not in proc.stderr
+    assert "not-the-password" not in line
 
 
 def test_untrusted_ca_is_one_line_exit_3(client_env: dict[str, str], tmp_path: Path) -> None:
-    other = tmp_path / "other-ca.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=other", "-keyout", str(tmp_path / "k"), "-out", str(other)],
-                   check=True, capture_output=True)  # fmt: skip
-    started = time.monotonic()
-    proc = perg({**client_env, "PERG_KAFKA_SSL_CAFILE": str(other)}, *SUBMIT)
-    assert proc.returncode == 3, proc.stderr
-    assert time.monotonic() - started < 30
-    [line] = proc.stderr.strip().splitlines()
+    other, _ = make_ca(tmp_path, "other-ca")
+    line = refused({**client_env, "PERG_KAFKA_SSL_CAFILE": str(other)})
     assert "TLS certificate is not trusted by" in line
+
+
+def test_pipeline_over_mutual_tls(secure: SecureKafka, tmp_path: Path) -> None:
+    """Every worker and the CLI on the SSL listener with client-mtls.env's certificate."""
+    rows = 4
+    prefix = f"mtls-{uuid.uuid4().hex[:8]}"
+    mtls = secure.mtls
+    with running_pipeline(secure.plaintext, tmp_path, prefix, kafka_security=mtls) as pipeline:
+        assert pipeline.env["PERG_KAFKA"] == secure.mtls["PERG_KAFKA"] != secure.plaintext
+        run_id = pipeline.submit("--sample", str(rows), "--seed", "2")
+        done = pipeline.perg("status", run_id, "--wait", "--timeout", "300", timeout=330)
+        assert done.returncode == 0, done.stderr[-2000:]
+        [stored] = pipeline.sql(
+            "SELECT count(*) AS n, count(DISTINCT (row_id, setting, method)) AS d "
+            f"FROM results WHERE run_id = '{run_id}'"
+        )
+        assert stored == {"n": rows * 15, "d": rows * 15}
+
+
+def test_no_client_certificate_is_one_line_exit_3(secure: SecureKafka) -> None:
+    without = {k: v for k, v in secure.mtls.items() if "CERTFILE" not in k and "KEYFILE" not in k}
+    line = refused(without)
+    assert "requires a client certificate (mutual TLS): set PERG_KAFKA_SSL_CERTFILE" in line
+
+
+def test_client_certificate_of_another_ca_is_one_line_exit_3(
+    secure: SecureKafka, tmp_path: Path
+) -> None:
+    ca, ca_key = make_ca(tmp_path, "rogue-ca")
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=perg-client",
+                    "-keyout", str(key), "-out", str(tmp_path / "client.csr")],
+                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(["openssl", "x509", "-req", "-in", str(tmp_path / "client.csr"), "-CA", str(ca),
+                    "-CAkey", str(ca_key), "-CAcreateserial", "-days", "1", "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    line = refused({**secure.mtls, "PERG_KAFKA_SSL_CERTFILE": str(cert),
+                    "PERG_KAFKA_SSL_KEYFILE": str(key)})  # fmt: skip
+    assert f"the broker refused the client certificate {cert} (not signed by a CA it trusts" in line
