@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from kafka_fixture import kafka_script
+from kafka_fixture import SecureKafka, kafka_script, secure_kafka
 
 from perg.config import load_settings
 from perg.kafka import KafkaUnavailable, admin_client
@@ -34,22 +32,17 @@ PROTOCOLS = ("PLAINTEXT", "SASL_SSL")
 
 @dataclass(frozen=True)
 class KafkaCluster:
-    state: Path
+    kafka: SecureKafka  # the cluster's state dir and its listeners' client settings
     client_env: dict[str, str]  # PERG_KAFKA and the PERG_KAFKA_* security keys
 
     def over(self, protocol: str) -> KafkaCluster:
         """The view of a client connecting over ``protocol`` (one of :data:`PROTOCOLS`)."""
-        if protocol == "PLAINTEXT":
-            return replace(
-                self, client_env={"PERG_KAFKA": (self.state / "bootstrap").read_text().strip()}
-            )
-        lines = (self.state / "client.env").read_text().splitlines()
-        env = dict(line.split("=", 1) for line in lines if "=" in line)
-        if env.get("PERG_KAFKA_SECURITY_PROTOCOL") != protocol:
-            raise ValueError(
-                f"client.env is for {env.get('PERG_KAFKA_SECURITY_PROTOCOL')}, not {protocol}"
-            )
-        return replace(self, client_env=env)
+        envs = {"PLAINTEXT": {"PERG_KAFKA": self.kafka.plaintext}, "SASL_SSL": self.kafka.sasl_ssl}
+        return replace(self, client_env=dict(envs[protocol]))
+
+    @property
+    def state(self) -> Path:
+        return self.kafka.state_dir
 
     @property
     def bootstrap(self) -> str:
@@ -120,23 +113,9 @@ def busiest_leader(leaders: dict[tuple[str, int], int]) -> tuple[int, int]:
     return node, led
 
 
-def tools_missing() -> bool:
-    """No java or no openssl to run deploy/kafka.sh start --secure."""
-    java = shutil.which("java") is not None or bool(os.environ.get("JAVA_HOME"))
-    return not java or shutil.which("openssl") is None
-
-
 @contextmanager
 def kafka_cluster_session() -> Iterator[KafkaCluster]:
-    """A fresh three-broker cluster in a temporary state dir (the PLAINTEXT client's view);
-    stopped and removed on exit, also when starting it fails."""
-    state = Path(tempfile.mkdtemp(prefix="perg-kafka-cluster-"))
-    try:
-        args = ["start", "--brokers", str(BROKERS), "--secure"]
-        proc = kafka_script(state, *args)
-        if proc.returncode != 0:
-            raise RuntimeError(f"kafka.sh {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
-        yield KafkaCluster(state, {}).over("PLAINTEXT")
-    finally:
-        kafka_script(state, "stop", timeout=120)
-        shutil.rmtree(state, ignore_errors=True)
+    """A fresh three-broker cluster (kafka_fixture.secure_kafka: skipped without java and
+    openssl, stopped and removed on exit), the PLAINTEXT client's view of it."""
+    with secure_kafka(BROKERS) as kafka:
+        yield KafkaCluster(kafka, {"PERG_KAFKA": kafka.plaintext})
