@@ -20,8 +20,7 @@ import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from kafka_fixture import SecureKafka, secure_kafka
 from pipeline_harness import ROOT, Pipeline, wait_until
-from prometheus_client.samples import Sample
-from test_ops_metrics import double_stats, ready_status, scrape, total
+from test_ops_metrics import double_stats, ready_status, scrape_when_settled, total
 from test_pipeline_e2e import SAMPLE, SEED, assert_run_matches, wait_for_run
 
 from perg.config import load_settings
@@ -110,16 +109,7 @@ def test_two_processes_per_service_on_three_brokers_over_sasl_ssl(
             "SELECT (SELECT count(*) FROM results) + (SELECT count(*) FROM baselines) AS n"
         )[0]["n"]
 
-        def settled() -> dict[str, list[Sample]] | None:
-            scraped = {name: scrape(url) for name, url in urls.items()}
-            idle = all(
-                total(s, "perg_messages_in_flight") == 0
-                and all(x.value == 0 for x in s if x.name == "perg_committed_offset_lag")
-                for s in scraped.values()
-            )
-            return scraped if idle else None
-
-        scraped = wait_until(settled, "lag and in-flight back to zero")
+        scraped = scrape_when_settled(urls)
         layouts = asyncio.run(topic_layouts(pipeline))
         peak = double_stats(pipeline.model_url)["peak_open"]
     except BaseException:

@@ -42,6 +42,23 @@ def total(samples: list[Sample], name: str, **labels: str) -> float:
     )
 
 
+def scrape_when_settled(urls: dict[str, str]) -> dict[str, list[Sample]]:
+    """Every process's samples, scraped once none has a message in flight or a committed
+    offset behind the log end (the counters are final then)."""
+
+    def settled() -> dict[str, list[Sample]] | None:
+        scraped = {name: scrape(url) for name, url in urls.items()}
+        idle = all(
+            total(s, "perg_messages_in_flight") == 0
+            and all(x.value == 0 for x in s if x.name == "perg_committed_offset_lag")
+            for s in scraped.values()
+        )
+        return scraped if idle else None
+
+    found: dict[str, list[Sample]] = wait_until(settled, "lag and in-flight back to zero")
+    return found
+
+
 def ready_status(base_url: str) -> int | None:
     try:
         with urllib.request.urlopen(base_url + "/ready", timeout=5) as response:
@@ -106,16 +123,7 @@ def test_counters_equal_the_stored_counts(
         )[0]
         sql_calls += 1
 
-        def settled() -> dict[str, list[Sample]] | None:
-            scraped = {name: scrape(url) for name, url in urls.items()}
-            idle = all(
-                total(s, "perg_messages_in_flight") == 0
-                and all(x.value == 0 for x in s if x.name == "perg_committed_offset_lag")
-                for s in scraped.values()
-            )
-            return scraped if idle else None
-
-        scraped = wait_until(settled, "lag and in-flight back to zero")
+        scraped = scrape_when_settled(urls)
     finally:
         pipeline.stop()
 
