@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka_cluster import BROKERS, KafkaCluster, busiest_leader
-from pipeline_harness import Pipeline, wait_until
+from pipeline_harness import Pipeline, stopped_at_exit, wait_until
 from test_chaos import Chaos
 from test_pipeline_e2e import SAMPLE
 
@@ -72,7 +72,7 @@ def scenario(
         f"loss-{uuid.uuid4().hex[:8]}",
         kafka_security=cluster.security,
     )
-    try:
+    with stopped_at_exit(pipeline):
         with ThreadPoolExecutor(max_workers=1) as background:
             pipeline.model_url = pipeline.start_double(
                 "--slots", str(slots), "--service-s", str(SERVICE_S)
@@ -102,12 +102,6 @@ def scenario(
             f"FROM results WHERE run_id = '{chaos.run_id}'"
         )
         yield Outcome(chaos, wall_s, counts["n"], counts["distinct_n"], chaos.metrics(), loss)
-    except BaseException:
-        for name in pipeline.workers.procs:
-            print(f"--- {name} ---\n{pipeline.workers.log_tail(name)}")
-        raise
-    finally:
-        pipeline.stop()
 
 
 def _start_node(cluster: KafkaCluster, node: int) -> float:

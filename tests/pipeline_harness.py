@@ -175,8 +175,16 @@ def running_pipeline(
         model_max_in_flight=model_max_in_flight,
         kafka_security=kafka_security or {},
     )
-    try:
+    with stopped_at_exit(pipeline):
         pipeline.start()
+        yield pipeline
+
+
+@contextmanager
+def stopped_at_exit(pipeline: Pipeline) -> Iterator[Pipeline]:
+    """Stops ``pipeline`` when the block exits; when it exits with an error, first prints the
+    last lines of every worker's log (what the failure looked like from the services)."""
+    try:
         yield pipeline
     except BaseException:
         for name in pipeline.workers.procs:

@@ -38,7 +38,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
-from pipeline_harness import Pipeline, wait_until
+from pipeline_harness import Pipeline, stopped_at_exit, wait_until
 from test_pipeline_e2e import SAMPLE, SEED, assert_run_matches
 
 from perg.local import free_port
@@ -159,17 +159,11 @@ class Chaos:
 @pytest.fixture
 def chaos(broker: ChaosBroker, tmp_path: Path) -> Iterator[Chaos]:
     pipeline = Pipeline(broker.bootstrap, tmp_path, f"chaos-{uuid.uuid4().hex[:8]}")
-    try:
+    with stopped_at_exit(pipeline):
         pipeline.model_url = pipeline.start_double(*DOUBLE_SHAPE)
         pipeline.workers.start_all(generators=2)
         pipeline.wait_for_sink()
         yield Chaos(pipeline)
-    except BaseException:
-        for name in pipeline.workers.procs:
-            print(f"--- {name} ---\n{pipeline.workers.log_tail(name)}")
-        raise
-    finally:
-        pipeline.stop()
 
 
 def _record(name: str, chaos: Chaos, wall_s: float, **figures: Any) -> None:

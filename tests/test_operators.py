@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from kafka_fixture import SecureKafka, secure_kafka
-from pipeline_harness import ROOT, Pipeline, wait_until
+from pipeline_harness import ROOT, Pipeline, stopped_at_exit, wait_until
 from test_ops_metrics import double_stats, ready_status, scrape_when_settled, total
 from test_pipeline_e2e import SAMPLE, SEED, assert_run_matches, wait_for_run
 
@@ -92,7 +92,7 @@ def test_two_processes_per_service_on_three_brokers_over_sasl_ssl(
     )
     assert pipeline.env["PERG_KAFKA"] == cluster.sasl_ssl["PERG_KAFKA"]  # the SASL_SSL listener
     workers = pipeline.workers
-    try:
+    with stopped_at_exit(pipeline):
         pipeline.model_url = pipeline.start_double("--slots", "8", "--service-s", "0.02")
         workers.start("sink")  # one sink writes the results file
         for service in SCALED:
@@ -112,12 +112,6 @@ def test_two_processes_per_service_on_three_brokers_over_sasl_ssl(
         scraped = scrape_when_settled(urls)
         layouts = asyncio.run(topic_layouts(pipeline))
         peak = double_stats(pipeline.model_url)["peak_open"]
-    except BaseException:
-        for name in workers.procs:
-            print(f"--- {name} ---\n{workers.log_tail(name)}", file=sys.stderr)
-        raise
-    finally:
-        pipeline.stop()
 
     for service, topic in SCALED.items():
         source = topic.name(pipeline.prefix)
