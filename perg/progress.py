@@ -60,18 +60,18 @@ class RunProgress:
                 rate=_rate(since_start / elapsed),
             )
         stored, expected = int(status["results_stored"]), int(status["expected_results"])
-        since_start = stored - self.first_seen["judge + store"]
+        stored_since_start = stored - self.first_seen["judge + store"]
         # at the rate results have been stored since this started watching; none before a few
         self.left_s = (
-            (expected - stored) * elapsed / since_start
-            if since_start >= MIN_STORED_FOR_ESTIMATE and not status["done"]
+            (expected - stored) * elapsed / stored_since_start
+            if stored_since_start >= MIN_STORED_FOR_ESTIMATE and not _finished(status)
             else None
         )
         self.footer = (
             f"run {self.run_id} · model {status['model']} · protocol {status['protocol']} · "
             f"retries {status['retries']} · dead letters {status['dead_letters']}"
             + (" · done" if status["done"] else "")
-            + ("" if self.left_s is None else f" · ~{_duration(self.left_s)} left")
+            + _time_left(self.left_s)
         )
 
     def renderable(self) -> Group:
@@ -175,9 +175,11 @@ def progress_line(
         f"dead letters {status['dead_letters']}"
         + (" · cancelled" if status.get("state") == "cancelled" else "")
         + (" · done" if status["done"] else "")
-        + ("" if left_s is None else f" · ~{_duration(left_s)} left")
+        + _time_left(left_s)
     )
 
 
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+def _time_left(left_s: float | None) -> str:
+    if left_s is None:
+        return ""
+    return f" · ~{left_s:.0f} s left" if left_s < 90 else f" · ~{left_s / 60:.0f} min left"

@@ -52,3 +52,11 @@ def test_a_finished_run_has_no_estimate() -> None:
     progress.update(status(60, done=True))
     assert progress.left_s is None
     assert progress_line("r", status(60, done=True), None).endswith(" · done")
+
+
+def test_a_cancelled_run_has_no_estimate() -> None:
+    progress = RunProgress("r")
+    progress.update(status(0))
+    progress.started -= 10
+    progress.update({**status(20), "state": "cancelled"})
+    assert progress.left_s is None
