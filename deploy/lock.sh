@@ -2,7 +2,8 @@
 # deploy/lock.sh — regenerate the locked installs from pyproject.toml, with hashes:
 #   deploy/requirements.lock       runtime dependencies (./perg-cli, deploy/setup.sh, the image)
 #   deploy/requirements-dev.lock   runtime + the dev extra (deploy/setup.sh --dev, CI)
-#   deploy/llama-server.lock       the embedded model server's wheel (XLLAMACPP in
+#   deploy/llama-server.lock       the embedded model server's wheel and the gguf package that
+#                                  re-encodes its model (XLLAMACPP, GGUF_PY in
 #                                  deploy/llama-server.sh), installed by deploy/llama-server.sh
 # Run it after changing [project] dependencies or the dev extra; commit both files.
 # Deterministic: versions already pinned in a lock are kept (uv's preferences from the output
@@ -40,7 +41,8 @@ compile() {  # compile OUTPUT [UV ARGS]: one lock for Python 3.11+ on every plat
 compile deploy/requirements-dev.lock --extra dev
 # the runtime lock takes its versions from the dev lock, so both install the same runtime
 compile deploy/requirements.lock --constraint deploy/requirements-dev.lock
-xllamacpp="$(sed -n 's/^XLLAMACPP="\([^"]*\)".*/\1/p' "$ROOT/deploy/llama-server.sh")"
-echo "xllamacpp==$xllamacpp" | (cd "$ROOT" && "$TOOL/bin/uv" pip compile --quiet --universal \
-    --python-version 3.11 --generate-hashes --no-header - -o deploy/llama-server.lock)
+pinned() { sed -n "s/^$1=\"\([^\"]*\)\".*/\1/p" "$ROOT/deploy/llama-server.sh"; }
+printf 'xllamacpp==%s\ngguf==%s\n' "$(pinned XLLAMACPP)" "$(pinned GGUF_PY)" \
+    | (cd "$ROOT" && "$TOOL/bin/uv" pip compile --quiet --universal --python-version 3.11 \
+        --generate-hashes --no-header - -o deploy/llama-server.lock)
 echo "lock.sh: wrote deploy/requirements.lock, deploy/requirements-dev.lock, deploy/llama-server.lock" >&2

@@ -242,15 +242,20 @@ def test_dockerfile() -> None:
     assert version is not None
     assert "bash /src/deploy/llama-server.sh install" in text
     assert f"/opt/perg/llama-server-{version[1]}-wheel/bin/llama-server" in text
-    assert f"/opt/perg/llama-server-{version[1]}-wheel/models/" in text
+    gguf_name = re.search(r'^GGUF_NAME="([^"]+)"', script, re.M)
+    assert gguf_name is not None
+    assert f"/opt/perg/llama-server-{version[1]}-wheel/models/{gguf_name[1]} " in text
     assert re.search(r"^FROM python:3\.11-slim AS llama-server$", text, re.M)
     lock = (ROOT / "deploy/llama-server.lock").read_text()
     assert f"xllamacpp=={version[1]} " in lock and "--hash=sha256:" in lock
+    gguf_py = re.search(r'^GGUF_PY="([^"]+)"', script, re.M)  # deploy/gguf-requantize.py's
+    assert gguf_py is not None and f"gguf=={gguf_py[1]} " in lock
     # the workers' image installs the hash-locked dependencies
     assert "pip install --require-hashes -r requirements.lock" in text
     # the default target (the last stage) stays the perg image
     assert text.rstrip().splitlines()[-1] == 'CMD ["--help"]'
     ignore = (ROOT / "deploy/Dockerfile.dockerignore").read_text().splitlines()
     for path in ("deploy/llama-server.sh", "deploy/lib/**", "deploy/llama-server.lock",
-                 "deploy/llama-wheel-server.py", "deploy/requirements.lock"):  # fmt: skip
+                 "deploy/llama-wheel-server.py", "deploy/gguf-requantize.py",
+                 "deploy/requirements.lock"):  # fmt: skip
         assert f"!{path}" in ignore, path
