@@ -95,31 +95,25 @@ def configs(
                 prompt_cache=False,
             )
         )  # fmt: skip
-    for variant, n, cache in (("portable", 1, False), ("native", 1, False), ("native", slots, True),
-                              ("portable", slots, True), ("wheel", slots, True)):  # fmt: skip
+    runs: list[tuple[str, str, int, bool, Path | None]] = [
+        (f"server-{variant}-{n}", variant, n, cache, gguf)
+        for variant, n, cache in (("portable", 1, False), ("native", 1, False),
+                                  ("native", slots, True), ("portable", slots, True),
+                                  ("wheel", slots, True))
+    ]  # fmt: skip
+    runs += [(f"server-wheel-{slots}-{o.stem}", "wheel", slots, True, o) for o in extra_ggufs]
+    for name, variant, n, cache, model in runs:
         binary = server_dir[variant] / "bin" / "llama-server"
-        if gguf is None or not binary.is_file():
+        if model is None or not binary.is_file():
             continue
         found.append(
             Config(
-                f"server-{variant}-{n}",
-                [str(binary), "--model", str(gguf), "--alias", ALIAS, "--host", "127.0.0.1",
+                name,
+                [str(binary), "--model", str(model), "--alias", ALIAS, "--host", "127.0.0.1",
                  "--port", "{port}", "--parallel", str(n), "--ctx-size", str(4096 * n),
                  "--threads", str(threads), "--threads-batch", "2", "--jinja", "--no-webui"],
                 llama_server=True,
                 prompt_cache=cache,
-            )
-        )  # fmt: skip
-    wheel = server_dir["wheel"] / "bin" / "llama-server"
-    for other in extra_ggufs if wheel.is_file() else ():
-        found.append(
-            Config(
-                f"server-wheel-{slots}-{other.stem}",
-                [str(wheel), "--model", str(other), "--alias", ALIAS, "--host", "127.0.0.1",
-                 "--port", "{port}", "--parallel", str(slots), "--ctx-size", str(4096 * slots),
-                 "--threads", str(threads), "--threads-batch", "2", "--jinja", "--no-webui"],
-                llama_server=True,
-                prompt_cache=True,
             )
         )  # fmt: skip
     return found, gguf
