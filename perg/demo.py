@@ -56,7 +56,7 @@ CPU_DEADLINE_BASE_S = 120.0
 KAFKA_START = "~10-20 s"
 MODEL_START = "~5-10 s"
 WORKERS_START = "~5-15 s"
-EVALUATION_S_PER_RESULT = 4.8  # the default grid on the embedded model, warm (288 s for 60)
+EVALUATION_S_PER_RESULT = 2.75  # the default grid on the embedded Q8_0 model, warm (165 s for 60)
 
 
 def evaluation_estimate(results: int) -> str:
