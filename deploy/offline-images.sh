@@ -122,12 +122,12 @@ build_python() {
 }
 
 build_kafka() {
-    local ctx
-    "$HERE/kafka.sh" fetch >&2
+    local ctx libs
+    libs="$("$HERE/kafka.sh" fetch)" # prints where the jars are
     ctx="$(mktemp -d "${TMPDIR:-/tmp}/perg-kafka-image.XXXXXX")"
     # shellcheck disable=SC2064
     trap "rm -rf '$ctx'" RETURN
-    cp -r "$PERG_HOME/kafka/libs" "$ctx/libs"
+    cp -r "$libs" "$ctx/libs"
     cp "$HERE/log4j2.yaml" "$HERE/offline/kafka-run.sh" "$HERE/offline/kafka-broker-api-versions.sh" "$ctx/"
     log "building apache/kafka:$KAFKA_VERSION from Debian's OpenJDK 17 + Maven Central jars (~90 s)"
     build_from "apache/kafka:$KAFKA_VERSION" "$HERE/offline/kafka.Dockerfile" "$ctx"
