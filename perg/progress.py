@@ -21,8 +21,9 @@ STAGES = (
     ("align", "aligned", "expected_aligned"),
     ("judge + store", "results_stored", "expected_results"),
 )
-# results stored while watching before the time left is estimated from their rate
-MIN_STORED_FOR_ESTIMATE = 3
+# steps (a generation, an alignment or a stored result: each about one model call) done
+# while watching before the time left is estimated from their rate
+MIN_STEPS_FOR_ESTIMATE = 6
 # what changes while a run makes progress
 PROGRESS_KEYS = (*(key for _, key, _ in STAGES), "retries", "dead_letters", "done")
 
@@ -59,12 +60,14 @@ class RunProgress:
                 visible=total > 0,
                 rate=_rate(since_start / elapsed),
             )
-        stored, expected = int(status["results_stored"]), int(status["expected_results"])
-        stored_since_start = stored - self.first_seen["judge + store"]
-        # at the rate results have been stored since this started watching; none before a few
+        # at the rate steps of every stage have been done since this started watching (the
+        # rate of stored results alone is low while the pipeline fills); none before a few
+        done = sum(int(status[done_key]) for _, done_key, _ in STAGES)
+        total = sum(int(status[total_key]) for _, _, total_key in STAGES)
+        done_since_start = done - sum(self.first_seen.values())
         self.left_s = (
-            (expected - stored) * elapsed / stored_since_start
-            if stored_since_start >= MIN_STORED_FOR_ESTIMATE and not _finished(status)
+            (total - done) * elapsed / done_since_start
+            if done_since_start >= MIN_STEPS_FOR_ESTIMATE and not _finished(status)
             else None
         )
         self.footer = (

@@ -1,11 +1,11 @@
 """A run's progress off a terminal: one line per update, with about how long the rest takes
-once a few results are stored."""
+once a few steps are done while watching."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from perg.progress import MIN_STORED_FOR_ESTIMATE, RunProgress, progress_line
+from perg.progress import MIN_STEPS_FOR_ESTIMATE, RunProgress, progress_line
 
 
 def status(stored: int, *, expected: int = 60, done: bool = False) -> dict[str, Any]:
@@ -24,10 +24,11 @@ def status(stored: int, *, expected: int = 60, done: bool = False) -> dict[str, 
     }
 
 
-def test_no_estimate_before_a_few_results_are_stored_while_watching() -> None:
+def test_no_estimate_before_a_few_steps_are_done_while_watching() -> None:
     progress = RunProgress("r")
-    progress.update(status(10))  # stored before watching: no rate yet
-    progress.update(status(10 + MIN_STORED_FOR_ESTIMATE - 1))
+    progress.update(status(10))  # done before watching: no rate yet
+    progress.update(status(12))  # 2 generations and 2 stored results since
+    assert MIN_STEPS_FOR_ESTIMATE > 4
     assert progress.left_s is None
     assert progress_line("r", status(12), progress.left_s).endswith("dead letters 0")
 
@@ -36,7 +37,7 @@ def test_the_time_left_is_the_rest_at_the_rate_seen() -> None:
     progress = RunProgress("r")
     progress.update(status(0))
     progress.started -= 100  # 100 s of watching
-    progress.update(status(20))  # 20 results in 100 s: 40 more take ~200 s
+    progress.update(status(20))  # 40 of 120 steps in 100 s: 80 more take ~200 s
     assert progress.left_s is not None and 195 < progress.left_s < 205
     line = progress_line("r", status(20), progress.left_s)
     assert line.endswith("dead letters 0 · ~3 min left")
@@ -60,3 +61,12 @@ def test_a_cancelled_run_has_no_estimate() -> None:
     progress.started -= 10
     progress.update({**status(20), "state": "cancelled"})
     assert progress.left_s is None
+
+
+def test_the_estimate_counts_every_stage_not_only_stored_results() -> None:
+    progress = RunProgress("r")
+    progress.update(status(0))
+    progress.started -= 100
+    # 30 generations in 100 s, nothing stored yet (the pipeline is filling): 90 steps left
+    progress.update({**status(0), "generated": 30})
+    assert progress.left_s is not None and 295 < progress.left_s < 305
