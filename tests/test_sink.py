@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from perg.config import Settings, load_settings
 from perg.observe import Metrics
 from schemas import DeadLetter, Verdict
 from services._runtime import WorkerOptions
-from services.sink.service import Sink, build_app, open_store
+from services.sink.service import Sink, _in_thread_to_the_end, build_app, open_store
 from services.sink.store import ResultStore
 
 
@@ -209,3 +211,24 @@ async def test_a_batch_stored_is_committed(tmp_path: Path) -> None:
     [(baselines,)] = sink.store.con.execute("SELECT count(*) FROM baselines").fetchall()
     assert stored + baselines == len(batch_verdicts)
     sink.store.close()
+
+
+async def test_a_cancelled_store_call_finishes_before_the_cancellation_goes_on(
+    tmp_path: Path,
+) -> None:
+    """The sink is stopped (its handler cancelled) while a write runs in a thread: the store
+    closes only after the write, where before DuckDB refused ("connection is busy") and the
+    sink ended in a traceback."""
+    store = ResultStore(tmp_path / "perg.duckdb")
+    started = threading.Event()
+
+    def slow_write() -> None:
+        started.set()
+        store.con.execute("SELECT count(*) FROM range(30000000)").fetchall()
+
+    task = asyncio.create_task(_in_thread_to_the_end(slow_write))
+    await asyncio.to_thread(started.wait)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    store.close()  # the write is over: nothing is busy

@@ -69,6 +69,7 @@ from services.sink.store import ResultStore
 log = logging.getLogger("perg.services.sink")
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")
 
 DEFAULT_BATCH = 1000
 STORE_ATTEMPTS = 6  # tries of a store write failing for a reason not the record's (backoff)
@@ -183,7 +184,7 @@ class Sink:
         while True:
             await asyncio.sleep(self.settings.snapshot_every_s)
             try:
-                path = await asyncio.to_thread(write_snapshot, self.store, directory)
+                path = await _in_thread_to_the_end(write_snapshot, self.store, directory)
                 log.debug("service=sink snapshot %s", path)
             except Exception:
                 log.warning("service=sink snapshot failed", exc_info=True)
@@ -302,9 +303,23 @@ class Sink:
         async for attempt in retrying:
             with attempt:
                 started = time.perf_counter()
-                await asyncio.to_thread(write, records)
+                await _in_thread_to_the_end(write, records)
         self.metrics.write_seconds.labels(table).observe(time.perf_counter() - started)
         self.metrics.rows_written.labels(table).inc(len(records))
+
+
+async def _in_thread_to_the_end(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a thread, which a cancellation cannot stop: a cancelled caller waits
+    for it before the cancellation goes on, so the store is never closed under a write (DuckDB
+    refuses to close a connection that is busy, and the sink would end in a traceback)."""
+    done = asyncio.ensure_future(asyncio.to_thread(call, *args))
+    try:
+        return await asyncio.shield(done)
+    except asyncio.CancelledError:
+        await asyncio.wait([done])
+        if not done.cancelled():
+            done.exception()  # retrieved (or asyncio logs it): the cancellation is what goes on
+        raise
 
 
 def _log_store_retry(state: RetryCallState) -> None:
