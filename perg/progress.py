@@ -50,8 +50,10 @@ class RunProgress:
 
     def update(self, status: Mapping[str, Any]) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
+        steps_done = steps_total = 0
         for label, done_key, total_key in STAGES:
             done, total = int(status[done_key]), int(status[total_key])
+            steps_done, steps_total = steps_done + done, steps_total + total
             since_start = done - self.first_seen.setdefault(label, done)
             self.bars.update(
                 self.tasks[label],
@@ -62,11 +64,9 @@ class RunProgress:
             )
         # at the rate steps of every stage have been done since this started watching (the
         # rate of stored results alone is low while the pipeline fills); none before a few
-        done = sum(int(status[done_key]) for _, done_key, _ in STAGES)
-        total = sum(int(status[total_key]) for _, _, total_key in STAGES)
-        done_since_start = done - sum(self.first_seen.values())
+        done_since_start = steps_done - sum(self.first_seen.values())
         self.left_s = (
-            (total - done) * elapsed / done_since_start
+            (steps_total - steps_done) * elapsed / done_since_start
             if done_since_start >= MIN_STEPS_FOR_ESTIMATE and not _finished(status)
             else None
         )
